@@ -1,0 +1,61 @@
+"""``r2rec <stage>``: a thin dispatcher.
+
+Each command lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int | None``.
+Modules are imported only when their command runs (heavy imports such as torch stay out of ``--help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("r2rec.data.prepare", "load a dataset, split it, freeze candidates per seed"),
+    "baseline": ("r2rec.baselines.cli", "train and evaluate a classical baseline on the frozen candidates"),
+    "graph": ("r2rec.graph.cli_graph", "build the train-only user-item interaction graph"),
+    "chains": ("r2rec.graph.cli_chains", "sample interaction chains u0 -> i_a -> u1 -> i_b"),
+    "thoughts": ("r2rec.thoughts.cli", "turn chains into filtered interaction-of-thought traces (SFT data)"),
+    "sft": ("r2rec.train.sft", "LoRA SFT on interaction-of-thought traces (or direct answers)"),
+    "rl": ("r2rec.train.rl", "GRPO from the SFT adapter"),
+    "eval": ("r2rec.eval.cli", "evaluate an LLM (base, sft, sft-direct, rl) on the frozen candidates"),
+    "report": ("r2rec.report.cli", "write the Markdown + HTML report of a run"),
+    "recommend": ("r2rec.serve", "recommend one item with its reasoning"),
+    "serve": ("r2rec.serve_http", "serve recommendations as JSON over HTTP"),
+    "pipeline": ("r2rec.pipeline", "run every stage from a YAML config, skipping finished stages"),
+}
+
+
+def _load(name: str):
+    module, _ = COMMANDS[name]
+    return importlib.import_module(module)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="r2rec", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="command")
+    for name, (_, help_) in COMMANDS.items():
+        sub.add_parser(name, help=help_, add_help=False)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        parser.parse_args(argv or ["--help"])
+        return 2
+    name, rest = argv[0], argv[1:]
+    try:
+        mod = _load(name)
+    except ModuleNotFoundError as e:
+        parser.error(f"command {name!r} is not available in this build ({e})")
+    cmd_parser = argparse.ArgumentParser(prog=f"r2rec {name}", description=COMMANDS[name][1])
+    mod.add_arguments(cmd_parser)
+    args = cmd_parser.parse_args(rest)
+    try:
+        return int(mod.run(args) or 0)
+    except (ValueError, FileNotFoundError) as e:
+        # Bad input gets one clear line (file, line, fault), not a traceback.
+        print(f"r2rec {name}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""A run folder (``runs/<name>/``) and its per-stage manifests.
+
+Each stage writes ``manifests/<stage>.json`` holding the sha256 of its inputs, its config, its seed and the
+library versions. A stage whose manifest matches what it is about to do is skipped; a stage without a
+matching manifest runs (and stages that checkpoint, like SFT/RL, resume from their own checkpoints).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("r2rec", "numpy", "scipy", "torch", "transformers", "peft", "trl"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _plain(config: Any) -> Any:
+    return asdict(config) if is_dataclass(config) else config
+
+
+class RunDir:
+    """Paths of one run. Sub-folders are created on demand."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def sub(self, name: str) -> Path:
+        p = self.root / name
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    @property
+    def prepared(self) -> Path:
+        return self.root / "prepared"
+
+    @property
+    def results(self) -> Path:
+        return self.sub("results")
+
+    @property
+    def manifests(self) -> Path:
+        return self.sub("manifests")
+
+    # -- manifests -------------------------------------------------------------------------------------
+    def manifest_path(self, stage: str) -> Path:
+        return self.manifests / f"{stage}.json"
+
+    @staticmethod
+    def fingerprint(inputs: Iterable[Path], config: Any, seed: int | None) -> dict:
+        files = {str(p): sha256_file(Path(p)) for p in sorted(map(str, inputs))}
+        return {"inputs": files, "config": _plain(config), "seed": seed}
+
+    def manifest_matches(self, stage: str, inputs: Iterable[Path], config: Any, seed: int | None = None) -> bool:
+        path = self.manifest_path(stage)
+        if not path.exists():
+            return False
+        old = json.loads(path.read_text())
+        new = self.fingerprint(inputs, config, seed)
+        # Round-trip the new config through JSON so tuples/lists compare equal.
+        new = json.loads(json.dumps(new, default=str))
+        return all(old.get(k) == new[k] for k in ("inputs", "config", "seed"))
+
+    def write_manifest(self, stage: str, inputs: Iterable[Path], config: Any, seed: int | None = None,
+                       outputs: Iterable[Path] = (), extra: dict | None = None) -> Path:
+        m = self.fingerprint(inputs, config, seed)
+        m.update(stage=stage, outputs=[str(p) for p in outputs], versions=_versions(),
+                 finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {}))
+        path = self.manifest_path(stage)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(m, indent=2, default=str))
+        tmp.replace(path)
+        return path
