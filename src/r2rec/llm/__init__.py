@@ -1,0 +1,1 @@
+"""LLM side: model registry, prompts, completion format, generation with constrained answers."""

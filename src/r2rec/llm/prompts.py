@@ -1,0 +1,32 @@
+"""Prompt rendering from the template files in ``prompts/``.
+
+The prompt holds the history titles, the candidate titles (in the order the caller gives: the frozen shuffled
+order, or ranked by evidence), and optionally K interaction chains as context (the ``context_chains`` ablation).
+Chat templating is applied by the model code; this module returns plain messages.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+
+
+@lru_cache(maxsize=None)
+def template(name: str) -> str:
+    return resources.files("r2rec.llm").joinpath("prompts", f"{name}.txt").read_text(encoding="utf-8")
+
+
+def build_user_prompt(history_titles: list[str], candidate_titles: list[str],
+                      context_lines: list[str] | None = None, items: str = "items") -> str:
+    history = "\n".join(f"- {t}" for t in history_titles)
+    candidates = "\n".join(f"- {t}" for t in candidate_titles)
+    context = template("context").format(chains="\n".join(f"- {c}" for c in context_lines)) if context_lines else ""
+    return template("user").format(items=items, history=history, candidates=candidates, context=context)
+
+
+def build_messages(history_titles: list[str], candidate_titles: list[str],
+                   context_lines: list[str] | None = None, items: str = "items") -> list[dict]:
+    return [
+        {"role": "system", "content": template("system").strip()},
+        {"role": "user", "content": build_user_prompt(history_titles, candidate_titles, context_lines, items)},
+    ]
