@@ -17,8 +17,9 @@ A val/test user contributes nothing but the history shown in their own sample.
 from __future__ import annotations
 
 import gzip
+import io
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -39,10 +40,9 @@ class Sample:
     seed: int
 
     def to_json(self) -> dict:
-        d = asdict(self)
-        d["history"] = list(self.history)
-        d["candidates"] = list(self.candidates)
-        return d
+        # Built by hand: dataclasses.asdict deep-copies and is ~10x slower on 66k samples.
+        return {"user": self.user, "history": list(self.history), "target": self.target,
+                "candidates": list(self.candidates), "split": self.split, "seed": self.seed}
 
     @classmethod
     def from_json(cls, d: dict) -> "Sample":
@@ -65,9 +65,17 @@ class UserSequence:
     times: list[int] = field(default_factory=list)
 
 
-def _open(path: Path, mode: str = "rt"):
+def _open(path: Path, mode: str = "rt", gz: bool | None = None):
     path = Path(path)
-    return gzip.open(path, mode, encoding="utf-8") if path.suffix == ".gz" else open(path, mode, encoding="utf-8")
+    gz = path.suffix == ".gz" if gz is None else gz
+    if gz and "w" in mode:
+        # mtime=0: the same rows give byte-identical files, so the sha256 that later stages put in their
+        # manifests changes only when the content does. Level 6 writes ~4x faster than the default 9
+        # for ~3% larger files.
+        return io.TextIOWrapper(gzip.GzipFile(path, "wb", compresslevel=6, mtime=0), encoding="utf-8")
+    if gz:
+        return gzip.open(path, mode, encoding="utf-8")
+    return open(path, mode, encoding="utf-8")
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
@@ -76,7 +84,8 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     n = 0
-    with _open(tmp, "wt") as f:
+    # The tmp name ends in ".tmp": compress according to the final name, not the tmp one.
+    with _open(tmp, "wt", gz=path.suffix == ".gz") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1

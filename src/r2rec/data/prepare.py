@@ -1,0 +1,188 @@
+"""``r2rec prepare``: load a dataset, split it, freeze candidates per seed, write ``<run>/prepared/``.
+
+    r2rec prepare --dataset llara-movielens --run runs/llara-movielens
+    r2rec prepare --dataset csv --interactions log.csv --titles items.csv --run runs/mylog --seeds 0,1,2
+
+Writes (layout in :mod:`r2rec.data.schema`): ``items.jsonl``, ``train_sequences.jsonl.gz``,
+``val.seed{k}`` / ``test.seed{k}`` for every seed, ``train.seed{first seed}`` (the LLM stages' training
+samples, optionally a seeded subsample) and ``meta.json``. The stage is skipped when its manifest matches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..config import build, data_dir as resolve_data_dir
+from ..runs import RunDir, sha256_file
+from .candidates import freeze_candidates, rng_for
+from .raw import RawDataset, Row
+from .schema import PreparedData, samples_path, write_jsonl
+from .sources import SOURCES, SourceOptions, get_source
+
+
+@dataclass
+class PrepareConfig:
+    """Settings of the prepare stage (YAML section ``prepare``)."""
+
+    dataset: str = "llara-movielens"
+    """A key of ``r2rec.data.sources.SOURCES``: llara-movielens, llara-lastfm, ml-100k or csv."""
+    data_dir: str | None = None
+    """Data directory holding one folder per dataset (default: $R2REC_DATA_DIR, else ../shared/data)."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """One frozen candidate draw for val/test per seed; train samples use the first seed."""
+    num_candidates: int = 20
+    """Candidates per sample: the target plus num_candidates - 1 negatives."""
+    max_history: int = 10
+    """Keep at most this many most recent history items."""
+    min_history: int = 3
+    """Drop rows whose history is shorter (LLaRA drops len_seq < 3)."""
+    max_train_samples: int | None = None
+    """If set, a seeded random subsample of this many train samples (order kept)."""
+    min_rating: int = 0
+    """ml-100k: keep ratings >= this (0 keeps all; LLaRA used 3)."""
+    interactions: str | None = None
+    """csv: the user,item,timestamp file."""
+    titles: str | None = None
+    """csv: the item,title (or id::title) file."""
+
+    def __post_init__(self):
+        get_source(self.dataset)
+        self.seeds = [int(s) for s in self.seeds]
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"prepare.seeds must be a non-empty list of distinct ints, got {self.seeds}")
+        if self.num_candidates < 2:
+            raise ValueError(f"prepare.num_candidates must be >= 2, got {self.num_candidates}")
+        if not 1 <= self.min_history <= self.max_history:
+            raise ValueError(f"prepare: need 1 <= min_history <= max_history, got {self.min_history}, {self.max_history}")
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise ValueError(f"prepare.max_train_samples must be >= 1, got {self.max_train_samples}")
+
+    def source_options(self) -> SourceOptions:
+        return SourceOptions(
+            data_dir=resolve_data_dir(self.data_dir), min_history=self.min_history, max_history=self.max_history,
+            min_rating=self.min_rating,
+            interactions=Path(self.interactions) if self.interactions else None,
+            titles=Path(self.titles) if self.titles else None,
+        )
+
+
+def _subsample(rows: list[Row], n: int | None, dataset: str, seed: int) -> list[Row]:
+    if n is None or n >= len(rows):
+        return rows
+    keep = np.sort(rng_for(dataset, "train-subsample", seed).choice(len(rows), size=n, replace=False))
+    return [rows[i] for i in keep]
+
+
+def _summary(meta: dict) -> str:
+    c = meta["counts"]
+    lines = [f"{meta['dataset']}: {meta['n_items']:,} items, {c['train_users']:,} train users "
+             f"({c['train_interactions']:,} train interactions)",
+             f"  samples: train {c['train']:,}" + (f" (of {c['train_rows']:,})" if c['train'] != c['train_rows'] else "")
+             + f" / val {c['val']:,} / test {c['test']:,}; seeds {meta['seeds']}, {meta['num_candidates']} candidates"]
+    dropped = ", ".join(f"{k} {v:,}" for k, v in meta["dropped"].items()) or "nothing"
+    lines.append(f"  dropped: {dropped}")
+    if meta["untitled_items"]:
+        lines.append(f"  empty source titles replaced by a placeholder: items {meta['untitled_items']}")
+    return "\n".join(lines)
+
+
+def prepare(config: PrepareConfig, run_dir: RunDir | str | Path, force: bool = False) -> PreparedData:
+    """Run the stage (or skip it when its manifest matches) and return the prepared data."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    source = get_source(config.dataset)
+    options = config.source_options()
+    inputs = [p.resolve() for p in source.files(options)]
+    for p in inputs:
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: missing input for dataset {config.dataset!r}")
+    seed0 = config.seeds[0]
+    out = run.prepared
+    if not force and (out / "meta.json").exists() and run.manifest_matches("prepare", inputs, config, seed0):
+        print(f"prepare: {out} is up to date (manifest matches), skipped")
+        return PreparedData(out)
+
+    t0 = time.perf_counter()
+    ds: RawDataset = source.load(options)
+    ds.validate()
+    t_load = time.perf_counter() - t0
+
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*.seed*.jsonl.gz"):  # a previous run with other seeds must not leave files behind
+        stale.unlink()
+    written: list[Path] = []
+    items = [{"item": i, "title": ds.titles[i]} | ({"source_id": ds.source_ids[i]} if ds.source_ids else {})
+             for i in range(ds.n_items)]
+    write_jsonl(out / "items.jsonl", items)
+    write_jsonl(out / "train_sequences.jsonl.gz",
+                ({"user": s.user, "items": s.items, "times": s.times} for s in ds.train_sequences))
+    written += [out / "items.jsonl", out / "train_sequences.jsonl.gz"]
+
+    t1 = time.perf_counter()
+    counts: dict[str, int] = {}
+    train_rows = _subsample(ds.train, config.max_train_samples, ds.name, seed0)
+    jobs = [("train", seed0, train_rows)] + [(s, k, ds.rows(s)) for k in config.seeds for s in ("val", "test")]
+    for split, seed, rows in jobs:
+        samples = freeze_candidates(rows, dataset=ds.name, split=split, seed=seed, n_items=ds.n_items,
+                                    num_candidates=config.num_candidates)
+        path = samples_path(out, split, seed)
+        write_jsonl(path, (s.to_json() for s in samples))
+        written.append(path)
+        counts[split] = len(samples)
+    t_cands = time.perf_counter() - t1
+
+    titles = list(ds.titles.values())
+    meta = {
+        "dataset": ds.name,
+        "n_items": ds.n_items,
+        "seeds": config.seeds,
+        "num_candidates": config.num_candidates,
+        "max_history": config.max_history,
+        "min_history": config.min_history,
+        "counts": {**counts, "train_rows": len(ds.train), "train_users": len(ds.train_sequences),
+                   "train_interactions": sum(len(s.items) for s in ds.train_sequences)},
+        "dropped": ds.dropped,
+        "duplicate_titles": len(titles) - len(set(titles)),
+        "untitled_items": ds.untitled,
+        "sources": {str(p): sha256_file(p) for p in inputs},
+        "config": asdict(config),
+        "seconds": {"load": round(t_load, 2), "samples": round(t_cands, 2),
+                    "total": round(time.perf_counter() - t0, 2)},
+    }
+    tmp = out / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False))
+    tmp.replace(out / "meta.json")
+    written.append(out / "meta.json")
+    run.write_manifest("prepare", inputs, config, seed0, outputs=written)
+    print(_summary(meta))
+    print(f"  wrote {out} in {meta['seconds']['total']:.1f}s (load {t_load:.1f}s, candidates + samples {t_cands:.1f}s)")
+    return PreparedData(out)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, choices=sorted(SOURCES), help="dataset source")
+    p.add_argument("--run", required=True, help="run folder (writes <run>/prepared/)")
+    p.add_argument("--data-dir", default=None, help="data directory (default $R2REC_DATA_DIR or ../shared/data)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated candidate seeds (default 0,1,2)")
+    p.add_argument("--num-candidates", type=int, default=20)
+    p.add_argument("--max-history", type=int, default=10)
+    p.add_argument("--min-history", type=int, default=3)
+    p.add_argument("--max-train-samples", type=int, default=None, help="seeded subsample of the train samples")
+    p.add_argument("--min-rating", type=int, default=0, help="ml-100k: keep ratings >= this (default: all)")
+    p.add_argument("--interactions", default=None, help="csv: user,item,timestamp file")
+    p.add_argument("--titles", default=None, help="csv: item,title or id::title file")
+    p.add_argument("--force", action="store_true", help="rebuild even when the manifest matches")
+
+
+def run(args: argparse.Namespace) -> int:
+    values = {k: getattr(args, k) for k in ("dataset", "data_dir", "seeds", "num_candidates", "max_history",
+                                             "min_history", "max_train_samples", "min_rating",
+                                             "interactions", "titles")}
+    config = build(PrepareConfig, values, where="prepare")
+    prepare(config, args.run, force=args.force)
+    return 0

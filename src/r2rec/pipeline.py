@@ -1,0 +1,181 @@
+"""``r2rec pipeline --config configs/<name>.yaml``: every stage of R2Rec in one run folder.
+
+    prepare ─► baselines
+       └─► graph ─► chains ─► thoughts ─► sft-direct, sft ─► rl ─► eval ─► report
+
+Each stage has a *key*: a hash of its YAML section and of the keys of the stages it depends on. A stage whose key
+is recorded in ``manifests/pipeline.json`` is skipped; a stage that was interrupted has no recorded key, so it
+runs again and resumes from its own checkpoints/caches (SFT and RL checkpoints, the teacher cache). Changing one
+section reruns that stage and everything downstream of it, nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .config import load_yaml
+from .runs import RunDir
+
+
+class PipelineError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    deps: tuple[str, ...]
+    fn: Callable[[RunDir, dict, dict], None]  # (run, section, whole config)
+    section: str  # the YAML section it reads
+
+
+# -- stage adapters: thin calls into each stage's own module ------------------------------------------------
+def _prepare(run: RunDir, section: dict, cfg: dict) -> None:
+    from .config import build
+    from .data.prepare import PrepareConfig, prepare
+
+    prepare(build(PrepareConfig, section, where="prepare"), run)
+
+
+def _baselines(run: RunDir, section: dict, cfg: dict) -> None:
+    from .baselines.cli import run_baseline
+
+    for name in section.get("methods", ["random", "pop", "transition", "sasrec", "gru4rec", "evidence"]):
+        overrides = [f"{k}={json.dumps(v)}" for k, v in (section.get("overrides", {}).get(name) or {}).items()]
+        run_baseline(run.root, name, overrides)
+
+
+def _graph(run: RunDir, section: dict, cfg: dict) -> None:
+    from .graph.cli_graph import build_graph
+
+    build_graph(run.root)
+
+
+def _chains(run: RunDir, section: dict, cfg: dict) -> None:
+    from .graph.cli_chains import run_chains
+
+    run_chains(run.root, section)
+
+
+def _thoughts(run: RunDir, section: dict, cfg: dict) -> None:
+    from .thoughts.cli import run_thoughts
+
+    run_thoughts(run.root, {**section, "prompt": cfg.get("prompt", {})})
+
+
+def _sft(variant: str):
+    def fn(run: RunDir, section: dict, cfg: dict) -> None:
+        from .config import build
+        from .train.sft import SFTConfig, run_sft
+
+        run_sft(run.root, build(SFTConfig, {**section, "variant": variant}, where=f"sft[{variant}]"))
+    return fn
+
+
+def _rl(run: RunDir, section: dict, cfg: dict) -> None:
+    from .config import build
+    from .train.rl import RLConfig, run_rl
+
+    run_rl(run.root, build(RLConfig, section, where="rl"))
+
+
+def _eval(run: RunDir, section: dict, cfg: dict) -> None:
+    from .eval.cli import run_eval
+
+    section = dict(section)
+    for kind in section.pop("models", ["base", "sft-direct", "sft", "rl"]):
+        run_eval(run.root, kind, section)
+
+
+def _report(run: RunDir, section: dict, cfg: dict) -> None:
+    from .report.cli import write_report
+
+    for path in write_report(run.root):
+        print(f"  wrote {path}")
+
+
+STAGES: list[Stage] = [
+    Stage("prepare", (), _prepare, "prepare"),
+    Stage("baselines", ("prepare",), _baselines, "baselines"),
+    Stage("graph", ("prepare",), _graph, "graph"),
+    Stage("chains", ("graph",), _chains, "chains"),
+    Stage("thoughts", ("chains",), _thoughts, "thoughts"),
+    Stage("sft-direct", ("thoughts",), _sft("direct"), "sft_direct"),
+    Stage("sft", ("thoughts",), _sft("iot"), "sft"),
+    Stage("rl", ("sft",), _rl, "rl"),
+    Stage("eval", ("sft", "sft-direct", "rl"), _eval, "eval"),
+    Stage("report", ("eval", "baselines"), _report, "report"),
+]
+STAGE_NAMES = [s.name for s in STAGES]
+
+
+def _key(stage: Stage, section: dict, prompt: dict, keys: dict[str, str]) -> str:
+    # The prompt section shapes the thoughts (training prompts) and eval prompts, so it is part of those keys.
+    payload = {"stage": stage.name, "section": section, "deps": [keys[d] for d in stage.deps if d in keys]}
+    if stage.name in ("thoughts", "eval"):
+        payload["prompt"] = prompt
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_pipeline(config_path: str | Path, run_root: str | Path | None = None, only: list[str] | None = None,
+                 force: list[str] | None = None) -> Path:
+    cfg = load_yaml(config_path)
+    unknown = sorted(set(cfg) - {s.section for s in STAGES} - {"run", "prompt", "skip"})
+    if unknown:
+        raise ValueError(f"{config_path}: unknown section(s) {unknown}")
+    run = RunDir(run_root or cfg.get("run") or f"runs/{Path(config_path).stem}")
+    state_path = run.manifests / "pipeline.json"
+    state: dict = json.loads(state_path.read_text()) if state_path.exists() else {}
+    skip = set(cfg.get("skip", [])) | ({n for n in STAGE_NAMES if n not in only} if only else set())
+    keys: dict[str, str] = {}
+    todo = [s for s in STAGES if s.name not in skip]
+    for i, stage in enumerate(todo, 1):
+        section = cfg.get(stage.section) or {}
+        keys[stage.name] = key = _key(stage, section, cfg.get("prompt", {}), keys)
+        head = f"[{i}/{len(todo)}] {stage.name}"
+        if state.get(stage.name) == key and stage.name not in (force or []):
+            print(f"{head}: up to date, skipped", flush=True)
+            continue
+        print(f"{head} ...", flush=True)
+        t0 = time.perf_counter()
+        try:
+            stage.fn(run, section, cfg)
+        except KeyboardInterrupt:
+            print(f"{head}: interrupted; rerun the same command to resume", flush=True)
+            raise
+        except Exception as e:
+            raise PipelineError(f"stage {stage.name!r} failed (run {run.root}, config section "
+                                f"{stage.section!r} of {config_path}): {type(e).__name__}: {e}") from e
+        state[stage.name] = key
+        state_path.write_text(json.dumps(state, indent=2))
+        print(f"{head}: done in {time.perf_counter() - t0:.1f}s", flush=True)
+    return run.root
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="YAML file with one section per stage (see configs/)")
+    p.add_argument("--run", default=None, help="run folder (default: the config's `run`, else runs/<config name>)")
+    p.add_argument("--only", default=None, help=f"comma-separated subset of stages: {','.join(STAGE_NAMES)}")
+    p.add_argument("--force", default=None, help="comma-separated stages to rerun even if up to date")
+
+
+def run(args: argparse.Namespace) -> int:
+    split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
+    for name in (split(args.only) or []) + (split(args.force) or []):
+        if name not in STAGE_NAMES:
+            raise ValueError(f"unknown stage {name!r}; stages: {STAGE_NAMES}")
+    try:
+        root = run_pipeline(args.config, args.run, split(args.only), split(args.force))
+    except PipelineError as e:
+        print(f"r2rec pipeline: {e}")
+        return 1
+    report = Path(root) / "report" / "report.md"
+    if report.exists():
+        print(f"\nreport: {report}")
+    return 0
