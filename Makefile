@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test bench clean
+.PHONY: install browser demo test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,14 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/r2rec pipeline --config configs/demo.yaml
 
-test: install
+# The report's browser test renders the HTML page in headless Chromium (Debian's package). Where apt is not
+# available the test skips with its reason.
+browser:
+	@command -v chromium >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "chromium not installed: the browser test will skip")
+
+test: install browser
 	$(PY) -m pytest tests
 
 bench: install
