@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # command -> (module, one-line help)
@@ -33,6 +34,9 @@ def _load(name: str):
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Must be set before torch loads OpenMP. With the default (active) waiting, torch's threads spin on a busy
+    # shared CPU and 2-thread decoding of SmolLM2 measured 8.1 s/step against 0.24 s/step with passive waiting.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="r2rec", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="command")

@@ -47,26 +47,29 @@ def _baselines(run: RunDir, section: dict, cfg: dict) -> None:
     from .baselines.cli import run_baseline
 
     for name in section.get("methods", ["random", "pop", "transition", "sasrec", "gru4rec", "evidence"]):
-        overrides = [f"{k}={json.dumps(v)}" for k, v in (section.get("overrides", {}).get(name) or {}).items()]
-        run_baseline(run.root, name, overrides)
+        run_baseline(run.root, name, values=(section.get("settings") or {}).get(name))
 
 
 def _graph(run: RunDir, section: dict, cfg: dict) -> None:
-    from .graph.cli_graph import build_graph
+    from .config import build
+    from .graph.graph import GraphConfig, build_graph
 
-    build_graph(run.root)
+    build_graph(run.root, build(GraphConfig, section, where="graph"))
 
 
 def _chains(run: RunDir, section: dict, cfg: dict) -> None:
-    from .graph.cli_chains import run_chains
+    from .config import build
+    from .graph.chains import ChainConfig
+    from .graph.stage import run_chains
 
-    run_chains(run.root, section)
+    run_chains(run.root, build(ChainConfig, section, where="chains"), progress=True)
 
 
 def _thoughts(run: RunDir, section: dict, cfg: dict) -> None:
-    from .thoughts.cli import run_thoughts
+    from .config import build
+    from .thoughts.stage import ThoughtsConfig, run_thoughts
 
-    run_thoughts(run.root, {**section, "prompt": cfg.get("prompt", {})})
+    run_thoughts(run.root, build(ThoughtsConfig, {"prompt": cfg.get("prompt") or {}, **section}, where="thoughts"))
 
 
 def _sft(variant: str):
@@ -86,18 +89,29 @@ def _rl(run: RunDir, section: dict, cfg: dict) -> None:
 
 
 def _eval(run: RunDir, section: dict, cfg: dict) -> None:
-    from .eval.cli import run_eval
+    from .config import build
+    from .eval.cli import EvalConfig, run_eval
+    from .llm.inputs import PromptConfig
 
     section = dict(section)
-    for kind in section.pop("models", ["base", "sft-direct", "sft", "rl"]):
-        run_eval(run.root, kind, section)
+    kinds = section.pop("models", ["base", "sft-direct", "sft", "rl"])
+    # Inference-time ablation: the final model with the interaction chains removed from its prompts.
+    no_chains = section.pop("no_context_ablation", True)
+    prompt = build(PromptConfig, cfg.get("prompt") or {}, where="prompt")
+    for kind in kinds:
+        run_eval(run.root, kind, build(EvalConfig, section, where="eval"), prompt=prompt)
+    if no_chains and kinds:
+        final = kinds[-1]
+        ablated = build(PromptConfig, {**(cfg.get("prompt") or {}), "context_chains": 0}, where="prompt")
+        run_eval(run.root, final, build(EvalConfig, {**section, "method": f"{final}-no-chains"}, where="eval"),
+                 prompt=ablated)
 
 
 def _report(run: RunDir, section: dict, cfg: dict) -> None:
-    from .report.cli import write_report
+    from .report.report import write_report
 
-    for path in write_report(run.root):
-        print(f"  wrote {path}")
+    out = write_report(run.root, **section)
+    print(f"  wrote {out['markdown']} and {out['html']}")
 
 
 STAGES: list[Stage] = [

@@ -1,0 +1,138 @@
+"""Prompt inputs: the one place that turns a :class:`Sample` into chat messages.
+
+SFT, RL, evaluation and serving all build prompts through :class:`PromptBuilder`, so training and inference
+see the same text: the history titles, the candidate titles (ranked by chain evidence or in the frozen
+order) and, optionally, the strongest interaction chains reaching the candidates, rendered as checkable
+citations such as ``user 254 watched "Heat" and later "Ronin" (shares 4 of the user's movies)``.
+
+Only the train graph and the sample's own history are used, so a val/test prompt never sees a val/test
+interaction other than its own history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from r2rec.data.schema import PreparedData, Sample
+from r2rec.llm.prompts import build_messages
+from r2rec.thoughts.faithfulness import VERBS, cite, verb_for
+
+ORDERS = ("evidence", "frozen")
+# dataset-name fragment -> items noun, for items_noun="auto"
+_NOUNS = (("movie", "movies"), ("ml-", "movies"), ("lastfm", "artists"), ("steam", "games"))
+
+
+@dataclass
+class PromptConfig:
+    """How a sample becomes a prompt (YAML section ``prompt``; SFT, RL, eval and serving share it)."""
+
+    context_chains: int = 3
+    """Interaction chains shown as context, strongest first; 0 = no chains (the ablation)."""
+    candidate_order: str = "evidence"
+    """"evidence": candidates ranked by chain evidence (recency-weighted supporting chains), ties in the
+    frozen order; "frozen": the sample's stored (seeded, shuffled) order."""
+    items_noun: str = "auto"
+    """What the items are called in the prompt ("movies", "artists", "games", "items"); "auto" picks it
+    from the dataset name in prepared/meta.json."""
+    chain_seed: int = 0
+    """Seed of the chain sampler (context chains are the strongest, so it only affects capped items)."""
+    max_users_per_item: int = 256
+    """Chain sampler cap on the users of one candidate examined per prompt (see ChainConfig)."""
+
+    def __post_init__(self):
+        if self.candidate_order not in ORDERS:
+            raise ValueError(f"PromptConfig.candidate_order must be one of {ORDERS}, got {self.candidate_order!r}")
+        if self.context_chains < 0:
+            raise ValueError(f"PromptConfig.context_chains must be >= 0, got {self.context_chains}")
+        if self.items_noun != "auto" and self.items_noun not in VERBS:
+            raise ValueError(f"PromptConfig.items_noun must be 'auto' or one of {sorted(VERBS)}, "
+                             f"got {self.items_noun!r}")
+
+
+def noun_for_dataset(name: str) -> str:
+    name = (name or "").lower()
+    return next((noun for frag, noun in _NOUNS if frag in name), "items")
+
+
+@dataclass
+class Prompt:
+    """Everything a stage may need about one built prompt."""
+
+    messages: list[dict]
+    candidates: list[int]  # in prompt order
+    evidence: list[float]  # per candidate, in prompt order
+    chains: list[dict] = field(default_factory=list)  # the context chains shown (records of ChainSampler)
+    context_lines: list[str] = field(default_factory=list)
+
+
+class PromptBuilder:
+    """Builds prompts for the samples of one run: ``messages(sample)``, ``ordered_candidates(sample)``."""
+
+    def __init__(self, run_dir: str | Path, config: PromptConfig | None = None, graph=None,
+                 prepared: PreparedData | None = None):
+        from r2rec.graph.chains import ChainConfig, ChainSampler
+        from r2rec.graph.graph import graph_for_run
+
+        self.config = config or PromptConfig()
+        self.prepared = prepared or PreparedData(Path(run_dir) / "prepared")
+        self.titles = self.prepared.titles
+        noun = self.config.items_noun
+        self.noun = noun_for_dataset(self.prepared.meta.get("dataset", "")) if noun == "auto" else noun
+        self.verb = verb_for(self.noun)
+        needs_graph = self.config.context_chains > 0 or self.config.candidate_order == "evidence"
+        self.graph = graph if graph is not None or not needs_graph else graph_for_run(run_dir)
+        self.sampler = None
+        if self.graph is not None:
+            # Context shows the strongest chains (temperature 0): deterministic, the same at train and test.
+            self.sampler = ChainSampler(self.graph, ChainConfig(
+                k=self.config.context_chains, temperature=0.0, seed=self.config.chain_seed,
+                max_users_per_item=self.config.max_users_per_item))
+
+    # -- text ------------------------------------------------------------------------------------------
+    def title(self, item: int) -> str:
+        return self.titles.get(int(item), f"item {item}")
+
+    def render_chain(self, chain: dict) -> str:
+        """``user 254 watched "Heat" and later "Ronin" (shares 4 of the user's movies)``."""
+        user = self.graph.display_name(chain["u1"]) if self.graph is not None else chain["u1"]
+        text = cite(user, self.verb, self.title(chain["i_a"]), self.title(chain["i_b"]))
+        return f"{text} (shares {chain['n_shared']} of the user's {self.noun})"
+
+    # -- prompts ---------------------------------------------------------------------------------------
+    def build(self, samples: Sequence[Sample]) -> list[Prompt]:
+        """Prompts for many samples (chains and evidence computed in vectorised batches)."""
+        samples = list(samples)
+        evidence = np.zeros((len(samples), max((len(s.candidates) for s in samples), default=0)))
+        chains: list[list[dict]] = [[] for _ in samples]
+        if self.sampler is not None and samples:
+            for start, cb in self.sampler.iter_batches(samples, "candidates"):
+                evidence[start:start + cb.evidence.shape[0], :cb.evidence.shape[1]] = cb.evidence
+                for b in range(cb.evidence.shape[0]):
+                    chains[start + b] = cb.records(b) if self.config.context_chains else []
+        out = []
+        for s, ev, ch in zip(samples, evidence, chains):
+            ev = ev[:len(s.candidates)]
+            order = np.argsort(-ev, kind="stable") if self.config.candidate_order == "evidence" \
+                else np.arange(len(s.candidates))
+            cands = [int(s.candidates[j]) for j in order]
+            lines = [self.render_chain(c) for c in ch]
+            messages = build_messages([self.title(i) for i in s.history], [self.title(i) for i in cands],
+                                      lines or None, items=self.noun)
+            out.append(Prompt(messages, cands, [float(ev[j]) for j in order], ch, lines))
+        return out
+
+    def prompt(self, sample: Sample) -> Prompt:
+        return self.build([sample])[0]
+
+    def messages(self, sample: Sample) -> list[dict]:
+        return self.prompt(sample).messages
+
+    def messages_batch(self, samples: Sequence[Sample]) -> list[list[dict]]:
+        return [p.messages for p in self.build(samples)]
+
+    def ordered_candidates(self, sample: Sample) -> list[int]:
+        return self.prompt(sample).candidates

@@ -1,0 +1,146 @@
+"""Citations of interactions in reasoning text, and the faithfulness check against the train graph.
+
+Reasoning (teacher traces, prompt context, generated thoughts) cites interactions in one fixed,
+machine-checkable form:
+
+    user 254 watched "Heat"                       -> (user 254, Heat)
+    user 254 watched "Heat" and later "Ronin"     -> (user 254, Heat), (user 254, Ronin) + "Ronin after Heat"
+    the user watched "Heat"                       -> the prompt user's own history
+
+The verb is one of :data:`VERBS` (any of them is accepted whatever the dataset). A citation is *real* when
+the graph holds that interaction (for ``and later``: also the order, by first positions in the user's train
+sequence), or, for the prompt user, when the item is in the prompt's history. A title that names no catalogue
+item, or a user id the graph does not know, is an invented citation. ``score = real / cited`` (None when
+nothing is cited). The same check filters teacher traces and scores generated reasoning at inference time.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from r2rec.llm.format import normalize_title
+
+# items noun -> the verb a citation uses. "auto" nouns are resolved from the dataset name in llm.inputs.
+VERBS = {"movies": "watched", "artists": "listened to", "games": "played", "items": "interacted with"}
+_VERB_RE = "|".join(sorted(map(re.escape, set(VERBS.values())), key=len, reverse=True))
+_OTHER = re.compile(rf"\b[Uu]ser ([^\s\"]+) (?:{_VERB_RE}) \"")
+_SELF = re.compile(rf"\b(?:[Tt]he user|[Yy]ou) (?:{_VERB_RE}) \"")
+_LATER = re.compile(r"\s*and later \"")
+_MAX_QUOTES = 6  # closing-quote candidates tried per title (titles may contain quotes: Lee "Scratch" Perry)
+
+
+def verb_for(noun: str) -> str:
+    return VERBS.get(noun, VERBS["items"])
+
+
+def cite(user: str | None, verb: str, title: str, later_title: str | None = None) -> str:
+    """Render a citation in the checkable form (``user=None`` = the prompt user)."""
+    who = "the user" if user is None else f"user {user}"
+    text = f'{who} {verb} "{title}"'
+    return text + (f' and later "{later_title}"' if later_title is not None else "")
+
+
+@dataclass
+class Citation:
+    user: str | None  # as written ("254" or "train/254"); None = the prompt user
+    title: str  # as written
+    items: tuple[int, ...]  # catalogue items with that (normalised) title; empty = unknown title
+    after: int | None = None  # index of the citation this one is claimed to follow ("and later")
+    real: bool = False
+    why: str = ""  # for an unreal citation: unknown_user, unknown_item, no_interaction, not_in_history, order
+
+
+@dataclass
+class Faithfulness:
+    cited: int
+    real: int
+    score: float | None
+    citations: list[Citation] = field(default_factory=list)
+
+    @property
+    def all_real(self) -> bool:
+        return self.cited > 0 and self.real == self.cited
+
+
+class CitationChecker:
+    """Extract and check citations against one graph and catalogue (title index built once)."""
+
+    def __init__(self, graph, titles: Mapping[int, str]):
+        self.graph = graph
+        self.title_items: dict[str, tuple[int, ...]] = {}
+        for item, title in titles.items():
+            key = normalize_title(title)
+            self.title_items[key] = self.title_items.get(key, ()) + (int(item),)
+
+    # -- extraction ------------------------------------------------------------------------------------
+    def _title_at(self, text: str, start: int) -> tuple[str, int]:
+        """The quoted title opening at ``start`` (just after the quote): the longest known, else the shortest."""
+        ends, pos = [], start
+        while len(ends) < _MAX_QUOTES:
+            q = text.find('"', pos)
+            if q < 0 or "\n" in text[pos:q]:
+                break
+            ends.append(q)
+            pos = q + 1
+        if not ends:
+            return text[start:].split("\n", 1)[0], len(text)
+        for q in reversed(ends):
+            if normalize_title(text[start:q]) in self.title_items:
+                return text[start:q], q + 1
+        return text[start:ends[0]], ends[0] + 1
+
+    def extract(self, text: str) -> list[Citation]:
+        found: list[tuple[int, int, str | None]] = []  # (match start, title start, user)
+        for m in _OTHER.finditer(text):
+            found.append((m.start(), m.end(), m.group(1)))
+        for m in _SELF.finditer(text):
+            found.append((m.start(), m.end(), None))
+        out: list[Citation] = []
+        for _, title_start, user in sorted(found):
+            title, end = self._title_at(text, title_start)
+            out.append(Citation(user, title, self.title_items.get(normalize_title(title), ())))
+            while (m := _LATER.match(text, end)) is not None:
+                title, end = self._title_at(text, m.end())
+                out.append(Citation(user, title, self.title_items.get(normalize_title(title), ()),
+                                    after=len(out) - 1))
+        return out
+
+    # -- checking --------------------------------------------------------------------------------------
+    def check(self, text: str, history: Sequence[int] = ()) -> Faithfulness:
+        cites = self.extract(text)
+        hist = set(map(int, history))
+        for c in cites:
+            c.real, c.why = self._check_one(c, cites, hist)
+        real = sum(c.real for c in cites)
+        return Faithfulness(len(cites), real, real / len(cites) if cites else None, cites)
+
+    def _check_one(self, c: Citation, cites: list[Citation], hist: set[int]) -> tuple[bool, str]:
+        if not c.items:
+            return False, "unknown_item"
+        if c.user is None:
+            return (True, "") if hist.intersection(c.items) else (False, "not_in_history")
+        u = self.graph.user_from_display(c.user)
+        if u < 0:
+            return False, "unknown_user"
+        pos = [self.graph.position(u, i) for i in c.items]
+        pos = [p for p in pos if p >= 0]
+        if not pos:
+            return False, "no_interaction"
+        if c.after is not None:
+            prev = cites[c.after]
+            prev_pos = [p for p in (self.graph.position(u, i) for i in prev.items) if p >= 0]
+            if not prev_pos or not max(pos) > min(prev_pos):
+                return False, "order"
+        return True, ""
+
+
+def extract_citations(text: str, titles: Mapping[int, str], graph=None) -> list[Citation]:
+    """The interactions ``text`` cites (not checked)."""
+    return CitationChecker(graph, titles).extract(text)
+
+
+def faithfulness(text: str, graph, titles: Mapping[int, str], history: Sequence[int] = ()) -> Faithfulness:
+    """Share of the interactions cited in ``text`` that exist in ``graph`` (prompt-user citations: in ``history``)."""
+    return CitationChecker(graph, titles).check(text, history)

@@ -1,0 +1,110 @@
+"""Teachers behind one interface: ``write(requests: list[HopRequest]) -> list[str]`` (one thought each).
+
+Registry (``make_teacher(spec, options)``):
+
+- ``template``: deterministic, offline thoughts built from the revealed chain evidence (the default);
+- ``hf:<model>``: any local causal LM through :func:`r2rec.llm.models.load_model` (batched generation);
+- ``openai:<model>``: any OpenAI-compatible chat endpoint (:mod:`r2rec.thoughts.openai_teacher`).
+
+Every teacher's output goes through the same filter (answer = target, every citation real), so a teacher
+that invents interactions only costs kept traces, never faithfulness.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from r2rec.thoughts.faithfulness import cite
+from r2rec.thoughts.progressive import HopRequest, teacher_messages
+
+
+@dataclass
+class TeacherOptions:
+    """Settings shared by the teachers (each uses the ones that apply to it)."""
+
+    max_tokens: int = 96  # LLM teachers: new tokens per thought
+    temperature: float = 0.0  # LLM teachers: 0 = greedy
+    batch_size: int = 8  # hf: prompts decoded together
+    concurrency: int = 4  # openai: requests in flight
+    timeout_s: float = 120.0  # openai: per request
+    max_retries: int = 6  # openai: retries on connection errors, 5xx and 429
+    backoff_s: float = 1.0  # openai: first retry delay, doubled each time (capped at 60 s)
+    base_url: str | None = None  # openai: default $R2REC_OPENAI_BASE_URL, else https://api.openai.com/v1
+    seed: int = 0
+
+
+class Teacher:
+    name: str = ""
+
+    def write(self, requests: Sequence[HopRequest]) -> list[str]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class TemplateTeacher(Teacher):
+    """Readable, deterministic thoughts from the revealed evidence; every interaction is cited checkably."""
+
+    name = "template"
+
+    def write(self, requests: Sequence[HopRequest]) -> list[str]:
+        return [self._thought(r) for r in requests]
+
+    @staticmethod
+    def _thought(r: HopRequest) -> str:
+        v = r.revealed
+        if r.hop == 1:
+            back = v["history_len"] - 1 - v["slot_a"]
+            when = ("as their latest of " if back == 0 else f"{back} step{'s' * (back > 1)} before their latest of ")
+            first = cite(None, r.verb, v["title_a"])
+            return (f"{first[0].upper()}{first[1:]} {when}{v['history_len']} {r.noun}; "
+                    f"people who met it may show what comes next.")
+        if r.hop == 2:
+            return (f"Like the user, {cite(v['u1'], r.verb, v['title_a'])}; they share {v['n_shared']} "
+                    f"{r.noun} in all, so their tastes overlap.")
+        gap = v["gap"]
+        after = "right after" if gap == 1 else f"{gap} {r.noun} later"
+        return (f"Then {cite(v['u1'], r.verb, v['title_a'], v['title_b'])} ({after}), so "
+                f"\"{v['title_b']}\" is the most likely next choice for the user.")
+
+
+class HFTeacher(Teacher):
+    """A local causal LM (``hf:<name or path>``; ``hf:`` alone = the default SmolLM2), batched, greedy by default."""
+
+    def __init__(self, model: str, options: TeacherOptions):
+        from r2rec.llm.generate import GenerationConfig, Generator
+        from r2rec.llm.models import DEFAULT_MODEL, load_model
+
+        self.model_name = model or DEFAULT_MODEL
+        self.name = f"hf:{self.model_name}"
+        lm, tok = load_model(self.model_name)
+        self.generator = Generator(lm, tok, GenerationConfig(
+            max_new_tokens=options.max_tokens, batch_size=options.batch_size, do_sample=options.temperature > 0,
+            temperature=options.temperature if options.temperature > 0 else 1.0, seed=options.seed,
+            progress=False))
+
+    def write(self, requests: Sequence[HopRequest]) -> list[str]:
+        if not requests:
+            return []
+        outs = self.generator.generate([teacher_messages(r) for r in requests], mode="unconstrained")
+        return [o.text for o in outs]
+
+
+def make_teacher(spec: str, options: TeacherOptions | None = None, cache_dir: str | Path | None = None) -> Teacher:
+    """``template`` | ``hf:<model>`` | ``openai:<model>``."""
+    options = options or TeacherOptions()
+    kind, _, model = spec.partition(":")
+    if kind == "template" and not model:
+        return TemplateTeacher()
+    if kind == "hf":
+        return HFTeacher(model, options)
+    if kind == "openai":
+        if not model:
+            raise ValueError("teacher 'openai:<model>' needs a model name, e.g. openai:gpt-4o-mini")
+        from r2rec.thoughts.openai_teacher import OpenAITeacher
+
+        return OpenAITeacher(model, options, cache_dir=cache_dir)
+    raise ValueError(f"unknown teacher {spec!r}; use template, hf:<model> or openai:<model>")
