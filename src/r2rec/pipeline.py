@@ -177,6 +177,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", default=None, help="run folder (default: the config's `run`, else runs/<config name>)")
     p.add_argument("--only", default=None, help=f"comma-separated subset of stages: {','.join(STAGE_NAMES)}")
     p.add_argument("--force", default=None, help="comma-separated stages to rerun even if up to date")
+    p.add_argument("--quiet", action="store_true", help="don't print the results table and a recommendation at the end")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -189,7 +190,30 @@ def run(args: argparse.Namespace) -> int:
     except PipelineError as e:
         print(f"r2rec pipeline: {e}")
         return 1
-    report = Path(root) / "report" / "report.md"
-    if report.exists():
-        print(f"\nreport: {report}")
+    if not args.quiet:
+        show_results(root)
     return 0
+
+
+def show_results(root: str | Path) -> None:
+    """Print the run's results table and one recommendation with its reasoning (what `make demo` ends with)."""
+    from .data.schema import PreparedData
+    from .eval.results import load_results, markdown_table
+    from .serve import RecommendService, format_text
+
+    run = RunDir(root)
+    results = load_results(run.results)
+    if results:
+        print(f"\n## Results ({results[0]['dataset']}, {results[0]['split']}; HR@1 over all samples, 95% CI)\n")
+        print(markdown_table(results))
+    report = run.root / "report" / "report.html"
+    if report.exists():
+        print(f"\nreport: {report} (and report.md)")
+    prepared = PreparedData(run.prepared)
+    sample = prepared.samples("test", prepared.seeds[0])[0]
+    titles = prepared.titles
+    service = RecommendService(run.root)
+    res = service.recommend([titles[i] for i in sample.history], [titles[i] for i in sample.candidates])
+    print(f"\n## One recommendation ({service.kind} model), test user {sample.user}; "
+          f"the true next item was \"{titles[sample.target]}\"\n")
+    print(format_text(res))
