@@ -1,0 +1,78 @@
+"""The model registry: local paths, hub ids, errors, autocast, and (slow) the real SmolLM2 from its package."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from r2rec.llm import models
+
+
+def test_resolve_local_path_and_load(tiny_model_dir):
+    assert models.resolve_model(str(tiny_model_dir)) == Path(tiny_model_dir)
+    model, tok = models.load_model(tiny_model_dir)
+    assert tok.padding_side == "left" and tok.pad_token is not None
+    assert model.config.num_hidden_layers == 2 and not model.training
+    assert tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
+                                   tokenize=False).endswith("<|im_start|>assistant\n")
+
+
+def test_resolve_errors_and_hub_ids(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        models.resolve_model(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        models.resolve_model(str(tmp_path / "missing"))
+    assert models.resolve_model("HuggingFaceTB/SmolLM2-360M-Instruct") == "HuggingFaceTB/SmolLM2-360M-Instruct"
+
+
+def test_load_model_rejects_a_folder_that_is_not_an_adapter(tiny_model_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        models.load_model(tiny_model_dir, adapter=tmp_path)
+
+
+def test_load_model_applies_a_peft_adapter(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    base, _ = models.load_model(tiny_model_dir)
+    peft = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    peft.save_pretrained(tmp_path / "adapter")
+    model, _ = models.load_model(tiny_model_dir, adapter=tmp_path / "adapter")
+    ids = torch.tensor([[1, 2, 3]])
+    plain, _ = models.load_model(tiny_model_dir)
+    with torch.inference_mode():
+        assert not torch.allclose(model(ids).logits, plain(ids).logits)  # the adapter changes the output
+
+
+def test_autocast_switch(tiny_model_dir, monkeypatch):
+    model, _ = models.load_model(tiny_model_dir)
+    assert isinstance(models.autocast(model, enabled=False), contextlib.nullcontext)
+    with models.autocast(model, enabled=True):
+        assert torch.is_autocast_enabled("cpu")
+    monkeypatch.setenv("R2REC_BF16", "0")
+    assert isinstance(models.autocast(model), contextlib.nullcontext)
+    monkeypatch.delenv("R2REC_BF16")
+    auto = models.autocast(model)
+    assert isinstance(auto, contextlib.nullcontext) != models.cpu_supports_bf16()
+
+
+@pytest.mark.slow
+def test_real_smollm2_through_the_registry():
+    """Loads SmolLM2-135M (converted from the package's GGUF on first use) and answers among candidates."""
+    from r2rec.llm.generate import GenerationConfig, Generator
+
+    try:
+        models.smollm2_gguf_path()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    model, tok = models.load_model("smollm2-135m")
+    assert model.config.num_hidden_layers == 30 and model.config.vocab_size == len(tok)
+    gen = Generator(model, tok, GenerationConfig(max_new_tokens=12, progress=False))
+    msgs = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+    free = gen.generate([msgs], mode="unconstrained")[0]
+    assert "Paris" in free.text  # the converted weights are the real model, not noise
+    titles = ["Toy Story (1995)", "Heat (1995)", "Star Wars (1977)"]
+    out = gen.generate([msgs], [titles], think=True, rank=True)[0]
+    assert out.answer is not None and out.answer_title in titles and len(out.scores) == 3
