@@ -1,0 +1,1 @@
+"""LLM training: SFT (LoRA, TRL SFTTrainer), GRPO (TRL GRPOTrainer) and the reward registry."""

@@ -1,0 +1,157 @@
+"""Pieces shared by the SFT and GRPO stages: LoRA config, CSV logging, the periodic val HR@1 callback, resume.
+
+Heavy imports (torch, transformers, peft) stay inside functions so ``r2rec --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def lora_config(r: int, alpha: int, dropout: float, target_modules, seed: int | None = None):
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
+                      bias="none", task_type="CAUSAL_LM")
+
+
+def last_checkpoint(output_dir: Path) -> str | None:
+    """The newest ``checkpoint-N`` folder in ``output_dir`` that holds a trainer state, else None."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return None
+    ckpts = []
+    for p in output_dir.glob("checkpoint-*"):
+        try:
+            step = int(p.name.split("-")[-1])
+        except ValueError:
+            continue
+        # A checkpoint interrupted mid-write has no trainer_state.json (written last): skip it.
+        if (p / "trainer_state.json").exists():
+            ckpts.append((step, p))
+    return str(max(ckpts)[1]) if ckpts else None
+
+
+def trainable_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def report_to() -> list[str]:
+    """TensorBoard when installed (and not disabled), else nothing: the CSV log is always written."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return []
+    return [] if os.environ.get("R2REC_TENSORBOARD", "1") == "0" else ["tensorboard"]
+
+
+def csv_log_callback(path: Path):
+    """A ``TrainerCallback`` that appends every log row (loss, lr, rewards, val HR@1, step time) to a CSV.
+
+    Columns can appear late (val HR@1 only at eval steps), so rows are kept and the file is rewritten with the
+    union of columns; on resume the previous rows up to the resumed step are kept.
+    """
+    from transformers import TrainerCallback
+
+    class CSVLog(TrainerCallback):
+        def __init__(self):
+            self.path = Path(path)
+            self.rows: list[dict] = []
+            self._t0 = time.time()
+            self._last = None  # (step, time) of the previous log row, for a measured time per step
+
+        def on_train_begin(self, args, state, control, **kw):
+            if self.path.exists():
+                with open(self.path, newline="") as f:
+                    self.rows = [r for r in csv.DictReader(f) if int(float(r.get("step") or 0)) <= state.global_step]
+            self._last = (state.global_step, time.time())
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not logs or not state.is_world_process_zero:
+                return
+            now = time.time()
+            row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
+            row.update({k: (round(v, 6) if isinstance(v, float) else v) for k, v in logs.items()
+                        if isinstance(v, (int, float))})
+            if self._last is not None and state.global_step > self._last[0]:
+                row["sec_per_step"] = round((now - self._last[1]) / (state.global_step - self._last[0]), 3)
+                self._last = (state.global_step, now)
+            self.rows.append(row)
+            self._write()
+
+        def _write(self):
+            cols: list[str] = []
+            for r in self.rows:
+                cols += [k for k in r if k not in cols]
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=cols)
+                w.writeheader()
+                w.writerows(self.rows)
+            tmp.replace(self.path)
+
+    return CSVLog()
+
+
+def val_callback(evaluate: Callable[[object, object], dict], every: int, tokenizer, log_path: Path | None = None,
+                 at_start: bool = True):
+    """A ``TrainerCallback`` that runs ``evaluate(model, tokenizer) -> {"val_hr1": ..}`` every ``every`` steps
+    (and at the end, and at step 0 unless ``at_start`` is off), logs the metrics through the trainer (so they
+    reach the CSV/TensorBoard) and
+    appends them to ``log_path`` as JSON lines.
+    """
+    from transformers import TrainerCallback
+
+    class ValHR1(TrainerCallback):
+        def __init__(self):
+            self.trainer = None  # set by the stage after the trainer exists (to log through it)
+            self.done: set[int] = set()
+
+        def _run(self, state, model):
+            if state.global_step in self.done or not state.is_world_process_zero:
+                return
+            self.done.add(state.global_step)
+            was_training = model.training
+            model.eval()
+            t0 = time.time()
+            metrics = evaluate(model, tokenizer)
+            metrics = {k: float(v) for k, v in metrics.items()}
+            metrics["val_seconds"] = round(time.time() - t0, 2)
+            if was_training:
+                model.train()
+            if log_path is not None:
+                with open(log_path, "a") as f:
+                    f.write(json.dumps({"step": state.global_step, **metrics}) + "\n")
+            if self.trainer is not None:
+                self.trainer.log(metrics)
+            print(f"[val] step {state.global_step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            if every > 0 and at_start and model is not None:
+                self._run(state, model)
+
+        def on_step_end(self, args, state, control, model=None, **kw):
+            if every > 0 and model is not None and state.global_step % every == 0:
+                self._run(state, model)
+
+        def on_train_end(self, args, state, control, model=None, **kw):
+            if every > 0 and model is not None:
+                self._run(state, model)
+
+    return ValHR1()
+
+
+def steps_for(n_examples: int, batch_size: int, grad_accum: int, epochs: float, max_steps: int) -> int:
+    if max_steps and max_steps > 0:
+        return max_steps
+    return max(1, math.ceil(n_examples / (batch_size * grad_accum)) * math.ceil(epochs))

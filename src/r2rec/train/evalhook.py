@@ -1,0 +1,89 @@
+"""Prompts for training-time evaluation and the periodic val HR@1 used for learning curves.
+
+The val prompts must be rendered exactly like the training prompts, so the prompt settings are resolved in
+one place (:func:`prompt_config`): the stage's own ``prompt`` overrides when given, else the settings the
+``thoughts`` stage recorded in its manifest (the ones the stored trace prompts were built with).
+
+The curve uses the LLM layer's constrained decoding (:class:`r2rec.llm.generate.Generator`): greedy
+reasoning (``iot``) or none (``direct``), then the answer inside the trie of candidate titles, as
+``r2rec eval`` does, on a small fixed val subset.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from r2rec.config import build
+from r2rec.runs import RunDir
+
+
+def prompt_config(run: RunDir, overrides: dict | None):
+    """``PromptConfig``: the thoughts stage's (from its manifest) updated with ``overrides``."""
+    from r2rec.llm.inputs import PromptConfig
+
+    recorded: dict = {}
+    manifest = run.root / "manifests" / "thoughts.json"
+    if manifest.exists():
+        recorded = dict(json.loads(manifest.read_text()).get("config", {}).get("prompt") or {})
+    return build(PromptConfig, {**recorded, **(overrides or {})}, where="prompt")
+
+
+def rebuild_messages(run: RunDir, samples: list, overrides: dict | None) -> list[list[dict]]:
+    """Prompt messages for ``samples`` under the resolved prompt settings (used when a stage overrides them)."""
+    from r2rec.llm.inputs import PromptBuilder
+
+    builder = PromptBuilder(run.root, prompt_config(run, overrides))
+    return builder.messages_batch(samples)
+
+
+def make_val_evaluator(run: RunDir, cfg, variant: str):
+    """``evaluate(model, tokenizer) -> metrics`` on the first ``cfg.eval_samples`` val samples of ``cfg.eval_seed``.
+
+    Metrics: ``val_hr1`` (answer = target), ``val_top_evidence`` (share of answers that are the prompt's
+    first, strongest-evidence candidate: how much the model just follows the heuristic), and
+    ``val_evidence_hr1`` (HR@1 of that heuristic on the same subset, the reference line). Returns None when
+    the run has no val split.
+    """
+    from r2rec.data.schema import PreparedData
+    from r2rec.llm.inputs import PromptBuilder
+
+    prepared = PreparedData(run.prepared)
+    try:
+        samples = prepared.samples("val", cfg.eval_seed)[: cfg.eval_samples]
+    except FileNotFoundError:
+        print(f"[val] no val samples for seed {cfg.eval_seed}: no val HR@1 curve")
+        return None
+    if not samples:
+        return None
+    pcfg = prompt_config(run, getattr(cfg, "prompt", None))
+    builder = PromptBuilder(run.root, pcfg, prepared=prepared)
+    prompts = builder.build(samples)
+    messages = [p.messages for p in prompts]
+    titles = [[builder.title(c) for c in p.candidates] for p in prompts]
+    targets = [p.candidates.index(s.target) for p, s in zip(prompts, samples)]
+    evidence_top = [max(range(len(p.evidence)), key=lambda j: (p.evidence[j], -j)) for p in prompts]
+    evidence_hr1 = sum(t == e for t, e in zip(targets, evidence_top)) / len(samples)
+    think = variant == "iot"
+
+    def evaluate(model, tokenizer) -> dict:
+        from r2rec.llm.generate import GenerationConfig, Generator
+
+        gen = Generator(model, tokenizer, GenerationConfig(
+            max_new_tokens=getattr(cfg, "eval_max_new_tokens", 128), batch_size=getattr(cfg, "eval_batch_size", 8),
+            bf16=cfg.bf16, progress=False))
+        outs = gen.generate(messages, titles, mode="constrained", think=think)
+        n = len(outs)
+        return {
+            "val_hr1": sum(o.answer == t for o, t in zip(outs, targets)) / n,
+            "val_top_evidence": sum(o.answer == e for o, e in zip(outs, evidence_top)) / n,
+            "val_evidence_hr1": evidence_hr1,
+        }
+
+    return evaluate
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)
