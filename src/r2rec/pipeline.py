@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,7 +132,7 @@ STAGE_NAMES = [s.name for s in STAGES]
 
 def _key(stage: Stage, section: dict, prompt: dict, keys: dict[str, str]) -> str:
     # The prompt section shapes the thoughts (training prompts) and eval prompts, so it is part of those keys.
-    payload = {"stage": stage.name, "section": section, "deps": [keys[d] for d in stage.deps if d in keys]}
+    payload = {"stage": stage.name, "section": section, "deps": [keys[d] for d in stage.deps]}
     if stage.name in ("thoughts", "eval"):
         payload["prompt"] = prompt
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -147,11 +148,14 @@ def run_pipeline(config_path: str | Path, run_root: str | Path | None = None, on
     state_path = run.manifests / "pipeline.json"
     state: dict = json.loads(state_path.read_text()) if state_path.exists() else {}
     skip = set(cfg.get("skip", [])) | ({n for n in STAGE_NAMES if n not in only} if only else set())
+    # Keys of every stage, skipped ones included, so that `--only` never changes a stage's key.
     keys: dict[str, str] = {}
+    for stage in STAGES:
+        keys[stage.name] = _key(stage, cfg.get(stage.section) or {}, cfg.get("prompt", {}), keys)
     todo = [s for s in STAGES if s.name not in skip]
     for i, stage in enumerate(todo, 1):
         section = cfg.get(stage.section) or {}
-        keys[stage.name] = key = _key(stage, section, cfg.get("prompt", {}), keys)
+        key = keys[stage.name]
         head = f"[{i}/{len(todo)}] {stage.name}"
         if state.get(stage.name) == key and stage.name not in (force or []):
             print(f"{head}: up to date, skipped", flush=True)
@@ -188,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         root = run_pipeline(args.config, args.run, split(args.only), split(args.force))
     except PipelineError as e:
-        print(f"r2rec pipeline: {e}")
+        print(f"r2rec pipeline: {e}", file=sys.stderr)
         return 1
     if not args.quiet:
         show_results(root)
