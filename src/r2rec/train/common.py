@@ -155,3 +155,28 @@ def steps_for(n_examples: int, batch_size: int, grad_accum: int, epochs: float, 
     if max_steps and max_steps > 0:
         return max_steps
     return max(1, math.ceil(n_examples / (batch_size * grad_accum)) * math.ceil(epochs))
+
+
+def shared_training_arguments(cfg, out: Path) -> dict:
+    """The TrainingArguments both stages set the same way (SFT and GRPO configs share these field names)."""
+    import torch
+
+    return dict(
+        output_dir=str(out),
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        max_steps=cfg.max_steps,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_every,
+        save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=cfg.bf16,
+        use_cpu=not torch.cuda.is_available(),  # transformers refuses bf16 on CPU unless told it is CPU
+        report_to=report_to(),
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+        disable_tqdm=False,
+    )

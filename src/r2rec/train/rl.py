@@ -28,8 +28,8 @@ from r2rec.config import build
 from r2rec.data.schema import PreparedData, Sample, read_jsonl
 from r2rec.runs import RunDir
 
-from .common import DEFAULT_LORA_TARGETS, csv_log_callback, last_checkpoint, lora_config, report_to, \
-    trainable_parameters, val_callback
+from .common import DEFAULT_LORA_TARGETS, csv_log_callback, last_checkpoint, lora_config, \
+    shared_training_arguments, trainable_parameters, val_callback
 from .rewards import check_weights, trl_reward_funcs
 from .sft import config_from_args
 
@@ -184,7 +184,7 @@ def make_trainer(run: RunDir, cfg: RLConfig):
     funcs, weights = trl_reward_funcs(cfg.reward_weights)
     batch = cfg.prompts_per_step * cfg.num_generations
     args = GRPOConfig(
-        output_dir=str(out),
+        **shared_training_arguments(cfg, out),
         per_device_train_batch_size=batch,
         gradient_accumulation_steps=1,
         num_generations=cfg.num_generations,
@@ -196,23 +196,7 @@ def make_trainer(run: RunDir, cfg: RLConfig):
         loss_type=cfg.loss_type,
         scale_rewards=cfg.scale_rewards,
         reward_weights=weights,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,
-        max_steps=cfg.max_steps,
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps",
-        save_steps=cfg.save_every,
-        save_total_limit=cfg.save_total_limit,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        bf16=cfg.bf16,
-        use_cpu=not torch.cuda.is_available(),  # transformers refuses bf16 on CPU unless told it is CPU
         gradient_checkpointing=False,  # 135M: activations fit; recomputation would only slow the CPU down
-        report_to=report_to(),
-        dataloader_num_workers=0,
-        dataloader_pin_memory=False,
-        disable_tqdm=False,
         log_completions=False,
     )
     callbacks = [csv_log_callback(out / "log.csv")]

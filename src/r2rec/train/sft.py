@@ -25,8 +25,8 @@ from r2rec.config import build, load_yaml
 from r2rec.data.schema import Sample, read_jsonl
 from r2rec.runs import RunDir
 
-from .common import DEFAULT_LORA_TARGETS, csv_log_callback, last_checkpoint, lora_config, report_to, \
-    trainable_parameters, val_callback
+from .common import DEFAULT_LORA_TARGETS, csv_log_callback, last_checkpoint, lora_config, \
+    shared_training_arguments, trainable_parameters, val_callback
 
 VARIANTS = ("iot", "direct")
 TRACE_FILTERS = ("all", "in_context")
@@ -259,32 +259,16 @@ def make_trainer(run: RunDir, cfg: SFTConfig):
             raise ValueError("trace_filter=in_context: no trace restates a chain shown in its prompt")
     ds, dropped = build_dataset(examples, tok, cfg)
     args = TRLSFTConfig(
-        output_dir=str(out),
+        **shared_training_arguments(cfg, out),
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps
         weight_decay=cfg.weight_decay,
         num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps",
-        save_steps=cfg.save_every,
-        save_total_limit=cfg.save_total_limit,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        bf16=cfg.bf16,
-        use_cpu=not torch.cuda.is_available(),  # transformers refuses bf16 on CPU unless told it is CPU
         max_length=cfg.max_length,
         packing=False,
         completion_only_loss=True,
-        report_to=report_to(),
         gradient_checkpointing=cfg.gradient_checkpointing,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=False,
         dataset_num_proc=None,
-        disable_tqdm=False,
     )
     callbacks = [csv_log_callback(out / "log.csv")]
     evaluate = val_evaluator(run, cfg, cfg.variant) if cfg.eval_every > 0 else None
