@@ -50,8 +50,8 @@ def test_template_thoughts_cite_the_revealed_hop_only():
     t = TemplateTeacher()
     thoughts = [t.write([request(ctx, k, [])])[0] for k in (1, 2, 3)]
     assert 'The user watched "Heat"' in thoughts[0] and "Ronin" not in thoughts[0] + thoughts[1]
-    assert 'user 4 watched "Heat"' in thoughts[1]
-    assert 'user 4 watched "Heat" and later "Ronin"' in thoughts[2] and thoughts[2].endswith("for the user.")
+    assert 'User 4 watched "Heat"' in thoughts[1]
+    assert 'User 4 watched "Heat" and later "Ronin"' in thoughts[2] and thoughts[2].endswith('"Ronin" is next.')
 
 
 def test_template_traces_are_kept_and_pass_the_filter(run):
@@ -96,7 +96,7 @@ class Inventing(TemplateTeacher):
 
     def write(self, requests):
         out = super().write(requests)
-        return [o.replace(f"user {r.revealed['u1']} ", "user 999 ") if r.hop == 2 else o
+        return [o.replace(f"User {r.revealed['u1']} ", "User 999 ") if r.hop == 2 else o
                 for r, o in zip(requests, out)]
 
 

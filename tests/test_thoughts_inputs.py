@@ -35,7 +35,7 @@ def test_messages_hold_history_candidates_and_context(run, prepared):
     for h in s.history:
         assert f"- {builder.title(h)}\n" in user["content"]
     assert sorted(p.candidates) == sorted(s.candidates)
-    body = user["content"].split("Candidates:\n", 1)[1]
+    body = user["content"].split("most likely first by what other users chose next:\n", 1)[1]
     assert [ln[2:] for ln in body.splitlines() if ln.startswith("- ")] == [builder.title(c) for c in p.candidates]
     assert 0 < len(p.context_lines) <= 3
     assert "Interaction chains from other users" in user["content"]
@@ -53,6 +53,46 @@ def test_evidence_order_is_descending_and_stable(run, prepared):
         # strongest first; ties keep the frozen order
         want = [s.candidates[j] for j in sorted(range(len(ev)), key=lambda j: (-ev[j], j))]
         assert order == want
+
+
+def test_transition_order_follows_the_transition_baseline(run, prepared):
+    from r2rec.baselines.transition import transition_matrix, transition_scores
+
+    builder = PromptBuilder(run, PromptConfig(candidate_order="transition"))
+    T = transition_matrix((q.items for q in prepared.train_sequences()), prepared.n_items)
+    samples = prepared.samples("test", 0)
+    scores = transition_scores(T, [q.history for q in samples], [q.candidates for q in samples])
+    ev = ChainSampler(builder.graph, ChainConfig(max_users_per_item=256)).candidate_evidence_batch(samples)
+    n_ties = 0
+    for s, sc, e, p in zip(samples, scores, ev, builder.build(samples)):
+        # highest transition score first; ties by evidence, then the frozen order
+        want = [s.candidates[j] for j in sorted(range(len(sc)), key=lambda j: (-sc[j], -e[j], j))]
+        assert p.candidates == want
+        n_ties += len(set(sc)) < len(sc)
+    assert n_ties > 0  # the tie-break was exercised
+
+
+def test_ranked_chains_explain_the_top_candidates_in_order(run, prepared):
+    builder = PromptBuilder(run, PromptConfig(candidate_order="transition", chain_selection="ranked",
+                                              context_chains=3))
+    strongest = PromptBuilder(run, PromptConfig(candidate_order="transition", context_chains=200))
+    checker = CitationChecker(builder.graph, builder.titles)
+    samples = prepared.samples("val", 0) + prepared.samples("train", 0)[:40]
+    n = 0
+    for p, every in zip(builder.build(samples), strongest.build(samples)):
+        items = [c["i_b"] for c in p.chains]
+        assert len(items) == len(set(items)) <= 3
+        # one chain per candidate, following the candidates' prompt order ...
+        assert items == [c for c in p.candidates if c in items]
+        head = p.candidates[: 12]
+        reachable = [c for c in head if any(x["i_b"] == c for x in every.chains)]
+        assert items == reachable[:3]  # ... the first candidates that have a chain
+        for c, line in zip(p.chains, p.context_lines):
+            # ... and it is that candidate's strongest chain
+            assert c["strength"] == max(x["strength"] for x in every.chains if x["i_b"] == c["i_b"])
+            assert checker.check(line, []).all_real
+        n += len(items)
+    assert n > 20
 
 
 def test_frozen_order_and_no_chain_ablation(run, prepared):

@@ -84,7 +84,7 @@ def test_curriculum_rebuilds_prompts_with_fewer_candidates(tiny_model_dir, synth
     trainer, _ = make_trainer(RunDir(synthetic_train_run), cfg)
     for ex in trainer.train_dataset:
         user = ex["prompt"][-1]["content"]
-        listed = user.split("Candidates:")[1].strip().splitlines()
+        listed = user.split("chose next:")[1].strip().splitlines()
         listed = [l for l in listed if l.startswith("- ")]
         assert len(listed) == 3
         answer = ex["completion"][0]["content"].split("<answer>")[1].split("</answer>")[0]

@@ -124,18 +124,23 @@ class ChainBatch:
     def count(self, b: int) -> int:
         return int(self.offsets[b + 1] - self.offsets[b])
 
-    def records(self, b: int) -> list[dict]:
-        """Chains of sample b as JSON-ready evidence records (user ids as in the graph)."""
+    def records(self, b: int, best_per_item: bool = False) -> list[dict]:
+        """Chains of sample b as JSON-ready evidence records (user ids as in the graph).
+
+        ``best_per_item``: only the first drawn (with temperature 0: the strongest) chain of each ``i_b``.
+        """
         lo, hi = int(self.offsets[b]), int(self.offsets[b + 1])
         if hi == lo:
             return []
-        rows = slice(lo, hi)
+        rows = np.arange(lo, hi)
+        if best_per_item:
+            _, first = np.unique(self.i_b[rows], return_index=True)
+            rows = rows[np.sort(first)]
         t_a = self.graph.time_of(self.u1[rows], self.i_a[rows])
         t_b = self.graph.time_of(self.u1[rows], self.i_b[rows])
         hist = self.histories[b]
         out = []
-        for r in range(lo, hi):
-            k = r - lo
+        for k, r in enumerate(rows):
             out.append({
                 "u1": str(self.graph.users[self.u1[r]]),
                 "i_a": int(self.i_a[r]),

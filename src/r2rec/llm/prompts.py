@@ -17,16 +17,20 @@ def template(name: str) -> str:
 
 
 def build_user_prompt(history_titles: list[str], candidate_titles: list[str],
-                      context_lines: list[str] | None = None, items: str = "items") -> str:
+                      context_lines: list[str] | None = None, items: str = "items", ranked: bool = False) -> str:
     history = "\n".join(f"- {t}" for t in history_titles)
     candidates = "\n".join(f"- {t}" for t in candidate_titles)
     context = template("context").format(chains="\n".join(f"- {c}" for c in context_lines)) if context_lines else ""
-    return template("user").format(items=items, history=history, candidates=candidates, context=context)
+    header = "Candidates, most likely first by what other users chose next:" if ranked else "Candidates:"
+    return template("user").format(items=items, history=history, candidates=candidates, context=context,
+                                   candidates_header=header)
 
 
 def build_messages(history_titles: list[str], candidate_titles: list[str],
-                   context_lines: list[str] | None = None, items: str = "items") -> list[dict]:
+                   context_lines: list[str] | None = None, items: str = "items",
+                   ranked: bool = False) -> list[dict]:
+    """``ranked``: the candidates come ranked by a train-only heuristic, and the prompt says so."""
     return [
         {"role": "system", "content": template("system").strip()},
-        {"role": "user", "content": build_user_prompt(history_titles, candidate_titles, context_lines, items)},
+        {"role": "user", "content": build_user_prompt(history_titles, candidate_titles, context_lines, items, ranked)},
     ]

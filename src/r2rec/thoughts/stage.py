@@ -1,7 +1,8 @@
 """The ``thoughts`` stage: chains -> progressive masked prompting -> filter -> SFT traces.
 
-For a seeded random subset of the train samples (``max_samples``), the first drawn chain that reaches the
-target (``chains/train.seed{s}.jsonl.gz``, built if missing) is walked hop by hop by the teacher. A trace is
+For a seeded random subset of the train samples (``max_samples``), the target's chain shown in the prompt's
+context, else the first drawn chain that reaches the target (``chains/train.seed{s}.jsonl.gz``, built if
+missing), is walked hop by hop by the teacher. A trace is
 kept only if
 
 - every thought is non-empty,
@@ -51,6 +52,8 @@ class ThoughtsConfig:
     """Seeds the subset and the LLM teachers' sampling."""
     chunk_size: int = 256
     """Samples per teacher round (each round runs all hops, then is appended to the progress file)."""
+    prefer_context_chain: bool = True
+    """Walk the target's chain shown in the prompt when there is one (else the first drawn chain)."""
     examples: int = 5
     """Kept traces shown in examples.md (plus up to as many dropped ones, with their reason)."""
     prompt: dict = field(default_factory=dict)
@@ -197,7 +200,10 @@ def run_thoughts(run_dir: str | Path, config: ThoughtsConfig | None = None, forc
                     if not chains.get(i):
                         rows.append({"i": i, "outcome": "no_chain"})
                         continue
-                    ch = chains[i][0]  # the first drawn chain reaching the target
+                    # The target's chain shown in the prompt, else the first drawn one: a trace that restates
+                    # its prompt's evidence teaches reading the prompt, not recalling the graph.
+                    shown = [c for c in prompts[i].chains if c["i_b"] == s.target]
+                    ch = shown[0] if shown and config.prefer_context_chain else chains[i][0]
                     user = graph.display_name(ch["u1"])
                     contexts.append(TraceContext(
                         key=f"{dataset}/train/{i}", prompt=prompts[i].messages, chain=ch,

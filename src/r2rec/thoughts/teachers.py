@@ -55,20 +55,21 @@ class TemplateTeacher(Teacher):
 
     @staticmethod
     def _thought(r: HopRequest) -> str:
+        # Short on purpose: every token of a trace is paid again in SFT, GRPO and each evaluation.
         v = r.revealed
         if r.hop == 1:
             back = v["history_len"] - 1 - v["slot_a"]
-            when = ("as their latest of " if back == 0 else f"{back} step{'s' * (back > 1)} before their latest of ")
-            first = cite(None, r.verb, v["title_a"])
-            return (f"{first[0].upper()}{first[1:]} {when}{v['history_len']} {r.noun}; "
-                    f"people who met it may show what comes next.")
+            when = "last" if back == 0 else "just before their latest" if back == 1 else f"{back} before their latest"
+            return f"{_cap(cite(None, r.verb, v['title_a']))} {when}."
         if r.hop == 2:
-            return (f"Like the user, {cite(v['u1'], r.verb, v['title_a'])}; they share {v['n_shared']} "
-                    f"{r.noun} in all, so their tastes overlap.")
+            return f"{_cap(cite(v['u1'], r.verb, v['title_a']))} too and shares {v['n_shared']} {r.noun} with the user."
         gap = v["gap"]
-        after = "right after" if gap == 1 else f"{gap} {r.noun} later"
-        return (f"Then {cite(v['u1'], r.verb, v['title_a'], v['title_b'])} ({after}), so "
-                f"\"{v['title_b']}\" is the most likely next choice for the user.")
+        after = "right after" if gap == 1 else f"{gap} later"
+        return f"{_cap(cite(v['u1'], r.verb, v['title_a'], v['title_b']))} ({after}), so \"{v['title_b']}\" is next."
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 class HFTeacher(Teacher):
