@@ -136,3 +136,19 @@ def test_seeded_runs_are_identical(name, fitted, pattern):
     np.testing.assert_array_equal(fitted[name].score(test), again)
     if name == "random":
         assert not np.array_equal(again, _make(name).fit(pattern, seed=1).score(test))
+
+
+def test_leave_user_out_scores_equal_a_matrix_fit_without_that_user():
+    from r2rec.baselines.transition import leave_user_out_scores, transition_matrix, transition_scores
+
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(0, 30, size=rng.integers(5, 40)).tolist() for _ in range(50)]
+    counts = transition_matrix(seqs, 30, normalize=False)
+    for u in range(5):
+        without = transition_matrix(seqs[:u] + seqs[u + 1:], 30)
+        h, c = seqs[u][:8], list(range(30))
+        np.testing.assert_allclose(leave_user_out_scores(counts, h, c, seqs[u]),
+                                   transition_scores(without, [h], [c])[0], atol=1e-12)
+    # a user whose transitions are the whole evidence leaves nothing behind
+    alone = transition_matrix([[1, 2, 3]], 5, normalize=False)
+    assert not leave_user_out_scores(alone, [1], [2, 3], [1, 2, 3]).any()

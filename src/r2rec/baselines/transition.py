@@ -98,3 +98,41 @@ def transition_scores(matrix: sp.csr_array, histories: Sequence[Sequence[int]],
     vals = np.asarray(matrix[rows, cols], dtype=np.float64).reshape(n, L, n_c)
     out = (vals * weight[:, :, None]).sum(axis=1)
     return np.where(ok_c, out, 0.0)
+
+
+def leave_user_out_scores(counts: sp.csr_array, history: Sequence[int], candidates: Sequence[int],
+                          own_sequence: Sequence[int], window: int = 10, decay: float = 0.8) -> np.ndarray:
+    """``transition_scores`` of one sample with its own user's train sequence taken out of the counts.
+
+    ``counts``: the raw (``normalize=False``, ``gap_decay=1``) matrix of all train sequences. A train sample's
+    own target is one of the transitions its user contributed, so scoring it with the full matrix leaks its
+    answer (on llara-lastfm the top-ranked candidate was the target for 98% of train samples vs 30% on
+    test). Removing the user's sequence scores a train sample the way a val/test sample is scored.
+    """
+    seq = np.asarray(own_sequence, dtype=np.int64)
+    pos: dict[int, list[int]] = {}
+    for i, a in enumerate(seq.tolist()):
+        pos.setdefault(a, []).append(i)
+    size = counts.shape[0]
+    cands = np.asarray(candidates, dtype=np.int64)
+    ok_c = (cands >= 0) & (cands < size)
+    out = np.zeros(len(cands), dtype=np.float64)
+    h = [a for a in history][::-1]  # newest first: distance d weighs decay ** d
+    for d, a in enumerate(h):
+        if not 0 <= a < size:
+            continue
+        row_sum = float(counts[[a], :].sum())
+        own_follow: dict[int, int] = {}
+        own_sum = 0
+        for i in pos.get(int(a), []):
+            follow = seq[i + 1:i + 1 + window].tolist()
+            own_sum += len(follow)
+            for b in follow:
+                own_follow[b] = own_follow.get(b, 0) + 1
+        denom = row_sum - own_sum
+        if denom <= 0:
+            continue
+        raw = np.asarray(counts[np.full(len(cands), a), np.where(ok_c, cands, 0)], dtype=np.float64)
+        own = np.array([own_follow.get(int(c), 0) for c in cands], dtype=np.float64)
+        out += decay ** d * np.where(ok_c, raw - own, 0.0) / denom
+    return out

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import scipy.sparse as sp
 
 from r2rec.data.schema import PreparedData, Sample
 from r2rec.llm.prompts import build_messages
@@ -108,19 +109,32 @@ class PromptBuilder:
         self._transition = None
 
     def transition_scores(self, samples: Sequence[Sample]) -> np.ndarray:
-        """The ``transition`` baseline's scores (fit once on the train sequences only)."""
-        from r2rec.baselines.transition import transition_matrix, transition_scores
+        """The ``transition`` baseline's scores, fit once on the train sequences only.
+
+        A train sample is scored with its own user's sequence left out (``leave_user_out_scores``): otherwise
+        its target, which that sequence contains, would top the ranking far more often than at test time.
+        """
+        from r2rec.baselines.transition import leave_user_out_scores, transition_matrix, transition_scores
 
         if self._transition is None:
-            self._transition = transition_matrix((s.items for s in self.prepared.train_sequences()),
-                                                 self.prepared.n_items)
+            seqs = {s.user: s.items for s in self.prepared.train_sequences()}
+            counts = transition_matrix(seqs.values(), self.prepared.n_items, normalize=False)
+            row_sum = np.asarray(counts.sum(axis=1)).ravel()
+            inv = np.divide(1.0, row_sum, out=np.zeros_like(row_sum), where=row_sum > 0)
+            self._transition = (seqs, counts, sp.csr_array(sp.diags_array(inv) @ counts))
+        seqs, counts, matrix = self._transition
         width = max((len(s.candidates) for s in samples), default=0)
         cands = np.full((len(samples), width), -1, dtype=np.int64)
         for b, s in enumerate(samples):
             cands[b, :len(s.candidates)] = s.candidates
         known = (cands >= 0) & (cands < self.prepared.n_items)
         hist = [[h for h in s.history if 0 <= h < self.prepared.n_items] for s in samples]
-        return np.where(known, transition_scores(self._transition, hist, np.where(known, cands, 0)), 0.0)
+        out = np.where(known, transition_scores(matrix, hist, np.where(known, cands, 0)), 0.0)
+        for b, s in enumerate(samples):
+            if s.split == "train" and s.user in seqs:
+                n = len(s.candidates)
+                out[b, :n] = np.where(known[b, :n], leave_user_out_scores(counts, hist[b], cands[b, :n], seqs[s.user]), 0.0)
+        return out
 
     # -- text ------------------------------------------------------------------------------------------
     def title(self, item: int) -> str:
