@@ -51,6 +51,18 @@ def test_stages_run_once_then_skip_and_a_changed_section_reruns(tmp_path, capsys
     assert "[1/2] prepare: up to date, skipped" in out and (root / "results" / "transition.json").exists()
 
 
+def test_force_reruns_the_stage_itself_not_only_its_pipeline_entry(tmp_path):
+    _write_csv(tmp_path)
+    cfg = _config(tmp_path)
+    root = run_pipeline(cfg, only=["prepare", "baselines"])
+    result = root / "results" / "pop.json"
+    before = result.stat().st_mtime_ns
+    run_pipeline(cfg, only=["prepare", "baselines"])
+    assert result.stat().st_mtime_ns == before  # skipped
+    run_pipeline(cfg, only=["prepare", "baselines"], force=["baselines"])
+    assert result.stat().st_mtime_ns > before  # the baseline's own manifest did not stop it
+
+
 def test_a_failing_stage_is_named_with_its_section(tmp_path):
     _write_csv(tmp_path)
     cfg = _config(tmp_path, methods=("no-such-baseline",))

@@ -69,7 +69,7 @@ def test_direct_variant_trains_and_logs_val_hr1(tiny_model_dir, synthetic_train_
     val = [json.loads(l) for l in open(synthetic_train_run / "checkpoints/sft-direct/val.jsonl")]
     assert [v["step"] for v in val] == [0, 1, 2]  # before training, every eval_every steps
     for v in val:
-        assert 0.0 <= v["val_hr1"] <= 1.0 and 0.0 <= v["val_top_evidence"] <= 1.0
+        assert 0.0 <= v["val_hr1"] <= 1.0 and 0.0 <= v["val_top_first"] <= 1.0
         # HR@1 counts 1/4 steps on 4 samples: a fraction of the subset, never a made-up number.
         assert (v["val_hr1"] * 4) == int(v["val_hr1"] * 4)
     rows = list(csv.DictReader(open(synthetic_train_run / "checkpoints/sft-direct/log.csv")))

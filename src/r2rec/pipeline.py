@@ -32,69 +32,70 @@ class PipelineError(RuntimeError):
 class Stage:
     name: str
     deps: tuple[str, ...]
-    fn: Callable[[RunDir, dict, dict], None]  # (run, section, whole config)
+    fn: Callable[[RunDir, dict, dict, bool], None]  # (run, section, whole config, force)
     section: str  # the YAML section it reads
 
 
 # -- stage adapters: thin calls into each stage's own module ------------------------------------------------
-def _prepare(run: RunDir, section: dict, cfg: dict) -> None:
+def _prepare(run: RunDir, section: dict, cfg: dict, force: bool) -> None:
     from .config import build
     from .data.prepare import PrepareConfig, prepare
 
-    prepare(build(PrepareConfig, section, where="prepare"), run)
+    prepare(build(PrepareConfig, section, where="prepare"), run, force=force)
 
 
-def _baselines(run: RunDir, section: dict, cfg: dict) -> None:
+def _baselines(run: RunDir, section: dict, cfg: dict, force: bool) -> None:
     from .baselines.cli import run_baseline
 
     for name in section.get("methods", ["random", "pop", "transition", "sasrec", "gru4rec", "evidence"]):
-        run_baseline(run.root, name, values=(section.get("settings") or {}).get(name))
+        run_baseline(run.root, name, values=(section.get("settings") or {}).get(name), force=force)
 
 
-def _graph(run: RunDir, section: dict, cfg: dict) -> None:
+def _graph(run: RunDir, section: dict, cfg: dict, force: bool) -> None:
     from .config import build
     from .graph.graph import GraphConfig, build_graph
 
-    build_graph(run.root, build(GraphConfig, section, where="graph"))
+    build_graph(run.root, build(GraphConfig, section, where="graph"), force=force)
 
 
-def _chains(run: RunDir, section: dict, cfg: dict) -> None:
+def _chains(run: RunDir, section: dict, cfg: dict, force: bool) -> None:
     from .config import build
     from .graph.chains import ChainConfig
     from .graph.stage import run_chains
 
-    run_chains(run.root, build(ChainConfig, section, where="chains"), progress=True)
+    run_chains(run.root, build(ChainConfig, section, where="chains"), force=force, progress=True)
 
 
-def _thoughts(run: RunDir, section: dict, cfg: dict) -> None:
+def _thoughts(run: RunDir, section: dict, cfg: dict, force: bool) -> None:
     from .config import build
     from .thoughts.stage import ThoughtsConfig, run_thoughts
 
-    run_thoughts(run.root, build(ThoughtsConfig, {"prompt": cfg.get("prompt") or {}, **section}, where="thoughts"))
+    run_thoughts(run.root, build(ThoughtsConfig, {"prompt": cfg.get("prompt") or {}, **section}, where="thoughts"),
+                 force=force)
 
 
 def _sft(variant: str):
-    def fn(run: RunDir, section: dict, cfg: dict) -> None:
+    def fn(run: RunDir, section: dict, cfg: dict, force: bool) -> None:
         from .config import build
         from .train.sft import SFTConfig, run_sft
 
-        run_sft(run.root, build(SFTConfig, {**section, "variant": variant}, where=f"sft[{variant}]"))
+        run_sft(run.root, build(SFTConfig, {**section, "variant": variant}, where=f"sft[{variant}]"), force=force)
     return fn
 
 
-def _rl(run: RunDir, section: dict, cfg: dict) -> None:
+def _rl(run: RunDir, section: dict, cfg: dict, force: bool) -> None:
     from .config import build
     from .train.rl import RLConfig, run_rl
 
-    run_rl(run.root, build(RLConfig, section, where="rl"))
+    run_rl(run.root, build(RLConfig, section, where="rl"), force=force)
 
 
-def _eval(run: RunDir, section: dict, cfg: dict) -> None:
+def _eval(run: RunDir, section: dict, cfg: dict, force: bool) -> None:
     from .config import build
     from .eval.cli import EvalConfig, run_eval
     from .llm.inputs import PromptConfig
 
-    section = dict(section)
+    section = {**section, "force": True} if force else dict(section)
     kinds = section.pop("models", ["base", "sft-direct", "sft", "rl"])
     # Inference-time ablation: the final model with the interaction chains removed from its prompts.
     no_chains = section.pop("no_context_ablation", True)
@@ -108,7 +109,7 @@ def _eval(run: RunDir, section: dict, cfg: dict) -> None:
                  prompt=ablated)
 
 
-def _report(run: RunDir, section: dict, cfg: dict) -> None:
+def _report(run: RunDir, section: dict, cfg: dict, force: bool) -> None:
     from .report.report import write_report
 
     out = write_report(run.root, **section)
@@ -163,7 +164,8 @@ def run_pipeline(config_path: str | Path, run_root: str | Path | None = None, on
         print(f"{head} ...", flush=True)
         t0 = time.perf_counter()
         try:
-            stage.fn(run, section, cfg)
+            # --force reaches the stage itself, so its own manifest or checkpoints do not skip the work.
+            stage.fn(run, section, cfg, stage.name in (force or []))
         except KeyboardInterrupt:
             print(f"{head}: interrupted; rerun the same command to resume", flush=True)
             raise

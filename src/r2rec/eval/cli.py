@@ -118,7 +118,8 @@ def _checkpoint_files(adapter: Path | None, model: str) -> list[Path]:
 def run_eval(run_dir: str | Path, model_kind: str, config: EvalConfig | None = None, prompt=None) -> dict:
     """Evaluate ``model_kind`` on the run's frozen candidates; write and return the result dict.
 
-    ``prompt``: a :class:`r2rec.llm.inputs.PromptConfig` (default: its defaults, as the SFT data uses).
+    ``prompt``: a :class:`r2rec.llm.inputs.PromptConfig` (default: the one the run's traces were built with,
+    so a trained model is evaluated on the prompts it learned from).
     Each seed's predictions are kept in ``results/.parts/`` as soon as they are done, keyed by everything
     that determines them, so an interrupted evaluation resumes at the first unfinished seed (and seeds can be
     run one command at a time, then combined by a run over all of them).
@@ -126,11 +127,11 @@ def run_eval(run_dir: str | Path, model_kind: str, config: EvalConfig | None = N
     from r2rec.data.schema import PreparedData, samples_path
     from r2rec.eval import EvalProtocol, evaluate, write_result
     from r2rec.eval.results import load_result, result_path
-    from r2rec.llm.inputs import PromptConfig
+    from r2rec.train.evalhook import prompt_config
 
     cfg = config or EvalConfig()
-    prompt = prompt or PromptConfig()
     run = RunDir(run_dir)
+    prompt = prompt or prompt_config(run, None)
     prepared = PreparedData(run.prepared)
     method = cfg.method or model_kind
     seeds = list(cfg.seeds) or prepared.seeds
@@ -315,8 +316,11 @@ def add_arguments(p) -> None:
 
 
 def configs_from_args(args):
-    """``(EvalConfig, PromptConfig)`` from the YAML file, the flags and the ``key=value`` overrides."""
-    from r2rec.llm.inputs import PromptConfig
+    """``(EvalConfig, PromptConfig)`` from the YAML file, the flags and the ``key=value`` overrides.
+
+    The prompt starts from the YAML's ``prompt`` section, else from the one the run's traces were built with.
+    """
+    from r2rec.train.evalhook import prompt_config
 
     data = load_yaml(args.config) if args.config else {}
     # ``--seeds 0 1 key=value`` : nargs="+" also swallows the overrides that follow; hand them back.
@@ -336,7 +340,19 @@ def configs_from_args(args):
     if args.force:
         ev_over.append("force=true")
     return (build(EvalConfig, data.get("eval", {}), ev_over, where="eval"),
-            build(PromptConfig, data.get("prompt", {}), pr_over, where="prompt"))
+            prompt_config(RunDir(args.run), _as_dict(data.get("prompt"), pr_over)))
+
+
+def _as_dict(values: dict | None, overrides: list[str]) -> dict:
+    import yaml
+
+    out = dict(values or {})
+    for ov in overrides:
+        if "=" not in ov:
+            raise ValueError(f"override prompt.{ov!r}: expected key=value")
+        k, v = ov.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
 
 
 def run(args) -> int:

@@ -23,6 +23,33 @@ def lora_config(r: int, alpha: int, dropout: float, target_modules, seed: int | 
                       bias="none", task_type="CAUSAL_LM")
 
 
+# Settings that do not change what training computes: a checkpoint made under other values still resumes.
+_RESUME_NEUTRAL = ("threads", "save_every", "save_total_limit", "logging_steps")
+
+
+def resume_point(output_dir: Path, config: dict, force: bool = False) -> str | None:
+    """The checkpoint to resume from, after clearing ``output_dir`` when it cannot be resumed.
+
+    A checkpoint resumes only a run with the same settings (``config.json`` in ``output_dir``, ignoring
+    :data:`_RESUME_NEUTRAL`): resuming a different learning rate or step budget from it would silently mix two
+    runs. ``force`` (``--force``) always starts over.
+    """
+    import shutil
+
+    output_dir = Path(output_dir)
+    saved = output_dir / "config.json"
+    if output_dir.is_dir():
+        old = json.loads(saved.read_text()) if saved.exists() else None
+        same = old is not None and all(old.get(k) == v for k, v in json.loads(json.dumps(config)).items()
+                                       if k not in _RESUME_NEUTRAL)
+        if force or not same:
+            if last_checkpoint(output_dir) or force:
+                print(f"[train] {output_dir}: {'--force' if force else 'settings changed'}; starting over")
+            shutil.rmtree(output_dir)
+            return None
+    return last_checkpoint(output_dir)
+
+
 def last_checkpoint(output_dir: Path) -> str | None:
     """The newest ``checkpoint-N`` folder in ``output_dir`` that holds a trainer state, else None."""
     output_dir = Path(output_dir)

@@ -40,9 +40,9 @@ def rebuild_messages(run: RunDir, samples: list, overrides: dict | None) -> list
 def make_val_evaluator(run: RunDir, cfg, variant: str):
     """``evaluate(model, tokenizer) -> metrics`` on the first ``cfg.eval_samples`` val samples of ``cfg.eval_seed``.
 
-    Metrics: ``val_hr1`` (answer = target), ``val_top_evidence`` (share of answers that are the prompt's
-    first, strongest-evidence candidate: how much the model just follows the heuristic), and
-    ``val_evidence_hr1`` (HR@1 of that heuristic on the same subset, the reference line). Returns None when
+    Metrics: ``val_hr1`` (answer = target), ``val_top_first`` (share of answers that are the prompt's first
+    candidate, the top of the train-only heuristic that orders it: how much the model just follows it), and
+    ``val_first_hr1`` (HR@1 of that heuristic on the same subset, the reference line). Returns None when
     the run has no val split.
     """
     from r2rec.data.schema import PreparedData
@@ -62,8 +62,7 @@ def make_val_evaluator(run: RunDir, cfg, variant: str):
     messages = [p.messages for p in prompts]
     titles = [[builder.title(c) for c in p.candidates] for p in prompts]
     targets = [p.candidates.index(s.target) for p, s in zip(prompts, samples)]
-    evidence_top = [max(range(len(p.evidence)), key=lambda j: (p.evidence[j], -j)) for p in prompts]
-    evidence_hr1 = sum(t == e for t, e in zip(targets, evidence_top)) / len(samples)
+    first_hr1 = sum(t == 0 for t in targets) / len(samples)
     think = variant == "iot"
 
     def evaluate(model, tokenizer) -> dict:
@@ -76,8 +75,8 @@ def make_val_evaluator(run: RunDir, cfg, variant: str):
         n = len(outs)
         return {
             "val_hr1": sum(o.answer == t for o, t in zip(outs, targets)) / n,
-            "val_top_evidence": sum(o.answer == e for o, e in zip(outs, evidence_top)) / n,
-            "val_evidence_hr1": evidence_hr1,
+            "val_top_first": sum(o.answer == 0 for o in outs) / n,
+            "val_first_hr1": first_hr1,
         }
 
     return evaluate

@@ -28,7 +28,7 @@ from r2rec.config import build
 from r2rec.data.schema import PreparedData, Sample, read_jsonl
 from r2rec.runs import RunDir
 
-from .common import DEFAULT_LORA_TARGETS, csv_log_callback, last_checkpoint, lora_config, \
+from .common import DEFAULT_LORA_TARGETS, csv_log_callback, resume_point, lora_config, \
     shared_training_arguments, trainable_parameters, val_callback
 from .rewards import check_weights, trl_reward_funcs
 from .sft import config_from_args
@@ -215,22 +215,22 @@ def make_trainer(run: RunDir, cfg: RLConfig):
     return trainer
 
 
-def run_rl(run_dir: str | Path, cfg: RLConfig) -> Path:
+def run_rl(run_dir: str | Path, cfg: RLConfig, force: bool = False) -> Path:
     """Train (or resume) GRPO and save the final adapter; returns ``<output>/final``."""
     run = RunDir(run_dir)
     out = run.root / cfg.output
     final = out / "final"
     init = run.root / cfg.init
     inputs = [run.root / cfg.traces] + sorted(p for p in init.glob("*.safetensors"))
-    if run.manifest_matches(cfg.stage, inputs, cfg, cfg.seed) and final.exists():
+    if not force and run.manifest_matches(cfg.stage, inputs, cfg, cfg.seed) and final.exists():
         print(f"[rl] {final} is up to date (manifest matches); nothing to do")
         return final
+    resume = resume_point(out, asdict(cfg), force)
     trainer = make_trainer(run, cfg)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     n_train, n_total = trainable_parameters(trainer.model)
     print(f"[rl] prompts={len(trainer.train_dataset)} group={cfg.num_generations} steps={cfg.max_steps} "
           f"trainable={n_train:,}/{n_total:,} from {init} -> {out}")
-    resume = last_checkpoint(out)
     if resume:
         print(f"[rl] resuming from {resume}")
     t0 = time.time()

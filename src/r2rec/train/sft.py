@@ -25,7 +25,7 @@ from r2rec.config import build, load_yaml
 from r2rec.data.schema import Sample, read_jsonl
 from r2rec.runs import RunDir
 
-from .common import DEFAULT_LORA_TARGETS, csv_log_callback, last_checkpoint, lora_config, \
+from .common import DEFAULT_LORA_TARGETS, csv_log_callback, resume_point, lora_config, \
     shared_training_arguments, trainable_parameters, val_callback
 
 VARIANTS = ("iot", "direct")
@@ -290,15 +290,16 @@ def make_trainer(run: RunDir, cfg: SFTConfig):
     return trainer, dropped
 
 
-def run_sft(run_dir: str | Path, cfg: SFTConfig) -> Path:
+def run_sft(run_dir: str | Path, cfg: SFTConfig, force: bool = False) -> Path:
     """Train (or resume) and save the final adapter; returns ``<output>/final``."""
     run = RunDir(run_dir)
     out = run.root / cfg.output_dir
     final = out / "final"
     traces = run.root / cfg.traces
-    if run.manifest_matches(cfg.stage, [traces], cfg, cfg.seed) and final.exists():
+    if not force and run.manifest_matches(cfg.stage, [traces], cfg, cfg.seed) and final.exists():
         print(f"[sft] {final} is up to date (manifest matches); nothing to do")
         return final
+    resume = resume_point(out, asdict(cfg), force)
     trainer, dropped = make_trainer(run, cfg)
     tok = trainer.processing_class
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
@@ -306,7 +307,6 @@ def run_sft(run_dir: str | Path, cfg: SFTConfig) -> Path:
     print(f"[sft] variant={cfg.variant} examples={len(trainer.train_dataset)} trainable={n_train:,}/{n_total:,} "
           f"max_steps={trainer.args.max_steps} epochs={cfg.epochs} -> {out}")
 
-    resume = last_checkpoint(out)
     if resume:
         print(f"[sft] resuming from {resume}")
     t0 = time.time()
