@@ -189,3 +189,26 @@ def test_hf_teacher_runs_the_stage(run, tiny_model_dir):
     stats = run_thoughts(run, cfg, progress=False)
     assert stats["attempted"] == 6 and sum(stats["by_reason"].values()) == 6
     assert stats["by_reason"]["kept"] == len(_records(run))
+
+
+def test_ranked_prompt_traces_walk_the_chain_their_prompt_shows(run):
+    """With chain_selection=ranked a trace walks its target's shown chain, and SFT's in_context filter sees it."""
+    from r2rec.data.schema import Sample
+    from r2rec.llm.inputs import PromptBuilder, PromptConfig
+    from r2rec.train.sft import restates_context
+
+    prompt = {"candidate_order": "transition", "chain_selection": "ranked", "context_chains": 3}
+    run_thoughts(run, ThoughtsConfig(max_samples=200, prompt=prompt), progress=False)
+    recs = _records(run)
+    built = PromptBuilder(run, PromptConfig(**prompt)).build([Sample.from_json(r["sample"]) for r in recs])
+    n_shown = 0
+    for r, p in zip(recs, built):
+        assert p.messages == r["messages"]
+        ch = r["chains"][0]
+        in_prompt = any((c["u1"], c["i_a"], c["i_b"]) == (ch["u1"], ch["i_a"], ch["i_b"]) for c in p.chains)
+        # a shown chain for the target is always the one walked
+        assert in_prompt == any(c["i_b"] == ch["i_b"] for c in p.chains)
+        example = {"prompt": r["messages"], "completion": [{"role": "assistant", "content": r["completion"]}]}
+        assert restates_context(example) == in_prompt  # the SFT filter agrees with where the chain came from
+        n_shown += in_prompt
+    assert n_shown >= 0.5 * len(recs) > 0

@@ -168,13 +168,15 @@ def context_citations(messages: list[dict]) -> list[str]:
 
 
 def restates_context(example: dict) -> bool:
-    """True when the trace's reasoning cites one of the prompt's context chains word for word.
+    """True when the trace's reasoning cites one of the prompt's context chains word for word (a thought may
+    start with it, capitalised: ``User 7 watched ...``, so the match ignores case).
 
     The reasoning is the record's thoughts + answer completion, also for the direct variant, so that the
     ablation can train on exactly the same samples as the iot variant.
     """
     completion = example.get("reasoning") or example["completion"][0]["content"]
-    return any(c in completion for c in context_citations(example["prompt"]))
+    completion = completion.casefold()
+    return any(c.casefold() in completion for c in context_citations(example["prompt"]))
 
 
 def trim_candidates(sample: Sample, k: int) -> Sample:
