@@ -133,7 +133,8 @@ class PromptBuilder:
         for b, s in enumerate(samples):
             if s.split == "train" and s.user in seqs:
                 n = len(s.candidates)
-                out[b, :n] = np.where(known[b, :n], leave_user_out_scores(counts, hist[b], cands[b, :n], seqs[s.user]), 0.0)
+                own = leave_user_out_scores(counts, hist[b], cands[b, :n], seqs[s.user])
+                out[b, :n] = np.where(known[b, :n], own, 0.0)
         return out
 
     # -- text ------------------------------------------------------------------------------------------
