@@ -255,10 +255,11 @@ def run_rl(run_dir: str | Path, cfg: RLConfig, force: bool = False) -> Path:
 def add_arguments(p) -> None:
     p.add_argument("--run", required=True, help="run folder (runs/<name>)")
     p.add_argument("--config", default=None, help="YAML file; its 'rl' section is used")
+    p.add_argument("--force", action="store_true", help="train from scratch even if up to date or checkpointed")
     p.add_argument("overrides", nargs="*", help="key=value overrides of RLConfig fields")
 
 
 def run(args) -> int:
     cfg = config_from_args(args, RLConfig, "rl")
-    run_rl(args.run, cfg)
+    run_rl(args.run, cfg, force=args.force)
     return 0

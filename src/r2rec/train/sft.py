@@ -330,6 +330,7 @@ def add_arguments(p) -> None:
     p.add_argument("--run", required=True, help="run folder (runs/<name>)")
     p.add_argument("--variant", choices=VARIANTS, default=None, help="iot (default) or direct (ablation)")
     p.add_argument("--config", default=None, help="YAML file; its 'sft' section is used")
+    p.add_argument("--force", action="store_true", help="train from scratch even if up to date or checkpointed")
     p.add_argument("overrides", nargs="*", help="key=value overrides of SFTConfig fields")
 
 
@@ -343,5 +344,5 @@ def config_from_args(args, cls, section: str):
 
 def run(args) -> int:
     cfg = config_from_args(args, SFTConfig, "sft")
-    run_sft(args.run, cfg)
+    run_sft(args.run, cfg, force=args.force)
     return 0
