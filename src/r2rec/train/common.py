@@ -24,7 +24,8 @@ def lora_config(r: int, alpha: int, dropout: float, target_modules, seed: int | 
 
 
 # Settings that do not change what training computes: a checkpoint made under other values still resumes.
-_RESUME_NEUTRAL = ("threads", "save_every", "save_total_limit", "logging_steps")
+_RESUME_NEUTRAL = ("threads", "save_every", "save_total_limit", "logging_steps", "eval_every", "eval_samples",
+                   "eval_at_start", "eval_max_new_tokens", "eval_batch_size")
 
 
 def resume_point(output_dir: Path, config: dict, force: bool = False) -> str | None:
