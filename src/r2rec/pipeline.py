@@ -16,7 +16,7 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -100,13 +100,20 @@ def _eval(run: RunDir, section: dict, cfg: dict, force: bool) -> None:
     # Inference-time ablation: the final model with the interaction chains removed from its prompts.
     no_chains = section.pop("no_context_ablation", True)
     prompt = build(PromptConfig, cfg.get("prompt") or {}, where="prompt")
-    for kind in kinds:
-        run_eval(run.root, kind, build(EvalConfig, section, where="eval"), prompt=prompt)
+    jobs = [(kind, build(EvalConfig, section, where="eval"), prompt) for kind in kinds]
     if no_chains and kinds:
         final = kinds[-1]
         ablated = build(PromptConfig, {**(cfg.get("prompt") or {}), "context_chains": 0}, where="prompt")
-        run_eval(run.root, final, build(EvalConfig, {**section, "method": f"{final}-no-chains"}, where="eval"),
-                 prompt=ablated)
+        jobs.append((final, build(EvalConfig, {**section, "method": f"{final}-no-chains"}, where="eval"), ablated))
+    # Seed by seed across every model first: an interrupted run then holds whole seeds of every row (each
+    # seed's predictions are kept), and the last pass over all seeds only combines them.
+    seeds = jobs[0][1].seeds if jobs else []
+    if len(seeds) > 1:
+        for seed in seeds:
+            for kind, ecfg, pcfg in jobs:
+                run_eval(run.root, kind, replace(ecfg, seeds=[seed]), prompt=pcfg)
+    for kind, ecfg, pcfg in jobs:
+        run_eval(run.root, kind, ecfg, prompt=pcfg)
 
 
 def _report(run: RunDir, section: dict, cfg: dict, force: bool) -> None:
