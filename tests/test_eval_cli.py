@@ -134,6 +134,32 @@ def test_cli_flags_and_overrides(synthetic_train_run, tiny_model_dir):
     assert main(["eval", "--run", str(synthetic_train_run), "--model", "base", "mode=beam"]) == 1
 
 
+def test_cli_reads_a_pipeline_config_and_the_runs_prompt(synthetic_train_run, tmp_path):
+    """A pipeline YAML works as --config (its eval section's pipeline keys are skipped); without a prompt
+    section the prompt is the one the run's traces were built with."""
+    import argparse
+
+    from r2rec.eval.cli import add_arguments, configs_from_args
+
+    manifests = synthetic_train_run / "manifests"
+    manifests.mkdir(exist_ok=True)
+    thoughts = manifests / "thoughts.json"
+    saved = thoughts.read_text() if thoughts.exists() else None
+    thoughts.write_text(json.dumps({"config": {"prompt": {"candidate_order": "transition", "context_chains": 2}}}))
+    try:
+        cfg_file = tmp_path / "p.yaml"
+        cfg_file.write_text("eval: {models: [base, sft], seeds: [0, 1], max_new_tokens: 32}\n")
+        p = argparse.ArgumentParser()
+        add_arguments(p)
+        args = p.parse_args(["--run", str(synthetic_train_run), "--model", "base", "--config", str(cfg_file),
+                             "prompt.context_chains=1"])
+        ecfg, prompt = configs_from_args(args)
+        assert ecfg.seeds == [0, 1] and ecfg.max_new_tokens == 32
+        assert prompt.candidate_order == "transition" and prompt.context_chains == 1
+    finally:
+        thoughts.unlink() if saved is None else thoughts.write_text(saved)
+
+
 def test_seeds_resume_from_finished_parts(synthetic_train_run, tiny_model_dir, capsys):
     run = synthetic_train_run
     one = run_eval(run, "base", _cfg(tiny_model_dir, think=False, seeds=[1], method="parts"))

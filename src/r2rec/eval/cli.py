@@ -315,6 +315,9 @@ def add_arguments(p) -> None:
     p.add_argument("overrides", nargs="*", help="key=value overrides of EvalConfig (prompt.key=value: PromptConfig)")
 
 
+PIPELINE_KEYS = ("models", "no_context_ablation")
+
+
 def configs_from_args(args):
     """``(EvalConfig, PromptConfig)`` from the YAML file, the flags and the ``key=value`` overrides.
 
@@ -339,7 +342,9 @@ def configs_from_args(args):
     ev_over += [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
     if args.force:
         ev_over.append("force=true")
-    return (build(EvalConfig, data.get("eval", {}), ev_over, where="eval"),
+    # The pipeline's own keys of the section (which models, the ablation) are not EvalConfig fields.
+    section = {k: v for k, v in (data.get("eval") or {}).items() if k not in PIPELINE_KEYS}
+    return (build(EvalConfig, section, ev_over, where="eval"),
             prompt_config(RunDir(args.run), _as_dict(data.get("prompt"), pr_over)))
 
 
