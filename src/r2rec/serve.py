@@ -259,6 +259,7 @@ class RecommendService:
                             "chosen": c == item}
                            for c, t, e, s in zip(prompt.candidates, shown, prompt.evidence, scores)],
             "candidates_source": source,
+            "candidate_order": self.prompt_config.candidate_order,
             "history": [{"item": h, "title": self.titles[h]} for h in hist],
             "history_dropped": dropped,
             "context": list(prompt.context_lines),
@@ -323,7 +324,12 @@ def format_text(res: dict) -> str:
     lines = [f"model: {res['model']}", "history: " + " | ".join(h["title"] for h in res["history"])]
     if res["history_dropped"]:
         lines[-1] += f"  ({res['history_dropped']} older items not shown to the model)"
-    lines.append(f"candidates ({res['candidates_source']}, in prompt order; evidence):")
+    if res.get("context"):
+        lines.append("interaction chains shown to the model:")
+        lines += [f"  {c}" for c in res["context"]]
+    order = res.get("candidate_order", "")
+    ranked = f", ranked by {order}" if order and order != "frozen" else ""
+    lines.append(f"candidates ({res['candidates_source']}, in prompt order{ranked}; [chain evidence]):")
     for k, c in enumerate(res["candidates"], 1):
         mark = "*" if c["chosen"] else " "
         lines.append(f" {mark}{k:2d}. {c['title']}  [{c['evidence']:.3g}]")
