@@ -96,7 +96,8 @@ def test_resume_continues_from_the_saved_step(tiny_model_dir, synthetic_train_ru
 
     from safetensors.torch import load_file
 
-    cfg = _cfg(tiny_model_dir, max_steps=4, save_every=2, save_total_limit=3)
+    cfg = _cfg(tiny_model_dir, max_steps=4, save_every=2, save_total_limit=3, eval_every=2, eval_samples=2,
+               eval_max_new_tokens=4)
     out = synthetic_train_run / "checkpoints/sft"
     final = run_sft(synthetic_train_run, cfg)
     straight = load_file(str(final / "adapter_model.safetensors"))
@@ -109,6 +110,9 @@ def test_resume_continues_from_the_saved_step(tiny_model_dir, synthetic_train_ru
     assert summary["resumed_from"].endswith("checkpoint-2") and summary["global_step"] == 4
     steps = [int(r["step"]) for r in csv.DictReader(open(out / "log.csv")) if r.get("loss")]
     assert steps == [1, 2, 3, 4]  # the resumed run logged steps 3 and 4, it did not restart at 1
+    # val points: 0, 2, 4 of the first run; the resumed run re-evaluated only step 4 (its files were lost)
+    val_steps = [json.loads(line)["step"] for line in open(out / "val.jsonl")]
+    assert val_steps == [0, 2, 4, 4]
     resumed = load_file(str(final / "adapter_model.safetensors"))
     # Same data order, RNG and optimiser state after resuming: the same adapter as the uninterrupted run.
     import torch

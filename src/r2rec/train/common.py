@@ -145,7 +145,7 @@ def val_callback(evaluate: Callable[[object, object], dict], every: int, tokeniz
             self.trainer = None  # set by the stage after the trainer exists (to log through it)
             self.done: set[int] = set()
 
-        def _run(self, state, model):
+        def _run(self, state, model, control=None):
             if state.global_step in self.done or not state.is_world_process_zero:
                 return
             self.done.add(state.global_step)
@@ -161,16 +161,29 @@ def val_callback(evaluate: Callable[[object, object], dict], every: int, tokeniz
                 with open(log_path, "a") as f:
                     f.write(json.dumps({"step": state.global_step, **metrics}) + "\n")
             if self.trainer is not None:
+                # Trainer.log clears control.should_log; at a logging step that would drop the step's loss row.
+                should_log = control.should_log if control is not None else None
                 self.trainer.log(metrics)
+                if control is not None:
+                    control.should_log = should_log
             print(f"[val] step {state.global_step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
         def on_train_begin(self, args, state, control, model=None, **kw):
+            # A resumed run keeps the val points it already has (one costs minutes on a CPU).
+            if log_path is not None and Path(log_path).exists():
+                for line in Path(log_path).read_text().splitlines():
+                    try:
+                        step = int(json.loads(line)["step"])
+                    except (ValueError, KeyError, TypeError):
+                        continue
+                    if step <= state.global_step:
+                        self.done.add(step)
             if every > 0 and at_start and model is not None:
                 self._run(state, model)
 
         def on_step_end(self, args, state, control, model=None, **kw):
             if every > 0 and model is not None and state.global_step % every == 0:
-                self._run(state, model)
+                self._run(state, model, control)
 
         def on_train_end(self, args, state, control, model=None, **kw):
             if every > 0 and model is not None:
