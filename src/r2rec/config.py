@@ -60,14 +60,20 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def build(cls: type[T], values: dict | None = None, overrides: list[str] | None = None, where: str = "") -> T:
-    """Build dataclass ``cls`` from a mapping plus ``key=value`` overrides; unknown keys are errors."""
+def with_overrides(values: dict | None, overrides: list[str] | None) -> dict:
+    """A copy of ``values`` with ``key=value`` overrides applied (values parsed as YAML)."""
     values = dict(values or {})
     for ov in overrides or []:
         if "=" not in ov:
             raise ValueError(f"override {ov!r}: expected key=value")
         k, v = ov.split("=", 1)
         values[k.strip()] = yaml.safe_load(v)
+    return values
+
+
+def build(cls: type[T], values: dict | None = None, overrides: list[str] | None = None, where: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping plus ``key=value`` overrides; unknown keys are errors."""
+    values = with_overrides(values, overrides)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)

@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from r2rec.config import build, load_yaml
+from r2rec.config import build, load_yaml, with_overrides
 from r2rec.runs import RunDir
 
 MODEL_KINDS = ("base", "sft", "sft-direct", "rl")
@@ -345,19 +345,8 @@ def configs_from_args(args):
     # The pipeline's own keys of the section (which models, the ablation) are not EvalConfig fields.
     section = {k: v for k, v in (data.get("eval") or {}).items() if k not in PIPELINE_KEYS}
     return (build(EvalConfig, section, ev_over, where="eval"),
-            prompt_config(RunDir(args.run), _as_dict(data.get("prompt"), pr_over)))
+            prompt_config(RunDir(args.run), with_overrides(data.get("prompt"), pr_over)))
 
-
-def _as_dict(values: dict | None, overrides: list[str]) -> dict:
-    import yaml
-
-    out = dict(values or {})
-    for ov in overrides:
-        if "=" not in ov:
-            raise ValueError(f"override prompt.{ov!r}: expected key=value")
-        k, v = ov.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
-    return out
 
 
 def run(args) -> int:
