@@ -13,7 +13,7 @@ from r2rec.baselines.trainer import next_item_examples
 # Small, fast settings for the neural models on the synthetic data (one thread: the CPU is shared).
 FAST = ["progress=false", "threads=1", "hidden=32", "batch_size=32", "lr=0.005", "dropout=0.1",
         "max_epochs=40", "patience=6"]
-ALL = ["random", "pop", "transition", "sasrec", "gru4rec"]
+ALL = ["random", "pop", "transition", "cooc", "sasrec", "gru4rec"]
 
 
 def _make(name):
@@ -42,6 +42,7 @@ def test_registry_and_config_errors():
         make_recommender("sasrec", overrides=["hidden=big"])
     m = make_recommender("transition", overrides=["decay=0.5", "window=2"])
     assert (m.config.decay, m.config.window) == (0.5, 2)
+    assert make_recommender("cooc").config.window == 1000  # transition, order-free
 
 
 def test_transition_scores_hand_checked():
@@ -143,12 +144,13 @@ def test_leave_user_out_scores_equal_a_matrix_fit_without_that_user():
 
     rng = np.random.default_rng(0)
     seqs = [rng.integers(0, 30, size=rng.integers(5, 40)).tolist() for _ in range(50)]
-    counts = transition_matrix(seqs, 30, normalize=False)
-    for u in range(5):
-        without = transition_matrix(seqs[:u] + seqs[u + 1:], 30)
-        h, c = seqs[u][:8], list(range(30))
-        np.testing.assert_allclose(leave_user_out_scores(counts, h, c, seqs[u]),
-                                   transition_scores(without, [h], [c])[0], atol=1e-12)
+    for window in (10, 1000):  # the transition baseline and the order-free cooc variant
+        counts = transition_matrix(seqs, 30, window=window, normalize=False)
+        for u in range(5):
+            without = transition_matrix(seqs[:u] + seqs[u + 1:], 30, window=window)
+            h, c = seqs[u][:8], list(range(30))
+            np.testing.assert_allclose(leave_user_out_scores(counts, h, c, seqs[u], window=window),
+                                       transition_scores(without, [h], [c])[0], atol=1e-12)
     # a user whose transitions are the whole evidence leaves nothing behind
     alone = transition_matrix([[1, 2, 3]], 5, normalize=False)
     assert not leave_user_out_scores(alone, [1], [2, 3], [1, 2, 3]).any()

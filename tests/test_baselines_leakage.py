@@ -82,7 +82,7 @@ def seen_items(model) -> set[int]:
     return set()
 
 
-@pytest.mark.parametrize("name", ["random", "pop", "transition", "sasrec", "gru4rec"])
+@pytest.mark.parametrize("name", ["random", "pop", "transition", "cooc", "sasrec", "gru4rec"])
 def test_fit_sees_no_val_or_test_target(name, holdout):
     root, held = holdout
     spy = SpyPrepared(root)

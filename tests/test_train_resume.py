@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from r2rec.train.common import resume_point
+from r2rec.train.common import resume_point, training_state
 
 
 def _run_dir(tmp_path, config, steps=(5, 10)):
@@ -33,3 +33,13 @@ def test_changed_settings_or_force_start_over(tmp_path):
     (out / "config.json").unlink()  # unknown settings: cannot tell, so do not mix
     assert resume_point(out, cfg) is None
     assert resume_point(tmp_path / "missing", cfg) is None
+
+
+def test_changed_inputs_start_over(tmp_path):
+    traces = tmp_path / "traces.jsonl"
+    traces.write_text("a\n")
+    cfg = {"learning_rate": 1e-4, "max_steps": 20}
+    out = _run_dir(tmp_path, training_state(cfg, [traces]))
+    assert resume_point(out, training_state(cfg, [traces])) == str(out / "checkpoint-10")
+    traces.write_text("b\n")  # same settings, other traces: that checkpoint learnt something else
+    assert resume_point(out, training_state(cfg, [traces])) is None and not out.exists()

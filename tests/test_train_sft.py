@@ -6,6 +6,7 @@ import json
 import pytest
 
 from r2rec.config import build
+from r2rec.runs import sha256_file
 from r2rec.train.sft import SFTConfig, load_traces, run_sft
 
 
@@ -133,6 +134,33 @@ def test_cli_reports_bad_overrides_in_one_line(capsys, synthetic_train_run):
     assert main(["sft", "--run", str(synthetic_train_run), "lora_rank=8"]) == 1
     err = capsys.readouterr().err
     assert "unknown key(s) ['lora_rank']" in err and "Traceback" not in err
+
+
+def test_new_traces_start_over_instead_of_resuming(tiny_model_dir, synthetic_train_run, capsys):
+    """A checkpoint (and its val points) made from other traces, e.g. before the prompt changed, is not resumed."""
+    import gzip
+    import shutil
+
+    cfg = _cfg(tiny_model_dir, max_steps=2, save_every=1, save_total_limit=3, eval_every=2, eval_samples=2,
+               eval_max_new_tokens=4)
+    out = synthetic_train_run / "checkpoints/sft"
+    final = run_sft(synthetic_train_run, cfg)
+    assert [json.loads(line)["step"] for line in open(out / "val.jsonl")] == [0, 2]
+    # Interrupted after step 1, then the traces change (a new prompt order rebuilds them): the same settings.
+    shutil.rmtree(out / "checkpoint-2")
+    shutil.rmtree(final)
+    traces = synthetic_train_run / "thoughts/sft.jsonl.gz"
+    lines = gzip.open(traces, "rt").read().splitlines()
+    with gzip.open(traces, "wt") as f:
+        f.write("\n".join(lines[::-1]) + "\n")
+    capsys.readouterr()
+    final = run_sft(synthetic_train_run, cfg)
+    assert "settings or inputs changed; starting over" in capsys.readouterr().out
+    summary = json.loads((final / "train_summary.json").read_text())
+    assert summary["resumed_from"] is None and summary["global_step"] == 2
+    assert [json.loads(line)["step"] for line in open(out / "val.jsonl")] == [0, 2]  # no point of the old run
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["inputs"] == {"sft.jsonl.gz": sha256_file(traces)}
 
 
 def test_manifest_skips_a_finished_stage(tiny_model_dir, synthetic_train_run, capsys):

@@ -48,6 +48,7 @@ _REGISTRY: dict[str, str] = {
     "random": "r2rec.baselines.simple:RandomRecommender",
     "pop": "r2rec.baselines.simple:PopRecommender",
     "transition": "r2rec.baselines.simple:TransitionRecommender",
+    "cooc": "r2rec.baselines.simple:CoocRecommender",
     "sasrec": "r2rec.baselines.sasrec:SASRecRecommender",
     "gru4rec": "r2rec.baselines.gru4rec:GRU4RecRecommender",
     # The chain-evidence heuristic of the LLM prompts, owned by the graph module; registered here so that

@@ -129,3 +129,16 @@ class TransitionRecommender(Recommender):
             ok = (cands >= 0) & (cands < len(self.pop_))
             scores = scores + c.pop_weight * np.where(ok, self.pop_[np.where(ok, cands, 0)], 0.0)
         return scores
+
+
+@dataclass
+class CoocConfig(TransitionConfig):
+    """``transition`` with every later item of a train sequence counted (``window`` 1000): order-free
+    co-occurrence. The best classical ranker on LastFM (co-listening), weak on MovieLens (order matters)."""
+
+    window: int = 1000
+
+
+class CoocRecommender(TransitionRecommender):
+    name = "cooc"
+    config_cls = CoocConfig

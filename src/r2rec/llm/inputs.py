@@ -43,6 +43,10 @@ class PromptConfig:
     (the ``transition`` baseline), ties by evidence then the frozen order; "evidence": ranked by chain evidence
     (recency-weighted supporting chains), ties in the frozen order; "frozen": the sample's stored (seeded,
     shuffled) order."""
+    transition_window: int = 10
+    """With ``candidate_order: transition``: how many later items of a train sequence count as "went on to".
+    10 is the ``transition`` baseline (order matters: MovieLens); 1000 is the order-free ``cooc`` baseline
+    (co-listening: LastFM, where its first candidate is right for 0.500 of val users vs 0.451 for evidence)."""
     chain_selection: str = "strongest"
     """"strongest": the ``context_chains`` strongest chains over all candidates; "ranked": the strongest chain
     of each of the first candidates in prompt order that have one, so the context explains the top of the
@@ -61,6 +65,8 @@ class PromptConfig:
         if self.chain_selection not in CHAIN_SELECTIONS:
             raise ValueError(f"PromptConfig.chain_selection must be one of {CHAIN_SELECTIONS}, "
                              f"got {self.chain_selection!r}")
+        if self.transition_window < 1:
+            raise ValueError(f"PromptConfig.transition_window must be >= 1, got {self.transition_window}")
         if self.context_chains < 0:
             raise ValueError(f"PromptConfig.context_chains must be >= 0, got {self.context_chains}")
         if self.items_noun != "auto" and self.items_noun not in VERBS:
@@ -118,7 +124,8 @@ class PromptBuilder:
 
         if self._transition is None:
             seqs = {s.user: s.items for s in self.prepared.train_sequences()}
-            counts = transition_matrix(seqs.values(), self.prepared.n_items, normalize=False)
+            counts = transition_matrix(seqs.values(), self.prepared.n_items, window=self.config.transition_window,
+                                       normalize=False)
             row_sum = np.asarray(counts.sum(axis=1)).ravel()
             inv = np.divide(1.0, row_sum, out=np.zeros_like(row_sum), where=row_sum > 0)
             self._transition = (seqs, counts, sp.csr_array(sp.diags_array(inv) @ counts))
@@ -133,7 +140,8 @@ class PromptBuilder:
         for b, s in enumerate(samples):
             if s.split == "train" and s.user in seqs:
                 n = len(s.candidates)
-                own = leave_user_out_scores(counts, hist[b], cands[b, :n], seqs[s.user])
+                own = leave_user_out_scores(counts, hist[b], cands[b, :n], seqs[s.user],
+                                            window=self.config.transition_window)
                 out[b, :n] = np.where(known[b, :n], own, 0.0)
         return out
 

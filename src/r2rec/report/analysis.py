@@ -18,7 +18,7 @@ from ..eval.metrics import Prediction
 SHOWN_ORDER_KEYS = ("shown_candidates", "candidate_order", "ordered_candidates", "prompt_candidates")
 
 # Display order of known methods: classical baselines, then the LLM variants, R2Rec last.
-METHOD_ORDER = ("random", "pop", "popularity", "transition", "sasrec", "gru4rec",
+METHOD_ORDER = ("random", "pop", "popularity", "transition", "cooc", "evidence", "sasrec", "gru4rec",
                 "base", "sft-direct", "sft", "rl")
 
 

@@ -28,12 +28,22 @@ _RESUME_NEUTRAL = ("threads", "save_every", "save_total_limit", "logging_steps",
                    "eval_at_start", "eval_max_new_tokens", "eval_batch_size")
 
 
+def training_state(config: dict, inputs) -> dict:
+    """What a checkpoint was made from: the stage's settings plus the sha256 of each input file (traces, the
+    adapter RL starts from). Written to ``config.json`` beside the checkpoints and compared by
+    :func:`resume_point`."""
+    from r2rec.runs import sha256_file
+
+    return {**config, "inputs": {Path(p).name: sha256_file(Path(p)) for p in inputs}}
+
+
 def resume_point(output_dir: Path, config: dict, force: bool = False) -> str | None:
     """The checkpoint to resume from, after clearing ``output_dir`` when it cannot be resumed.
 
-    A checkpoint resumes only a run with the same settings (``config.json`` in ``output_dir``, ignoring
-    :data:`_RESUME_NEUTRAL`): resuming a different learning rate or step budget from it would silently mix two
-    runs. ``force`` (``--force``) always starts over.
+    A checkpoint resumes only a run with the same settings and inputs (``config.json`` in ``output_dir``, made
+    by :func:`training_state`, ignoring :data:`_RESUME_NEUTRAL`): resuming a different learning rate, step
+    budget or set of traces from it would silently mix two runs, and so would keeping the val points of the
+    old one. ``force`` (``--force``) always starts over.
     """
     import shutil
 
@@ -45,7 +55,8 @@ def resume_point(output_dir: Path, config: dict, force: bool = False) -> str | N
                                        if k not in _RESUME_NEUTRAL)
         if force or not same:
             if last_checkpoint(output_dir) or force:
-                print(f"[train] {output_dir}: {'--force' if force else 'settings changed'}; starting over")
+                print(f"[train] {output_dir}: {'--force' if force else 'settings or inputs changed'}; "
+                      "starting over")
             shutil.rmtree(output_dir)
             return None
     return last_checkpoint(output_dir)

@@ -28,7 +28,7 @@ from r2rec.config import build
 from r2rec.data.schema import PreparedData, Sample, read_jsonl
 from r2rec.runs import RunDir
 
-from .common import DEFAULT_LORA_TARGETS, csv_log_callback, resume_point, lora_config, \
+from .common import DEFAULT_LORA_TARGETS, csv_log_callback, resume_point, lora_config, training_state, \
     shared_training_arguments, trainable_parameters, val_callback
 from .rewards import check_weights, trl_reward_funcs
 from .sft import config_from_args
@@ -225,9 +225,10 @@ def run_rl(run_dir: str | Path, cfg: RLConfig, force: bool = False) -> Path:
     if not force and run.manifest_matches(cfg.stage, inputs, cfg, cfg.seed) and final.exists():
         print(f"[rl] {final} is up to date (manifest matches); nothing to do")
         return final
-    resume = resume_point(out, asdict(cfg), force)
+    state = training_state(asdict(cfg), inputs)
+    resume = resume_point(out, state, force)
     trainer = make_trainer(run, cfg)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    (out / "config.json").write_text(json.dumps(state, indent=2))
     n_train, n_total = trainable_parameters(trainer.model)
     print(f"[rl] prompts={len(trainer.train_dataset)} group={cfg.num_generations} steps={cfg.max_steps} "
           f"trainable={n_train:,}/{n_total:,} from {init} -> {out}")

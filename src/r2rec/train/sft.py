@@ -25,7 +25,7 @@ from r2rec.config import build, load_yaml
 from r2rec.data.schema import Sample, read_jsonl
 from r2rec.runs import RunDir
 
-from .common import DEFAULT_LORA_TARGETS, csv_log_callback, resume_point, lora_config, \
+from .common import DEFAULT_LORA_TARGETS, csv_log_callback, resume_point, lora_config, training_state, \
     shared_training_arguments, trainable_parameters, val_callback
 
 VARIANTS = ("iot", "direct")
@@ -301,10 +301,11 @@ def run_sft(run_dir: str | Path, cfg: SFTConfig, force: bool = False) -> Path:
     if not force and run.manifest_matches(cfg.stage, [traces], cfg, cfg.seed) and final.exists():
         print(f"[sft] {final} is up to date (manifest matches); nothing to do")
         return final
-    resume = resume_point(out, asdict(cfg), force)
+    state = training_state(asdict(cfg), [traces])
+    resume = resume_point(out, state, force)
     trainer, dropped = make_trainer(run, cfg)
     tok = trainer.processing_class
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    (out / "config.json").write_text(json.dumps(state, indent=2))
     n_train, n_total = trainable_parameters(trainer.model)
     print(f"[sft] variant={cfg.variant} examples={len(trainer.train_dataset)} trainable={n_train:,}/{n_total:,} "
           f"max_steps={trainer.args.max_steps} epochs={cfg.epochs} -> {out}")
