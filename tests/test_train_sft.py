@@ -163,6 +163,17 @@ def test_new_traces_start_over_instead_of_resuming(tiny_model_dir, synthetic_tra
     assert saved["inputs"] == {"sft.jsonl.gz": sha256_file(traces)}
 
 
+def test_keep_best_val_makes_the_val_selected_step_final(tiny_model_dir, synthetic_train_run):
+    cfg = _cfg(tiny_model_dir, max_steps=3, eval_every=1, eval_samples=4, eval_max_new_tokens=4, keep="best_val")
+    final = run_sft(synthetic_train_run, cfg)
+    points = [json.loads(line) for line in open(synthetic_train_run / "checkpoints/sft/val.jsonl")]
+    best = max(p["val_hr1"] for p in points)
+    want = min(p["step"] for p in points if p["val_hr1"] == best)
+    summary = json.loads((final / "train_summary.json").read_text())
+    assert summary["global_step"] == 3 and summary["kept"]["step"] == want
+    assert (final / "adapter_model.safetensors").exists() and (final / "tokenizer_config.json").exists()
+
+
 def test_manifest_skips_a_finished_stage(tiny_model_dir, synthetic_train_run, capsys):
     cfg = _cfg(tiny_model_dir, max_steps=1)
     run_sft(synthetic_train_run, cfg)

@@ -142,12 +142,50 @@ def csv_log_callback(path: Path):
     return CSVLog()
 
 
+KEEP = ("last", "best_val")
+BEST_DIR = "best-val"  # beside the checkpoints: the weights of the best val point so far
+
+
+def check_keep(keep: str, eval_every: int, where: str) -> None:
+    if keep not in KEEP:
+        raise ValueError(f"{where}.keep: expected one of {KEEP}, got {keep!r}")
+    if keep == "best_val" and eval_every <= 0:
+        raise ValueError(f"{where}.keep=best_val needs a val curve: set eval_every > 0")
+
+
+def keep_final(trainer, out: Path, final: Path, keep: str) -> dict:
+    """Write ``final/``: the last step's weights, or with ``keep='best_val'`` those of the best val point.
+    Returns which step was kept (and its val metrics)."""
+    import shutil
+
+    best = Path(out) / BEST_DIR / "best.json"
+    if keep == "best_val" and best.exists():
+        if Path(final).exists():
+            shutil.rmtree(final)
+        shutil.copytree(best.parent, final)
+        return json.loads(best.read_text())
+    save_policy(trainer.accelerator.unwrap_model(trainer.model), final)
+    return {"step": trainer.state.global_step}
+
+
+def save_policy(model, path: Path) -> None:
+    """Save the trained weights: the policy adapter only for a PEFT model (GRPO's frozen ``ref`` adapter, when
+    beta > 0, is not part of the result), else the whole model."""
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(str(path), selected_adapters=["default"])
+    else:
+        model.save_pretrained(str(path))
+
+
 def val_callback(evaluate: Callable[[object, object], dict], every: int, tokenizer, log_path: Path | None = None,
-                 at_start: bool = True):
+                 at_start: bool = True, best_dir: Path | None = None):
     """A ``TrainerCallback`` that runs ``evaluate(model, tokenizer) -> {"val_hr1": ..}`` every ``every`` steps
     (and at the end, and at step 0 unless ``at_start`` is off), logs the metrics through the trainer (so they
-    reach the CSV/TensorBoard) and
-    appends them to ``log_path`` as JSON lines.
+    reach the CSV/TensorBoard) and appends them to ``log_path`` as JSON lines.
+
+    ``best_dir``: also save the weights of the best val point so far there (``best.json`` says which step; the
+    earliest step wins a tie), so a stage can keep the val-selected model instead of the last one, as the
+    classical baselines do by early stopping. A resumed run forgets a best point it has not reached yet.
     """
     from transformers import TrainerCallback
 
@@ -155,6 +193,16 @@ def val_callback(evaluate: Callable[[object, object], dict], every: int, tokeniz
         def __init__(self):
             self.trainer = None  # set by the stage after the trainer exists (to log through it)
             self.done: set[int] = set()
+            self.best: float | None = None
+
+        def _keep_if_best(self, step: int, model, metrics: dict) -> None:
+            if best_dir is None or "val_hr1" not in metrics:
+                return
+            if self.best is not None and metrics["val_hr1"] <= self.best:
+                return
+            self.best = metrics["val_hr1"]
+            save_policy(model, best_dir)
+            (Path(best_dir) / "best.json").write_text(json.dumps({"step": step, **metrics}))
 
         def _run(self, state, model, control=None):
             if state.global_step in self.done or not state.is_world_process_zero:
@@ -171,6 +219,7 @@ def val_callback(evaluate: Callable[[object, object], dict], every: int, tokeniz
             if log_path is not None:
                 with open(log_path, "a") as f:
                     f.write(json.dumps({"step": state.global_step, **metrics}) + "\n")
+            self._keep_if_best(state.global_step, model, metrics)
             if self.trainer is not None:
                 # Trainer.log clears control.should_log; at a logging step that would drop the step's loss row.
                 should_log = control.should_log if control is not None else None
@@ -189,6 +238,15 @@ def val_callback(evaluate: Callable[[object, object], dict], every: int, tokeniz
                         continue
                     if step <= state.global_step:
                         self.done.add(step)
+            if best_dir is not None:
+                saved = Path(best_dir) / "best.json"
+                best = json.loads(saved.read_text()) if saved.exists() else None
+                if best is not None and best["step"] <= state.global_step:
+                    self.best = best["val_hr1"]
+                elif Path(best_dir).exists():
+                    import shutil
+
+                    shutil.rmtree(best_dir)  # made after the resumed checkpoint, by a run that did not finish
             if every > 0 and at_start and model is not None:
                 self._run(state, model)
 

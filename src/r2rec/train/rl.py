@@ -28,8 +28,8 @@ from r2rec.config import build
 from r2rec.data.schema import PreparedData, Sample, read_jsonl
 from r2rec.runs import RunDir
 
-from .common import DEFAULT_LORA_TARGETS, csv_log_callback, resume_point, lora_config, training_state, \
-    shared_training_arguments, trainable_parameters, val_callback
+from .common import BEST_DIR, DEFAULT_LORA_TARGETS, check_keep, csv_log_callback, keep_final, lora_config, \
+    resume_point, shared_training_arguments, trainable_parameters, training_state, val_callback
 from .rewards import check_weights, trl_reward_funcs
 from .sft import config_from_args
 
@@ -62,6 +62,7 @@ class RLConfig:
     logging_steps: log interval.
     bf16: bf16 autocast for the policy forward/backward.
     output: output folder relative to the run.
+    keep: ``last`` or ``best_val`` (the val-selected step, as in SFT; needs ``eval_every`` > 0).
     """
 
     model: str = "smollm2-135m"
@@ -100,6 +101,7 @@ class RLConfig:
     logging_steps: int = 1
     bf16: bool = True
     output: str = "checkpoints/rl"
+    keep: str = "last"
 
     @property
     def stage(self) -> str:
@@ -109,6 +111,7 @@ class RLConfig:
 
     def __post_init__(self):
         check_weights(self.reward_weights)
+        check_keep(self.keep, self.eval_every, "RLConfig")
         if self.num_generations < 2:
             raise ValueError(f"RLConfig.num_generations must be >= 2 (GRPO compares a group), got "
                              f"{self.num_generations}")
@@ -206,7 +209,8 @@ def make_trainer(run: RunDir, cfg: RLConfig):
 
         evaluate = make_val_evaluator(run, cfg, "iot")
         if evaluate is not None:
-            val_cb = val_callback(evaluate, cfg.eval_every, tok, out / "val.jsonl", at_start=cfg.eval_at_start)
+            val_cb = val_callback(evaluate, cfg.eval_every, tok, out / "val.jsonl", at_start=cfg.eval_at_start,
+                                  best_dir=out / BEST_DIR if cfg.keep == "best_val" else None)
             callbacks.append(val_cb)
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=ds, processing_class=tok,
                           peft_config=peft_config, callbacks=callbacks)
@@ -237,18 +241,15 @@ def run_rl(run_dir: str | Path, cfg: RLConfig, force: bool = False) -> Path:
     t0 = time.time()
     trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - t0
-    # Only the policy adapter ("default"): TRL's frozen "ref" copy (beta > 0) is not part of the result.
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if hasattr(model, "peft_config"):
-        model.save_pretrained(str(final), selected_adapters=["default"])
-    else:
-        trainer.save_model(str(final))
+    kept = keep_final(trainer, out, final, cfg.keep)
     trainer.processing_class.save_pretrained(str(final))
     summary = {"global_step": trainer.state.global_step, "wall_seconds": round(wall, 1),
-               "prompts": len(trainer.train_dataset), "trainable_params": n_train, "resumed_from": resume}
+               "prompts": len(trainer.train_dataset), "trainable_params": n_train, "resumed_from": resume,
+               "kept": kept}
     (final / "train_summary.json").write_text(json.dumps(summary, indent=2))
     run.write_manifest(cfg.stage, inputs, cfg, cfg.seed, outputs=[final], extra=summary)
-    print(f"[rl] saved {final} after {trainer.state.global_step} steps in {wall:.0f}s")
+    print(f"[rl] saved {final} (step {kept['step']}, {cfg.keep}) after {trainer.state.global_step} steps "
+          f"in {wall:.0f}s")
     return final
 
 

@@ -25,8 +25,8 @@ from r2rec.config import build, load_yaml
 from r2rec.data.schema import Sample, read_jsonl
 from r2rec.runs import RunDir
 
-from .common import DEFAULT_LORA_TARGETS, csv_log_callback, resume_point, lora_config, training_state, \
-    shared_training_arguments, trainable_parameters, val_callback
+from .common import BEST_DIR, DEFAULT_LORA_TARGETS, check_keep, csv_log_callback, keep_final, lora_config, \
+    resume_point, shared_training_arguments, trainable_parameters, training_state, val_callback
 
 VARIANTS = ("iot", "direct")
 TRACE_FILTERS = ("all", "in_context")
@@ -69,6 +69,9 @@ class SFTConfig:
     gradient_checkpointing: recompute activations in backward (TRL's default is on; off is faster for a
         135M model, whose activations fit in memory easily).
     output: output folder relative to the run (default ``checkpoints/sft`` or ``checkpoints/sft-direct``).
+    keep: which weights become ``final/``: ``last`` (the last step) or ``best_val`` (the step with the best val
+        HR@1 on the curve above, earliest on a tie; needs ``eval_every`` > 0), i.e. early stopping on val, as
+        the classical baselines do.
     """
 
     model: str = "smollm2-135m"
@@ -106,8 +109,10 @@ class SFTConfig:
     bf16: bool = True
     gradient_checkpointing: bool = False
     output: str = ""
+    keep: str = "last"
 
     def __post_init__(self):
+        check_keep(self.keep, self.eval_every, "SFTConfig")
         if self.variant not in VARIANTS:
             raise ValueError(f"SFTConfig.variant: expected one of {VARIANTS}, got {self.variant!r}")
         for name in ("batch_size", "grad_accum", "max_length", "lora_r"):
@@ -276,7 +281,8 @@ def make_trainer(run: RunDir, cfg: SFTConfig):
     evaluate = val_evaluator(run, cfg, cfg.variant) if cfg.eval_every > 0 else None
     val_cb = None
     if evaluate is not None:
-        val_cb = val_callback(evaluate, cfg.eval_every, tok, out / "val.jsonl", at_start=cfg.eval_at_start)
+        val_cb = val_callback(evaluate, cfg.eval_every, tok, out / "val.jsonl", at_start=cfg.eval_at_start,
+                              best_dir=out / BEST_DIR if cfg.keep == "best_val" else None)
         callbacks.append(val_cb)
     trainer = SFTTrainer(
         model=model,
@@ -315,14 +321,15 @@ def run_sft(run_dir: str | Path, cfg: SFTConfig, force: bool = False) -> Path:
     t0 = time.time()
     trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - t0
-    trainer.save_model(str(final))
+    kept = keep_final(trainer, out, final, cfg.keep)
     tok.save_pretrained(str(final))
     summary = {"global_step": trainer.state.global_step, "wall_seconds": round(wall, 1),
                "examples": len(trainer.train_dataset), "dropped_too_long": dropped, "trainable_params": n_train,
-               "resumed_from": resume, "full_finetune": cfg.full_finetune}
+               "resumed_from": resume, "full_finetune": cfg.full_finetune, "kept": kept}
     (final / "train_summary.json").write_text(json.dumps(summary, indent=2))
     run.write_manifest(cfg.stage, [traces], cfg, cfg.seed, outputs=[final], extra=summary)
-    print(f"[sft] saved {final} after {trainer.state.global_step} steps in {wall:.0f}s")
+    print(f"[sft] saved {final} (step {kept['step']}, {cfg.keep}) after {trainer.state.global_step} steps "
+          f"in {wall:.0f}s")
     return final
 
 
