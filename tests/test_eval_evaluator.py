@@ -259,3 +259,16 @@ def test_string_seed_keys_are_accepted():
     a = evaluate(proto(), "m", "d", preds, {}, 0.0)
     b = evaluate(proto(), "m", "d", {str(s): v for s, v in preds.items()}, {}, 0.0)
     assert a == b
+
+
+def test_hr_at_1_is_the_ranking_top_while_hr1_is_the_answer():
+    # An LLM answers by decoding and also scores every title: hr1 follows the answer, hr@1 the scores' top.
+    samples = make_samples(n=10, seeds=(0,))
+    preds = {0: []}
+    for i, x in enumerate(samples[0]):
+        wrong = next(c for c in x.candidates if c != x.target)
+        scores = [float(c == x.target) for c in x.candidates]  # the ranking always puts the target first
+        preds[0].append(Prediction.from_sample(x, answer=x.target if i < 3 else wrong, scores=scores))
+    r = evaluate(proto(seeds=(0,)), "llm", "d", preds, {}, 0.0)
+    assert r["hr1"] == pytest.approx(0.3)
+    assert r["hr@1"] == pytest.approx(1.0)

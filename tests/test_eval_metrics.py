@@ -117,6 +117,7 @@ def test_closed_form_matches_brute_force_oracle():
         oracle = _brute_force(scores, tpos, ("hr1", "hr@5", "ndcg@5", "ndcg@10", "mrr"))
         got = sample_metrics(p)
         assert got["correct"] == pytest.approx(oracle["hr1"])
+        assert got["hr@1"] == pytest.approx(oracle["hr1"])
         for m in ("hr@5", "ndcg@5", "ndcg@10", "mrr"):
             assert got[m] == pytest.approx(oracle[m]), (m, scores, tpos)
 

@@ -39,7 +39,8 @@ class EvalConfig:
     mode: ``constrained`` (answer decoded inside the trie of candidate titles: always valid) or
         ``unconstrained`` (free text, parsed; the model's own validity is measured).
     think: reason before answering (``None`` = auto: off for ``sft-direct``, on otherwise).
-    rank: also score every candidate after the reasoning (hr@5, ndcg@5/10, mrr); constrained mode only.
+    rank: also score every candidate after the reasoning (hr@1 = the most probable title, hr@5, ndcg@5/10, mrr);
+        constrained mode only.
     split, seeds: the prepared split and candidate seeds (empty = every prepared seed).
     max_samples: evaluate only the first N samples of each seed (0 = all); for quick checks.
     max_new_tokens: reasoning budget in tokens (the whole completion in unconstrained mode).

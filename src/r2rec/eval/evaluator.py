@@ -139,7 +139,7 @@ def evaluate(protocol: EvalProtocol, method: str, dataset: str,
     """Score one method under ``protocol``; return the result dict (DESIGN.md §3).
 
     Keys: ``method, dataset, split, seeds, n`` (samples per seed), ``num_candidates``, ``chance_hr1``,
-    ``hr1, hr1_valid, valid_ratio`` and, when every prediction has scores, ``hr@5, ndcg@5, ndcg@10, mrr``;
+    ``hr1, hr1_valid, valid_ratio`` and, when every prediction has scores, ``hr@1, hr@5, ndcg@5, ndcg@10, mrr``;
     ``faithfulness`` (mean over predictions that carry it) when any does. Each metric ``m`` has
     ``m_ci95 = [lo, hi]`` and ``m_std`` (std over seeds; ``None`` with one seed). ``per_seed`` holds each
     metric's per-seed values; ``protocol``, ``config`` and ``wall_seconds`` record how it was produced.

@@ -9,10 +9,13 @@ when it named no single candidate). The metrics below turn one prediction into n
   ``1/(t+1)``. A method that cannot separate the candidates (popularity with all-zero scores) therefore gets
   exactly chance, whatever the candidate order.
 * ``valid``: the answer names one of the candidates. A scores-only prediction is always valid.
-* ``hr@5``, ``ndcg@5``, ``ndcg@10``, ``mrr`` (scores only): the expectation over a uniformly random order among
+* ``hr@1``, ``hr@5``, ``ndcg@5``, ``ndcg@10``, ``mrr`` (scores only): the expectation over a uniformly random order among
   candidates tied with the target. With ``a`` candidates strictly above the target and ``t`` tied with it, the
   target's rank ``r`` is uniform on ``a+1 .. a+t+1``, so each metric is the mean of its value over those ranks
-  (closed forms via cumulative sums; see :func:`rank_metrics`). MRR has no cut-off.
+  (closed forms via cumulative sums; see :func:`rank_metrics`). MRR has no cut-off. ``hr@1`` is the top of
+  the score ranking: for a ranker it equals ``hr1``; for an LLM, which answers by decoding and also scores every
+  candidate title after its reasoning, it is what the model would score if it answered with its most
+  probable title instead (``r2rec eval answer_from=scores``), so one evaluation shows both.
 
 Aggregates (``hr1`` = correct / all, ``hr1_valid`` = correct / valid, ``valid_ratio`` = valid / all) and their
 confidence intervals live in :mod:`r2rec.eval.bootstrap` and :mod:`r2rec.eval.evaluator`.
@@ -27,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 # Metrics defined from scores only; reported when every prediction of a method has scores.
-RANK_METRICS: tuple[str, ...] = ("hr@5", "ndcg@5", "ndcg@10", "mrr")
+RANK_METRICS: tuple[str, ...] = ("hr@1", "hr@5", "ndcg@5", "ndcg@10", "mrr")
 # Metrics every method gets.
 ANSWER_METRICS: tuple[str, ...] = ("hr1", "hr1_valid", "valid_ratio")
 
@@ -147,6 +150,7 @@ def rank_metrics(a: np.ndarray, t: np.ndarray, n_candidates: int) -> dict[str, n
     lo, hi, m = a, a + t + 1, (t + 1).astype(np.float64)
     D, H = _discount_cumsum(n_candidates), _harmonic_cumsum(n_candidates)
     out = {"hr1_scores": (np.minimum(hi, 1) - np.minimum(lo, 1)) / m}
+    out["hr@1"] = out["hr1_scores"]
     for k in (5,):
         out[f"hr@{k}"] = (np.minimum(hi, k) - np.minimum(lo, k)) / m
     for k in (5, 10):
@@ -179,6 +183,10 @@ def _rank(pred: Prediction, name: str) -> float | None:
         return None
     a, t = above_and_tied(pred.scores, target_position(pred))
     return float(rank_metrics(np.array([a]), np.array([t]), len(pred.candidates))[name][0])
+
+
+def hr_at_1(pred: Prediction) -> float | None:
+    return _rank(pred, "hr@1")
 
 
 def hr_at_5(pred: Prediction) -> float | None:

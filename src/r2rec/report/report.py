@@ -29,7 +29,7 @@ from .doc import Block, Bullets, Details, Heading, Image, Note, Para, Pre, Span,
     to_markdown
 
 R2REC_METHOD, BASE_LLM_METHOD = "rl", "base"
-EXTRA_METRICS = ("hr@5", "ndcg@5", "ndcg@10", "mrr", "faithfulness")
+EXTRA_METRICS = ("hr@1", "hr@5", "ndcg@5", "ndcg@10", "mrr", "faithfulness")
 # Which LLM method's reasoning to show, in order of preference.
 TRACE_PREFERENCE = ("rl", "sft", "sft-direct", "base")
 EXAMPLES_MAX_CHARS = 6000
