@@ -290,3 +290,34 @@ def shared_training_arguments(cfg, out: Path) -> dict:
         dataloader_pin_memory=False,
         disable_tqdm=False,
     )
+
+
+def stage_val_callback(evaluate, cfg, tokenizer, out: Path):
+    """The stage's val HR@1 callback (``None`` without an evaluator), keeping the best point when
+    ``cfg.keep == 'best_val'``; SFT and GRPO configs share the field names it reads."""
+    if evaluate is None:
+        return None
+    return val_callback(evaluate, cfg.eval_every, tokenizer, out / "val.jsonl", at_start=cfg.eval_at_start,
+                        best_dir=out / BEST_DIR if cfg.keep == "best_val" else None)
+
+
+def train_and_save(trainer, run, cfg, out: Path, inputs, resume: str | None, tag: str, **summary) -> Path:
+    """Train (resuming from ``resume``), write ``<out>/final`` (the weights ``cfg.keep`` selects, plus the
+    tokenizer), its ``train_summary.json`` (``summary`` adds stage-specific fields) and the stage manifest.
+    Returns ``<out>/final``. ``tag`` prefixes the log lines (``sft``, ``rl``)."""
+    final = Path(out) / "final"
+    n_train, _ = trainable_parameters(trainer.model)
+    if resume:
+        print(f"[{tag}] resuming from {resume}")
+    t0 = time.time()
+    trainer.train(resume_from_checkpoint=resume)
+    wall = time.time() - t0
+    kept = keep_final(trainer, out, final, cfg.keep)
+    trainer.processing_class.save_pretrained(str(final))
+    summary = {"global_step": trainer.state.global_step, "wall_seconds": round(wall, 1), **summary,
+               "trainable_params": n_train, "resumed_from": resume, "kept": kept}
+    (final / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    run.write_manifest(cfg.stage, inputs, cfg, cfg.seed, outputs=[final], extra=summary)
+    print(f"[{tag}] saved {final} (step {kept['step']}, {cfg.keep}) after {trainer.state.global_step} steps "
+          f"in {wall:.0f}s")
+    return final

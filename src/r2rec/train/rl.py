@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from r2rec.config import build
 from r2rec.data.schema import PreparedData, Sample, read_jsonl
 from r2rec.runs import RunDir
 
-from .common import BEST_DIR, DEFAULT_LORA_TARGETS, check_keep, csv_log_callback, keep_final, lora_config, \
-    resume_point, shared_training_arguments, trainable_parameters, training_state, val_callback
+from .common import DEFAULT_LORA_TARGETS, check_keep, csv_log_callback, lora_config, resume_point, \
+    shared_training_arguments, stage_val_callback, train_and_save, trainable_parameters, training_state
 from .rewards import check_weights, trl_reward_funcs
 from .sft import config_from_args
 
@@ -208,9 +206,8 @@ def make_trainer(run: RunDir, cfg: RLConfig):
         from .evalhook import make_val_evaluator
 
         evaluate = make_val_evaluator(run, cfg, "iot")
-        if evaluate is not None:
-            val_cb = val_callback(evaluate, cfg.eval_every, tok, out / "val.jsonl", at_start=cfg.eval_at_start,
-                                  best_dir=out / BEST_DIR if cfg.keep == "best_val" else None)
+        val_cb = stage_val_callback(evaluate, cfg, tok, out)
+        if val_cb is not None:
             callbacks.append(val_cb)
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=ds, processing_class=tok,
                           peft_config=peft_config, callbacks=callbacks)
@@ -236,21 +233,7 @@ def run_rl(run_dir: str | Path, cfg: RLConfig, force: bool = False) -> Path:
     n_train, n_total = trainable_parameters(trainer.model)
     print(f"[rl] prompts={len(trainer.train_dataset)} group={cfg.num_generations} steps={cfg.max_steps} "
           f"trainable={n_train:,}/{n_total:,} from {init} -> {out}")
-    if resume:
-        print(f"[rl] resuming from {resume}")
-    t0 = time.time()
-    trainer.train(resume_from_checkpoint=resume)
-    wall = time.time() - t0
-    kept = keep_final(trainer, out, final, cfg.keep)
-    trainer.processing_class.save_pretrained(str(final))
-    summary = {"global_step": trainer.state.global_step, "wall_seconds": round(wall, 1),
-               "prompts": len(trainer.train_dataset), "trainable_params": n_train, "resumed_from": resume,
-               "kept": kept}
-    (final / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    run.write_manifest(cfg.stage, inputs, cfg, cfg.seed, outputs=[final], extra=summary)
-    print(f"[rl] saved {final} (step {kept['step']}, {cfg.keep}) after {trainer.state.global_step} steps "
-          f"in {wall:.0f}s")
-    return final
+    return train_and_save(trainer, run, cfg, out, inputs, resume, "rl", prompts=len(trainer.train_dataset))
 
 
 # -- CLI -------------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ automatically), ``log.csv`` (loss, lr, val HR@1, seconds per step), ``val.jsonl`
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -25,8 +24,8 @@ from r2rec.config import build, load_yaml
 from r2rec.data.schema import Sample, read_jsonl
 from r2rec.runs import RunDir
 
-from .common import BEST_DIR, DEFAULT_LORA_TARGETS, check_keep, csv_log_callback, keep_final, lora_config, \
-    resume_point, shared_training_arguments, trainable_parameters, training_state, val_callback
+from .common import DEFAULT_LORA_TARGETS, check_keep, csv_log_callback, lora_config, resume_point, \
+    shared_training_arguments, stage_val_callback, train_and_save, trainable_parameters, training_state
 
 VARIANTS = ("iot", "direct")
 TRACE_FILTERS = ("all", "in_context")
@@ -279,10 +278,8 @@ def make_trainer(run: RunDir, cfg: SFTConfig):
     )
     callbacks = [csv_log_callback(out / "log.csv")]
     evaluate = val_evaluator(run, cfg, cfg.variant) if cfg.eval_every > 0 else None
-    val_cb = None
-    if evaluate is not None:
-        val_cb = val_callback(evaluate, cfg.eval_every, tok, out / "val.jsonl", at_start=cfg.eval_at_start,
-                              best_dir=out / BEST_DIR if cfg.keep == "best_val" else None)
+    val_cb = stage_val_callback(evaluate, cfg, tok, out)
+    if val_cb is not None:
         callbacks.append(val_cb)
     trainer = SFTTrainer(
         model=model,
@@ -310,27 +307,12 @@ def run_sft(run_dir: str | Path, cfg: SFTConfig, force: bool = False) -> Path:
     state = training_state(asdict(cfg), [traces])
     resume = resume_point(out, state, force)
     trainer, dropped = make_trainer(run, cfg)
-    tok = trainer.processing_class
     (out / "config.json").write_text(json.dumps(state, indent=2))
     n_train, n_total = trainable_parameters(trainer.model)
     print(f"[sft] variant={cfg.variant} examples={len(trainer.train_dataset)} trainable={n_train:,}/{n_total:,} "
           f"max_steps={trainer.args.max_steps} epochs={cfg.epochs} -> {out}")
-
-    if resume:
-        print(f"[sft] resuming from {resume}")
-    t0 = time.time()
-    trainer.train(resume_from_checkpoint=resume)
-    wall = time.time() - t0
-    kept = keep_final(trainer, out, final, cfg.keep)
-    tok.save_pretrained(str(final))
-    summary = {"global_step": trainer.state.global_step, "wall_seconds": round(wall, 1),
-               "examples": len(trainer.train_dataset), "dropped_too_long": dropped, "trainable_params": n_train,
-               "resumed_from": resume, "full_finetune": cfg.full_finetune, "kept": kept}
-    (final / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    run.write_manifest(cfg.stage, [traces], cfg, cfg.seed, outputs=[final], extra=summary)
-    print(f"[sft] saved {final} (step {kept['step']}, {cfg.keep}) after {trainer.state.global_step} steps "
-          f"in {wall:.0f}s")
-    return final
+    return train_and_save(trainer, run, cfg, out, [traces], resume, "sft", examples=len(trainer.train_dataset),
+                          dropped_too_long=dropped, full_finetune=cfg.full_finetune)
 
 
 # -- CLI -------------------------------------------------------------------------------------------------
