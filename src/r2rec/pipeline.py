@@ -181,8 +181,33 @@ def run_pipeline(config_path: str | Path, run_root: str | Path | None = None, on
                                 f"{stage.section!r} of {config_path}): {type(e).__name__}: {e}") from e
         state[stage.name] = key
         state_path.write_text(json.dumps(state, indent=2))
-        print(f"{head}: done in {time.perf_counter() - t0:.1f}s", flush=True)
+        print(f"{head}: done in {time.perf_counter() - t0:.1f}s (process peak RSS so far {_peak_rss_gib():.1f} GiB)",
+              flush=True)
+        _release_memory()
     return run.root
+
+
+def _peak_rss_gib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+def _release_memory() -> None:
+    """Hand the memory of a finished stage back to the OS before the next one.
+
+    Every stage runs in this one process; without this, the heap a GRPO stage grew (observed: 17 GiB resident
+    after ``rl`` on llara-lastfm, 22 GiB at its peak, on a 24 GiB machine) stayed resident through the
+    evaluation, because glibc keeps freed blocks in its arenas.
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc (macOS, musl): nothing to trim
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
