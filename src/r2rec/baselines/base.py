@@ -136,4 +136,4 @@ def val_hit_rate(scores: np.ndarray, samples: Sequence[Sample]) -> dict[str, flo
     above = (scores > t_score).sum(axis=1)
     tied = (scores == t_score).sum(axis=1) - 1
     r = rank_metrics(above, tied, cands.shape[1])
-    return {"hr1": float(r["hr1_scores"].mean()), "mrr": float(r["mrr"].mean())}
+    return {"hr1": float(r["hr@1"].mean()), "mrr": float(r["mrr"].mean())}

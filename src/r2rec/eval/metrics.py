@@ -149,8 +149,7 @@ def rank_metrics(a: np.ndarray, t: np.ndarray, n_candidates: int) -> dict[str, n
     t = np.asarray(t, dtype=np.int64)
     lo, hi, m = a, a + t + 1, (t + 1).astype(np.float64)
     D, H = _discount_cumsum(n_candidates), _harmonic_cumsum(n_candidates)
-    out = {"hr1_scores": (np.minimum(hi, 1) - np.minimum(lo, 1)) / m}
-    out["hr@1"] = out["hr1_scores"]
+    out = {"hr@1": (np.minimum(hi, 1) - np.minimum(lo, 1)) / m}
     for k in (5,):
         out[f"hr@{k}"] = (np.minimum(hi, k) - np.minimum(lo, k)) / m
     for k in (5, 10):
@@ -175,7 +174,7 @@ def hr1(pred: Prediction) -> float:
     if pred.scores is None:
         return 0.0  # no answer at all: a miss
     a, t = above_and_tied(pred.scores, target_position(pred))
-    return float(rank_metrics(np.array([a]), np.array([t]), len(pred.candidates))["hr1_scores"][0])
+    return float(rank_metrics(np.array([a]), np.array([t]), len(pred.candidates))["hr@1"][0])
 
 
 def _rank(pred: Prediction, name: str) -> float | None:
@@ -183,10 +182,6 @@ def _rank(pred: Prediction, name: str) -> float | None:
         return None
     a, t = above_and_tied(pred.scores, target_position(pred))
     return float(rank_metrics(np.array([a]), np.array([t]), len(pred.candidates))[name][0])
-
-
-def hr_at_1(pred: Prediction) -> float | None:
-    return _rank(pred, "hr@1")
 
 
 def hr_at_5(pred: Prediction) -> float | None:
@@ -247,7 +242,7 @@ def metric_arrays(preds: Sequence[Prediction], with_ranks: bool) -> dict[str, np
         # Scores decide hr1 only where no explicit answer was given.
         no_answer = np.array([preds[i].answer is None for i in score_rows])
         rows = np.array(score_rows)
-        correct[rows[no_answer]] = r["hr1_scores"][no_answer]
+        correct[rows[no_answer]] = r["hr@1"][no_answer]
         if with_ranks:
             if len(score_rows) != n:
                 raise ValueError("rank metrics need scores on every prediction")
