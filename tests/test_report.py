@@ -208,14 +208,19 @@ def test_position_bias_and_validity(report):
     n_invalid = sum(p.answer == 999 for s in SEEDS for p in _predictions("sft", s))
     assert n_invalid > 0 and sft["valid_ratio"] == pytest.approx(1 - n_invalid / (N * len(SEEDS)))
     assert bias_rows["sft"].split(" | ")[2] == str(n_invalid)
-    assert bias_rows["base"].rstrip(" |").endswith("stored")
+    assert bias_rows["base"].split(" | ")[6] == "stored"
     # rl is measured against the recorded prompt order (reversed): first shown = last stored.
     rl = [p for s in SEEDS for p in _predictions("rl", s)]
     first = sum(p.answer == p.candidates[-1] for p in rl) / len(rl)
     target_first = sum(p.target == p.candidates[-1] for p in rl) / len(rl)
     cells = bias_rows["rl"].split(" | ")
     assert cells[3] == f"{100 * first:.1f}%" and cells[4] == f"{100 * target_first:.1f}%"
-    assert bias_rows["rl"].rstrip(" |").endswith("prompt")
+    assert cells[6] == "prompt"
+    # the departure columns: hr1 of the answers that are / are not the first shown candidate
+    took = [p.answer == p.target for p in rl if p.answer == p.candidates[-1]]
+    left = [p.answer == p.target for p in rl if p.answer != p.candidates[-1]]
+    assert cells[7] == (f"{sum(took) / len(took):.4f}" if took else "—")
+    assert cells[8].rstrip(" |") == (f"{len(left)}: {sum(left) / len(left):.4f}" if left else "—")
 
 
 def test_position_bias_shares_ties_and_uses_the_recorded_order():
@@ -226,6 +231,21 @@ def test_position_bias_shares_ties_and_uses_the_recorded_order():
     shown = Prediction("u", 0, 6, cands, answer=7, extra={"shown_candidates": [7, 5, 6, 8]})
     pb = position_bias({0: [shown]})
     assert pb.answer_first == 1.0 and pb.target_first == 0.0 and pb.order_recorded
+    assert pb.hit_when_first == 0.0 and pb.departures == 0 and pb.hit_when_departing is None
+
+
+def test_position_bias_splits_hr1_by_departure_from_the_first_candidate():
+    cands, shown = (5, 6, 7, 8), {"shown_candidates": [7, 5, 6, 8]}
+    preds = [Prediction("a", 0, 7, cands, answer=7, extra=shown),   # took the first, right
+             Prediction("b", 0, 6, cands, answer=7, extra=shown),   # took the first, wrong
+             Prediction("c", 0, 6, cands, answer=6, extra=shown),   # departed, right
+             Prediction("d", 0, 5, cands, answer=8, extra=shown),   # departed, wrong
+             Prediction("e", 0, 5, cands, answer=6, extra=shown)]   # departed, wrong
+    pb = position_bias({0: preds})
+    assert pb.hit_when_first == pytest.approx(0.5) and pb.departures == 3
+    assert pb.hit_when_departing == pytest.approx(1 / 3)
+    ranked = position_bias({0: [Prediction("u", 0, 6, cands, scores=(0.0, 1.0, 0.0, 0.0))]})
+    assert ranked.hit_when_first is None and ranked.departures == 0
 
 
 def test_traces_show_a_correct_and_a_wrong_prediction(report):

@@ -63,11 +63,17 @@ class PositionBias:
     chance: float           # 1 / number of candidates
     invalid: int            # predictions with neither a valid answer nor scores
     order_recorded: bool    # True if the prompt order was recorded with the predictions
+    # For methods that answer (LLMs): HR@1 when the answer is the first listed candidate, and when it is not
+    # (a "departure"): does the model add anything to the ranking it reads? None for rankers / no such answer.
+    hit_when_first: float | None = None
+    departures: int = 0
+    hit_when_departing: float | None = None
 
 
 def position_bias(preds_by_seed: Mapping[int, Sequence[Prediction]]) -> PositionBias | None:
     """How often the method answers with the first candidate shown, against how often that is the target."""
     shares, targets, k, invalid, recorded = [], [], None, 0, True
+    hits = {True: [], False: []}  # answered predictions, by "answer is the first listed": hit or not
     for preds in preds_by_seed.values():
         for p in preds:
             order, rec = shown_order(p)
@@ -80,9 +86,13 @@ def position_bias(preds_by_seed: Mapping[int, Sequence[Prediction]]) -> Position
                 share = 0.0 if share is None else share
             shares.append(share)
             targets.append(float(order[0] == p.target))
+            if p.answer is not None:
+                hits[p.answer == order[0]].append(float(p.answer == p.target))
     if not shares:
         return None
-    return PositionBias(len(shares), float(np.mean(shares)), float(np.mean(targets)), 1.0 / k, invalid, recorded)
+    mean = lambda xs: float(np.mean(xs)) if xs else None
+    return PositionBias(len(shares), float(np.mean(shares)), float(np.mean(targets)), 1.0 / k, invalid, recorded,
+                        mean(hits[True]), len(hits[False]), mean(hits[False]))
 
 
 def faithfulness_values(preds_by_seed: Mapping[int, Sequence[Prediction]]) -> list[float]:

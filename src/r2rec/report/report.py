@@ -185,16 +185,20 @@ class _Builder:
                 continue
             rows.append([Span(str(r["method"]), "code"), _fmt(r.get("valid_ratio")), str(pb.invalid),
                          _pct(pb.answer_first), _pct(pb.target_first), _pct(pb.chance),
-                         "prompt" if pb.order_recorded else "stored"])
+                         "prompt" if pb.order_recorded else "stored", _fmt(pb.hit_when_first),
+                         f"{pb.departures}: {_fmt(pb.hit_when_departing)}" if pb.departures else "—"])
         if not rows:
             self.add(Note("No prediction dumps: position bias cannot be measured."))
             return
         self.add(Table(["method", "valid ratio", "invalid answers", "answer = first listed candidate",
-                        "target = first listed", "chance", "order"], rows))
+                        "target = first listed", "chance", "order", "hr1 when answer = first",
+                        "answers ≠ first: hr1"], rows))
         self.add(Para("First listed = first in the order the prompt showed (order: prompt, recorded by the "
                       "evaluator) or, when none was recorded, in the stored candidate order (order: stored). A method "
                       "that picks the first candidate more often than the target is listed first has a position "
-                      "bias; rankers' tied top scores share the mass."))
+                      "bias; rankers' tied top scores share the mass. For methods that answer, the last two columns "
+                      "split HR@1 by whether the answer is the first listed candidate: the departures (their count, "
+                      "then their HR@1) are where a model can add to the ranking it reads."))
 
     def faithfulness(self, run: RunData, results: list[dict], dataset: str, split: str, key: tuple,
                      level: int) -> None:
