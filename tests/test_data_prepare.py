@@ -91,6 +91,23 @@ def test_max_train_samples_is_a_seeded_subsample(tmp_path, csv_files):
     assert picked == sorted(picked)  # original order kept
 
 
+def test_max_test_samples_keeps_the_full_sets_samples(tmp_path, csv_files, capsys):
+    full = prepare(config(csv_files), tmp_path / "full")
+    sub = prepare(config(csv_files, max_test_samples=7), tmp_path / "sub")
+    assert sub.meta["counts"]["test"] == 7 and sub.meta["counts"]["test_rows"] == full.meta["counts"]["test"]
+    assert "test 7 (of " in capsys.readouterr().out
+    for seed in (0, 1):
+        kept, every = sub.samples("test", seed), full.samples("test", seed)
+        assert len(kept) == 7 and all(s in every for s in kept)  # same user, history, target and candidates
+        picked = [every.index(s) for s in kept]
+        assert picked == sorted(picked)
+    # The same users for every seed (results stay paired), and val and train untouched.
+    assert [s.user for s in sub.samples("test", 0)] == [s.user for s in sub.samples("test", 1)]
+    assert sub.samples("val", 1) == full.samples("val", 1) and sub.samples("train", 0) == full.samples("train", 0)
+    with pytest.raises(ValueError, match="max_test_samples must be >= 1"):
+        config(csv_files, max_test_samples=0)
+
+
 def test_config_validation(csv_files):
     with pytest.raises(ValueError, match="unknown dataset 'nope'"):
         build(PrepareConfig, {"dataset": "nope"})

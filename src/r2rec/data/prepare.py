@@ -44,6 +44,10 @@ class PrepareConfig:
     """Drop rows whose history is shorter (LLaRA drops len_seq < 3)."""
     max_train_samples: int | None = None
     """If set, a seeded random subsample of this many train samples (order kept)."""
+    max_test_samples: int | None = None
+    """If set, score only a seeded random subset of this many test samples (order kept): the same samples
+    for every candidate seed, each with exactly the candidates the full test set froze for it. For datasets
+    whose full test set costs more LLM evaluation than the machine has (ml-100k on 2 CPU cores)."""
     min_rating: int = 0
     """ml-100k: keep ratings >= this (0 keeps all; LLaRA used 3)."""
     interactions: str | None = None
@@ -62,6 +66,8 @@ class PrepareConfig:
             raise ValueError(f"prepare: need 1 <= min_history <= max_history, got {self.min_history}, {self.max_history}")
         if self.max_train_samples is not None and self.max_train_samples < 1:
             raise ValueError(f"prepare.max_train_samples must be >= 1, got {self.max_train_samples}")
+        if self.max_test_samples is not None and self.max_test_samples < 1:
+            raise ValueError(f"prepare.max_test_samples must be >= 1, got {self.max_test_samples}")
 
     def source_options(self) -> SourceOptions:
         return SourceOptions(
@@ -79,12 +85,22 @@ def _subsample(rows: list[Row], n: int | None, dataset: str, seed: int) -> list[
     return [rows[i] for i in keep]
 
 
+def _test_subset(n_rows: int, n: int | None, dataset: str, seed: int) -> list[int] | None:
+    """Indices of the test samples to keep (sorted), or None for all. Drawn once, from the first seed, so
+    every candidate seed scores the same users and results stay paired across seeds and methods."""
+    if n is None or n >= n_rows:
+        return None
+    return np.sort(rng_for(dataset, "test-subsample", seed).choice(n_rows, size=n, replace=False)).tolist()
+
+
 def _summary(meta: dict) -> str:
     c = meta["counts"]
     lines = [f"{meta['dataset']}: {meta['n_items']:,} items, {c['train_users']:,} train users "
              f"({c['train_interactions']:,} train interactions)",
              f"  samples: train {c['train']:,}" + (f" (of {c['train_rows']:,})" if c['train'] != c['train_rows'] else "")
-             + f" / val {c['val']:,} / test {c['test']:,}; seeds {meta['seeds']}, {meta['num_candidates']} candidates"]
+             + f" / val {c['val']:,} / test {c['test']:,}"
+             + (f" (of {c['test_rows']:,})" if c.get('test_rows', c['test']) != c['test'] else "")
+             + f"; seeds {meta['seeds']}, {meta['num_candidates']} candidates"]
     dropped = ", ".join(f"{k} {v:,}" for k, v in meta["dropped"].items()) or "nothing"
     lines.append(f"  dropped: {dropped}")
     if meta["untitled_items"]:
@@ -127,9 +143,15 @@ def prepare(config: PrepareConfig, run_dir: RunDir | str | Path, force: bool = F
     counts: dict[str, int] = {}
     train_rows = _subsample(ds.train, config.max_train_samples, ds.name, seed0)
     jobs = [("train", seed0, train_rows)] + [(s, k, ds.rows(s)) for k in config.seeds for s in ("val", "test")]
+    test_rows = len(ds.rows("test"))
+    keep_test = _test_subset(test_rows, config.max_test_samples, ds.name, seed0)
     for split, seed, rows in jobs:
+        # Freeze over the full split first, then subset: a kept sample's candidates are the ones the full
+        # test set gives it, so subset rows can be compared sample by sample with full-set results.
         samples = freeze_candidates(rows, dataset=ds.name, split=split, seed=seed, n_items=ds.n_items,
                                     num_candidates=config.num_candidates)
+        if split == "test" and keep_test is not None:
+            samples = [samples[i] for i in keep_test]
         path = samples_path(out, split, seed)
         write_jsonl(path, (s.to_json() for s in samples))
         written.append(path)
@@ -144,7 +166,7 @@ def prepare(config: PrepareConfig, run_dir: RunDir | str | Path, force: bool = F
         "num_candidates": config.num_candidates,
         "max_history": config.max_history,
         "min_history": config.min_history,
-        "counts": {**counts, "train_rows": len(ds.train), "train_users": len(ds.train_sequences),
+        "counts": {**counts, "train_rows": len(ds.train), "test_rows": test_rows, "train_users": len(ds.train_sequences),
                    "train_interactions": sum(len(s.items) for s in ds.train_sequences)},
         "dropped": ds.dropped,
         "duplicate_titles": len(titles) - len(set(titles)),
