@@ -384,6 +384,16 @@ def test_two_runs_in_one_report(tmp_path):
     assert not (a / "manifests" / "report.json").exists()  # the report lives outside both runs
 
 
+def test_a_test_subset_is_stated(tmp_path):
+    root = make_run(tmp_path / "r", methods=("pop",), curves=False, thoughts=False)
+    assert "seeded random subset" not in write_report(root, n_boot=50)["markdown"].read_text()
+    meta = json.loads((root / "prepared" / "meta.json").read_text())
+    meta["counts"] = {"test": N, "test_rows": 10 * N}
+    (root / "prepared" / "meta.json").write_text(json.dumps(meta))
+    md = write_report(root, n_boot=50)["markdown"].read_text()
+    assert f"a seeded random subset of {N} of the {10 * N} test samples" in md
+
+
 def test_load_run_reads_titles(run):
     data = load_run(run)
     assert data.title(0) == NASTY and data.title(None) == "(no valid answer)" and data.title(12345) == "item #12345"

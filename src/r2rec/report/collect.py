@@ -42,6 +42,7 @@ class RunData:
     thoughts_stats: dict | None = None
     examples_path: Path | None = None
     titles: dict[int, str] = field(default_factory=dict)
+    prepared_meta: dict = field(default_factory=dict)  # prepared/meta.json (split sizes, subsets)
     problems: list[str] = field(default_factory=list)  # "path: what is wrong", shown in the report
     cache: dict = field(default_factory=dict, repr=False)  # expensive derived objects (the graph checker)
     _predictions: dict[str, dict[int, list[Prediction]] | None] = field(default_factory=dict, repr=False)
@@ -58,7 +59,7 @@ class RunData:
         """Every file the report read (for the stage manifest)."""
         files = [self.results_dir / f"{r['method']}.json" for r in self.results]
         files += sorted({c.path for c in self.curves})
-        for rel in ("thoughts/stats.json", "thoughts/examples.md"):
+        for rel in ("thoughts/stats.json", "thoughts/examples.md", "prepared/meta.json"):
             if (self.root / rel).is_file():
                 files.append(self.root / rel)
         return files
@@ -176,6 +177,18 @@ def _load_titles(run: RunData) -> None:
         run.problems.append(f"{items}: {e}")
 
 
+def _load_prepared_meta(run: RunData) -> None:
+    meta = run.root / "prepared" / "meta.json"
+    if not meta.is_file():
+        return
+    import json
+
+    try:
+        run.prepared_meta = json.loads(meta.read_text())
+    except (ValueError, OSError) as e:
+        run.problems.append(f"{meta}: {e}")
+
+
 def load_run(root: str | Path) -> RunData:
     root = Path(root)
     if not root.is_dir():
@@ -185,4 +198,5 @@ def load_run(root: str | Path) -> RunData:
     _load_curves(run)
     _load_thoughts(run)
     _load_titles(run)
+    _load_prepared_meta(run)
     return run

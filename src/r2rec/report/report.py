@@ -102,6 +102,7 @@ class _Builder:
             key = (run.name,) if dataset == run.name else (run.name, dataset)
             results.sort(key=lambda r: analysis.method_sort_key(str(r["method"])))
             self.add(Heading(level, f"{dataset} ({split})"))
+            self.subset_note(run, split)
             self.results_table(results)
             chance = results[0].get("chance_hr1") or (1.0 / results[0]["num_candidates"]
                                                       if results[0].get("num_candidates") else None)
@@ -118,6 +119,16 @@ class _Builder:
             self.traces(run, results, split, level + 1)
         self.training(run, level)
         self.teacher_traces(run, level)
+
+    def subset_note(self, run: RunData, split: str) -> None:
+        """Say so when the prepared test set is a subset (``prepare.max_test_samples``): its rows are not the
+        full test set's numbers."""
+        counts = (run.prepared_meta or {}).get("counts") or {}
+        if split != "test" or not isinstance(counts.get("test_rows"), int) or counts["test_rows"] == counts.get("test"):
+            return
+        self.add(Para(["Test set: a seeded random subset of ", str(counts.get("test")), " of the ",
+                       str(counts["test_rows"]), " test samples (", *code("`prepare.max_test_samples`"),
+                       "), each with the candidates the full set froze for it."]))
 
     def results_table(self, results: list[dict]) -> None:
         metrics = ["hr1", "hr1_valid", "valid_ratio"]
