@@ -6,7 +6,8 @@ import pytest
 
 from r2rec.data.schema import UserSequence
 from r2rec.graph.graph import InteractionGraph
-from r2rec.thoughts.faithfulness import CitationChecker, cite, extract_citations, faithfulness
+from r2rec.thoughts.faithfulness import CitationChecker, PositionClaims, cite, extract_citations, faithfulness, \
+    position_claims, position_words
 
 TITLES = {0: 'Lee "Scratch" Perry', 1: "Heat", 2: "Heat and Dust", 3: "Ronin", 4: "Royce da 5'9\"", 5: "Casino",
           6: "Fargo"}
@@ -71,3 +72,18 @@ def test_checker_reuses_its_title_index(graph):
     checker = CitationChecker(graph, TITLES)
     assert checker.check('user 254 watched "heat"').real == 1  # titles match case-insensitively
     assert checker.check('user 254 watched "Heat and Dust"').real == 0
+
+
+def test_position_claims_are_checked_against_the_history():
+    history = ["Heat", "Ronin", "Heat", "Fargo"]  # Heat's latest occurrence is 1 before the latest item
+    text = " ".join([
+        f'The user watched "Fargo" {position_words(0)}.',
+        f'The user watched "heat" {position_words(1)}.',  # titles match case-insensitively
+        f'The user watched "Ronin" {position_words(1)}.',  # wrong: Ronin is 2 before the latest
+        'The user watched "Casino" last.',  # not in the history: left to the citation check
+        'User 7 watched "Ronin" last.',  # another user's interaction: no position claim
+    ])
+    assert position_claims(text, history) == PositionClaims(right=2, wrong=1, unchecked=1)
+    assert position_words(3) == "3 before their latest" and position_claims("", history) == PositionClaims()
+    assert position_claims(f'You listened to "Ronin" {position_words(2)}.', history).right == 1
+

@@ -144,3 +144,42 @@ def extract_citations(text: str, titles: Mapping[int, str], graph=None) -> list[
 def faithfulness(text: str, graph, titles: Mapping[int, str], history: Sequence[int] = ()) -> Faithfulness:
     """Share of the interactions cited in ``text`` that exist in ``graph`` (prompt-user citations: in ``history``)."""
     return CitationChecker(graph, titles).check(text, history)
+
+
+# -- where in the history a cited item sits -----------------------------------------------------------------
+# The template teacher's first thought says how far back the cited history item is ("last", "just before their
+# latest", "3 before their latest"). The citation check above does not read these words; position_claims does.
+_POSITION = re.compile(rf"\b(?:[Tt]he user|[Yy]ou) (?:{_VERB_RE}) \"(?P<title>[^\"]+)\" "
+                       r"(?P<when>last|just before their latest|(?P<n>\d+) before their latest)\b")
+
+
+def position_words(back: int) -> str:
+    """How a trace says that an item is ``back`` steps before the latest one of the history (0 = the latest)."""
+    return "last" if back == 0 else "just before their latest" if back == 1 else f"{back} before their latest"
+
+
+@dataclass
+class PositionClaims:
+    right: int = 0
+    wrong: int = 0
+    unchecked: int = 0  # the title is not in the history (already an invented citation for the check above)
+
+
+def position_claims(text: str, history_titles: Sequence[str]) -> PositionClaims:
+    """Check every "the user <verb> "T" <position words>" in ``text`` against the prompt's history (oldest
+    first): right when T's latest occurrence sits exactly that many steps before the history's last item."""
+    keys = [normalize_title(t) for t in history_titles]
+    out = PositionClaims()
+    for m in _POSITION.finditer(text or ""):
+        key = normalize_title(m["title"])
+        if key not in keys:
+            out.unchecked += 1
+            continue
+        back = len(keys) - 1 - max(i for i, k in enumerate(keys) if k == key)
+        claim = 0 if m["when"] == "last" else 1 if m["when"].startswith("just") else int(m["n"])
+        if claim == back:
+            out.right += 1
+        else:
+            out.wrong += 1
+    return out
+

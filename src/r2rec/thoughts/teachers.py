@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from r2rec.thoughts.faithfulness import cite
+from r2rec.thoughts.faithfulness import cite, position_words
 from r2rec.thoughts.progressive import HopRequest, teacher_messages
 
 
@@ -59,8 +59,7 @@ class TemplateTeacher(Teacher):
         v = r.revealed
         if r.hop == 1:
             back = v["history_len"] - 1 - v["slot_a"]
-            when = "last" if back == 0 else "just before their latest" if back == 1 else f"{back} before their latest"
-            return f"{_cap(cite(None, r.verb, v['title_a']))} {when}."
+            return f"{_cap(cite(None, r.verb, v['title_a']))} {position_words(back)}."
         if r.hop == 2:
             return f"{_cap(cite(v['u1'], r.verb, v['title_a']))} too and shares {v['n_shared']} {r.noun} with the user."
         gap = v["gap"]
