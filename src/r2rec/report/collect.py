@@ -181,8 +181,6 @@ def _load_prepared_meta(run: RunData) -> None:
     meta = run.root / "prepared" / "meta.json"
     if not meta.is_file():
         return
-    import json
-
     try:
         run.prepared_meta = json.loads(meta.read_text())
     except (ValueError, OSError) as e:
