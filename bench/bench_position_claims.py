@@ -33,8 +33,7 @@ def check_run(root: Path) -> dict[str, dict]:
     if traces.is_file():
         total = PositionClaims()
         for rec in read_jsonl(traces):
-            sample = rec["sample"] if isinstance(rec["sample"], dict) else json.loads(rec["sample"])
-            _add(total, position_claims(rec["completion"], [titles[i] for i in sample["history"]]))
+            _add(total, position_claims(rec["completion"], [titles[i] for i in rec["sample"]["history"]]))
         out["teacher traces"] = vars(total)
     histories = {}
     for seed in data.seeds:

@@ -86,4 +86,3 @@ def test_position_claims_are_checked_against_the_history():
     assert position_claims(text, history) == PositionClaims(right=2, wrong=1, unchecked=1)
     assert position_words(3) == "3 before their latest" and position_claims("", history) == PositionClaims()
     assert position_claims(f'You listened to "Ronin" {position_words(2)}.', history).right == 1
-

@@ -21,7 +21,7 @@ import numpy as np
 from ..config import build, data_dir as resolve_data_dir
 from ..runs import RunDir, sha256_file
 from .candidates import freeze_candidates, rng_for
-from .raw import RawDataset, Row
+from .raw import RawDataset
 from .schema import PreparedData, samples_path, write_jsonl
 from .sources import SOURCES, SourceOptions, get_source
 
@@ -78,19 +78,11 @@ class PrepareConfig:
         )
 
 
-def _subsample(rows: list[Row], n: int | None, dataset: str, seed: int) -> list[Row]:
-    if n is None or n >= len(rows):
-        return rows
-    keep = np.sort(rng_for(dataset, "train-subsample", seed).choice(len(rows), size=n, replace=False))
-    return [rows[i] for i in keep]
-
-
-def _test_subset(n_rows: int, n: int | None, dataset: str, seed: int) -> list[int] | None:
-    """Indices of the test samples to keep (sorted), or None for all. Drawn once, from the first seed, so
-    every candidate seed scores the same users and results stay paired across seeds and methods."""
+def _subset_indices(n_rows: int, n: int | None, dataset: str, purpose: str, seed: int) -> list[int] | None:
+    """A seeded random choice of ``n`` of ``n_rows`` indices, sorted (order kept), or None to keep them all."""
     if n is None or n >= n_rows:
         return None
-    return np.sort(rng_for(dataset, "test-subsample", seed).choice(n_rows, size=n, replace=False)).tolist()
+    return np.sort(rng_for(dataset, purpose, seed).choice(n_rows, size=n, replace=False)).tolist()
 
 
 def _summary(meta: dict) -> str:
@@ -141,10 +133,13 @@ def prepare(config: PrepareConfig, run_dir: RunDir | str | Path, force: bool = F
 
     t1 = time.perf_counter()
     counts: dict[str, int] = {}
-    train_rows = _subsample(ds.train, config.max_train_samples, ds.name, seed0)
+    keep_train = _subset_indices(len(ds.train), config.max_train_samples, ds.name, "train-subsample", seed0)
+    train_rows = ds.train if keep_train is None else [ds.train[i] for i in keep_train]
     jobs = [("train", seed0, train_rows)] + [(s, k, ds.rows(s)) for k in config.seeds for s in ("val", "test")]
+    # Test samples to keep: drawn once, from the first seed, so every candidate seed scores the same users and
+    # results stay paired across seeds and methods.
     test_rows = len(ds.rows("test"))
-    keep_test = _test_subset(test_rows, config.max_test_samples, ds.name, seed0)
+    keep_test = _subset_indices(test_rows, config.max_test_samples, ds.name, "test-subsample", seed0)
     for split, seed, rows in jobs:
         # Freeze over the full split first, then subset: a kept sample's candidates are the ones the full
         # test set gives it, so subset rows can be compared sample by sample with full-set results.

@@ -182,4 +182,3 @@ def position_claims(text: str, history_titles: Sequence[str]) -> PositionClaims:
         else:
             out.wrong += 1
     return out
-
