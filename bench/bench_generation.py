@@ -64,14 +64,15 @@ def _load(precision: str, model_name: str):
 def measure(model, tok, engine: str, precision: str, batch: int, new_tokens: int, prompt: str = "short") -> dict:
     import torch
 
+    from r2rec.hardware import autocast, resolve
     from r2rec.llm.generate import GenerationConfig, Generator
-    from r2rec.llm.models import autocast
 
     msgs = fixed_prompt(prompt)
+    asked = "bf16" if precision == "bf16-autocast" else "fp32"
     gen = Generator(model, tok, GenerationConfig(max_new_tokens=new_tokens, batch_size=batch, progress=False,
-                                                 bf16=precision == "bf16-autocast", ignore_eos=True))
+                                                 precision=asked, ignore_eos=True))
     ids = torch.tensor([gen.prompt_ids(msgs)] * batch)
-    ctx = lambda: autocast(model, enabled=precision == "bf16-autocast")  # noqa: E731
+    ctx = lambda: autocast(resolve(asked, "cpu"))  # noqa: E731
     with torch.inference_mode(), ctx():
         t0 = time.perf_counter()
         model(input_ids=ids, logits_to_keep=1)
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from r2rec.llm.models import cpu_supports_bf16
+    from r2rec.hardware import cpu_bf16
 
     rows = []
     for precision in args.precisions:
@@ -127,7 +128,7 @@ def main(argv=None) -> int:
     result = {
         "command": "bench/bench_generation.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "model": args.model, "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                                         "cpu_bf16": cpu_supports_bf16(), "platform": platform.platform(),
+                                         "cpu_bf16": cpu_bf16()[0], "platform": platform.platform(),
                                          "torch": torch.__version__,
                                          "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "results": rows,

@@ -54,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     prepared = PreparedData(Path(args.run) / "prepared")
     model = make_recommender("sasrec", overrides=[*args.overrides, f"max_epochs={args.epochs}",
-                                                  f"patience={args.epochs + 1}", "max_minutes=1e9",
-                                                  "progress=false"])
+                                                  f"patience={args.epochs + 1}", "progress=false"])
     load_before = os.getloadavg()
     start = time.time()
     model.fit(prepared, seed=args.seed)

@@ -102,7 +102,8 @@ def main(argv=None) -> int:
         for bf16 in (False, True):
             name = f"sft_{'bf16' if bf16 else 'fp32'}"
             cfg = build(SFTConfig, dict(model=model, max_steps=args.steps, batch_size=args.batch_size,
-                                        eval_every=0, save_every=10_000, logging_steps=1, bf16=bf16,
+                                        eval_every=0, save_every=10_000, logging_steps=1,
+                                        precision="bf16" if bf16 else "fp32",
                                         output=f"checkpoints/{name}"))
             t0 = time.time()
             run_sft(run, cfg)
@@ -112,7 +113,7 @@ def main(argv=None) -> int:
         if not args.skip_rl:
             cfg = build(RLConfig, dict(model=model, init="checkpoints/sft_bf16/final", max_steps=args.rl_steps,
                                        num_generations=4, max_completion_length=64, eval_every=0,
-                                       save_every=10_000, bf16=True))
+                                       save_every=10_000, precision="bf16"))
             t0 = time.time()
             run_rl(run, cfg)
             results["grpo_bf16_4x64"] = {"sec_per_step": _median_step(run / cfg.output / "log.csv"),

@@ -14,7 +14,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from r2rec.llm.models import autocast, load_model  # noqa: E402
+from r2rec.hardware import autocast, resolve  # noqa: E402
+from r2rec.llm.models import load_model  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("NT", "2")))
 print("threads", torch.get_num_threads(), "load", os.getloadavg())
@@ -24,7 +25,7 @@ model.train()
 for bf16 in (False, True):
     for _ in range(3):
         t = time.time()
-        with autocast(model, bf16):
+        with autocast(resolve("bf16" if bf16 else "fp32", "cpu")):
             out = model(input_ids=x, labels=x)
         out.loss.backward()
         model.zero_grad(set_to_none=True)

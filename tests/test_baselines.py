@@ -1,4 +1,4 @@
-"""Classical baselines: registry, transition scores by hand, shapes, learning a pattern, seeding."""
+"""Classical baselines: registry, transition scores by hand, shapes, learning a pattern, seeding, stopping."""
 
 from __future__ import annotations
 
@@ -130,13 +130,120 @@ def test_learns_the_pattern(fitted, pattern):
     assert info["val_seed"] == 0 and info["best_val_hr1"] == max(c["val_hr1"] for c in info["curve"])
 
 
+def _curve(model):
+    """The parts of the fit's curve a seed must fix (the timings are the machine's)."""
+    return [(c["epoch"], c["loss"], c["val_hr1"], c["val_mrr"]) for c in model.fit_info["curve"]]
+
+
 @pytest.mark.parametrize("name", ["random", "sasrec", "gru4rec"])
 def test_seeded_runs_are_identical(name, fitted, pattern):
     test = pattern.samples("test", 0)
-    again = _make(name).fit(pattern, seed=0).score(test)
+    model = _make(name).fit(pattern, seed=0)
+    again = model.score(test)
     np.testing.assert_array_equal(fitted[name].score(test), again)
     if name == "random":
         assert not np.array_equal(again, _make(name).fit(pattern, seed=1).score(test))
+    else:
+        assert _curve(model) == _curve(fitted[name])
+
+
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
+def test_fit_does_not_depend_on_thread_count(name, pattern):
+    """Batches large enough for torch to split its kernels over threads; 1 and 2 threads, same bits."""
+    import torch
+
+    cfg = ["progress=false", "hidden=32", "batch_size=256", "max_epochs=3", "patience=3"]
+    fits = [make_recommender(name, overrides=[*cfg, f"threads={t}"]).fit(pattern, seed=3) for t in (1, 2)]
+    assert _curve(fits[0]) == _curve(fits[1])
+    test = pattern.samples("test", 0)
+    np.testing.assert_array_equal(fits[0].score(test), fits[1].score(test))
+    # The fit's thread count and deterministic mode are scoped to the fit.
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_sasrec_layer_norm_matches_torch_and_ignores_threads():
+    import torch
+
+    from r2rec.baselines.sasrec import LayerNorm
+
+    torch.manual_seed(0)
+    ln, ref = LayerNorm(64), torch.nn.LayerNorm(64)
+    with torch.no_grad():
+        for p in (ln.weight, ln.bias):
+            p.normal_()
+        ref.load_state_dict(ln.state_dict())
+    x, g = torch.randn(256, 10, 64), torch.randn(256, 10, 64)
+    torch.testing.assert_close(ln(x), ref(x))
+    grads = []
+    saved = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            ln.zero_grad()
+            ln(x).backward(g)
+            grads.append([ln.weight.grad.clone(), ln.bias.grad.clone()])
+    finally:
+        torch.set_num_threads(saved)
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+
+
+# One training step's gradients with 1 and 2 threads, in a fresh process (the kernels are picked at start-up).
+_STEP_GRADS = """
+import torch
+from r2rec.baselines import make_recommender
+from r2rec.baselines.base import pad_histories
+for name in ("sasrec", "gru4rec"):
+    torch.manual_seed(0)
+    model = make_recommender(name)
+    net = model.build_net(300)
+    histories = [torch.randint(0, 300, (1 + i % 10,)).tolist() for i in range(256)]
+    x = torch.from_numpy(pad_histories(histories, 10, align=model.align))
+    y = torch.randint(0, 300, (256,))
+    grads = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        torch.manual_seed(1)
+        net.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        grads.append([p.grad.clone() for p in net.parameters()])
+    bad = [n for (n, _), a, b in zip(net.named_parameters(), *grads) if not torch.equal(a, b)]
+    assert not bad, (name, torch.backends.cpu.get_cpu_capability(), bad)
+"""
+
+
+@pytest.mark.parametrize("capability", ["avx2", "default"])
+def test_gradients_do_not_depend_on_thread_count_with_other_kernels(capability):
+    """Machines without AVX-512 run other kernels; torch's fused softmax backward depended on threads there."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": capability, "OMP_WAIT_POLICY": "PASSIVE"}
+    done = subprocess.run([sys.executable, "-c", _STEP_GRADS], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
+def test_stops_by_patience_or_max_epochs(name, pattern):
+    """Val HR@1 on the pattern reaches its ceiling within a few epochs; then patience, not time, stops the fit."""
+    info = make_recommender(name, overrides=[*FAST, "max_epochs=40", "patience=1"]).fit(pattern, seed=0).fit_info
+    assert info["stopped_by"] == "patience" and info["epochs_run"] < 40
+    assert info["epochs_run"] == info["best_epoch"] + 1 == len(info["curve"])
+    info = make_recommender(name, overrides=[*FAST, "max_epochs=2", "patience=10"]).fit(pattern, seed=0).fit_info
+    assert info["stopped_by"] == "max_epochs" and info["epochs_run"] == 2
+    assert (info["max_epochs"], info["patience"]) == (2, 10)
+
+
+def test_removed_wall_clock_budget_is_a_clear_error():
+    from r2rec.baselines.trainer import reject_removed_keys
+
+    for values, overrides in (({"max_minutes": 9}, []), (None, ["max_minutes=9"])):
+        with pytest.raises(ValueError, match="max_minutes: the wall-clock budget is gone.*max_epochs and patience"):
+            reject_removed_keys(values, overrides)
+    reject_removed_keys({"max_epochs": 3}, ["patience=2"])
+    with pytest.raises(ValueError, match="unknown key"):
+        make_recommender("sasrec", overrides=["max_minutes=9"])
 
 
 def test_leave_user_out_scores_equal_a_matrix_fit_without_that_user():

@@ -55,7 +55,7 @@ def synthetic_train_run(tmp_path):
 
 
 def _cfg(tiny_model_dir, **kw):
-    return EvalConfig(model=str(tiny_model_dir), max_new_tokens=8, batch_size=4, bf16=False, n_bootstrap=50, **kw)
+    return EvalConfig(model=str(tiny_model_dir), max_new_tokens=8, batch_size=4, precision="fp32", n_bootstrap=50, **kw)
 
 
 def test_constrained_eval_writes_a_valid_ranked_result(synthetic_train_run, tiny_model_dir):
@@ -123,7 +123,7 @@ def test_cli_reports_a_missing_checkpoint(synthetic_train_run, capsys):
 
 def test_cli_flags_and_overrides(synthetic_train_run, tiny_model_dir):
     rc = main(["eval", "--run", str(synthetic_train_run), "--model", "base", "--max-samples", "2", "--batch-size",
-               "2", "--seeds", "0", f"model={tiny_model_dir}", "max_new_tokens=4", "bf16=false", "n_bootstrap=20",
+               "2", "--seeds", "0", f"model={tiny_model_dir}", "max_new_tokens=4", "precision=fp32", "n_bootstrap=20",
                "prompt.context_chains=0", "method=flags"])
     assert rc == 0
     saved = json.loads((synthetic_train_run / "results" / "flags.json").read_text())

@@ -73,7 +73,7 @@ def test_constrained_answer_is_always_a_candidate(tiny, think):
     prompts, cands = _prompts(n), _cands(n)
     for seed in (0, 1):
         cfg = GenerationConfig(max_new_tokens=12, batch_size=3, do_sample=True, temperature=2.0, seed=seed,
-                               progress=False, bf16=False)
+                               progress=False, precision="fp32")
         outs = Generator(model, tok, cfg).generate(prompts, cands, think=think)
         for out, titles in zip(outs, cands):
             assert out.answer is not None and out.answer_title == titles[out.answer]
@@ -90,7 +90,7 @@ def test_scoring_matches_greedy_generation(tiny):
     model, tok = tiny
     n = 6
     prompts, cands = _prompts(n), _cands(n)
-    gen = Generator(model, tok, GenerationConfig(max_new_tokens=10, batch_size=3, progress=False, bf16=False))
+    gen = Generator(model, tok, GenerationConfig(max_new_tokens=10, batch_size=3, progress=False, precision="fp32"))
     decoded = gen.generate(prompts, cands, think=True, rank=False)
     ranked = gen.generate(prompts, cands, think=True, rank=True)
     scored = gen.score_candidates(prompts, cands, thoughts=[o.thoughts for o in decoded])
@@ -128,7 +128,7 @@ def test_batch_size_does_not_change_greedy_output(tiny, cls):
     prompts, cands = _prompts(n), _cands(n)
     runs = []
     for bs in (1, n):
-        gen = cls(model, tok, GenerationConfig(max_new_tokens=10, batch_size=bs, progress=False, bf16=False))
+        gen = cls(model, tok, GenerationConfig(max_new_tokens=10, batch_size=bs, progress=False, precision="fp32"))
         runs.append((gen.generate(prompts, cands, think=True), gen.generate(prompts, cands, think=True, rank=True)))
     (dec1, rank1), (decn, rankn) = runs
     assert len({o.answer_title for o in dec1}) > 1  # answers of different lengths, so rows finish apart
@@ -143,7 +143,7 @@ def test_direct_mode_agrees_with_hf_generate_and_trie_processor(tiny):
     model, tok = tiny
     n = 5
     prompts, cands = _prompts(n), _cands(n)
-    gen = Generator(model, tok, GenerationConfig(batch_size=n, progress=False, bf16=False))
+    gen = Generator(model, tok, GenerationConfig(batch_size=n, progress=False, precision="fp32"))
     outs = gen.generate(prompts, cands, think=False)
 
     seqs, tries = [], []
@@ -169,7 +169,7 @@ class _Scripted(Generator):
     """A generator whose free tokens follow a script (text), to test parsing and rollback without training."""
 
     def __init__(self, model, tok, script: str, **kw):
-        super().__init__(model, tok, GenerationConfig(progress=False, bf16=False, **kw))
+        super().__init__(model, tok, GenerationConfig(progress=False, precision="fp32", **kw))
         self.script = tok(script, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         self.i = 0
 
@@ -204,14 +204,14 @@ def test_non_canonical_reasoning_is_rolled_back(tiny):
     out = g.generate(prompt, [titles], think=True, rank=True)[0]
     assert out.thoughts == ["first   thought", "second"] and out.stop == "close"
     assert out.text.startswith("<think>\nfirst   thought\nsecond\n</think><answer>")
-    clean = Generator(model, tok, GenerationConfig(progress=False, bf16=False)).score_candidates(prompt, [titles],
+    clean = Generator(model, tok, GenerationConfig(progress=False, precision="fp32")).score_candidates(prompt, [titles],
                                                                                      [out.thoughts])[0]
     assert out.scores == pytest.approx(clean.scores, abs=1e-3)
 
 
 def test_generation_rejects_bad_arguments(tiny):
     model, tok = tiny
-    gen = Generator(model, tok, GenerationConfig(progress=False, bf16=False))
+    gen = Generator(model, tok, GenerationConfig(progress=False, precision="fp32"))
     with pytest.raises(ValueError, match="candidate titles"):
         gen.generate(_prompts(1), None, mode="constrained")
     with pytest.raises(ValueError, match="mode"):
@@ -226,7 +226,7 @@ def test_sampling_is_seeded(tiny):
 
     def run(seed):
         cfg = GenerationConfig(max_new_tokens=6, batch_size=2, do_sample=True, temperature=2.0, top_p=0.9,
-                               seed=seed, progress=False, bf16=False)
+                               seed=seed, progress=False, precision="fp32")
         return [(o.text, o.answer) for o in Generator(model, tok, cfg).generate(prompts, cands)]
 
     assert run(3) == run(3)
@@ -237,7 +237,7 @@ def test_scores_equal_plain_forward_log_probs(tiny):
     """Tree-packed scoring from the cache == log-probs of prompt + full completion in one plain forward."""
     model, tok = tiny
     prompts, cands = _prompts(3), _cands(3)
-    gen = Generator(model, tok, GenerationConfig(batch_size=3, progress=False, bf16=False))
+    gen = Generator(model, tok, GenerationConfig(batch_size=3, progress=False, precision="fp32"))
     thoughts = [["a first thought", "then another"], None, ["x"]]
     outs = gen.score_candidates(prompts, cands, thoughts)
     for p, titles, th, out in zip(prompts, cands, thoughts, outs):
@@ -257,7 +257,7 @@ def test_bf16_autocast_path(tiny):
     """bf16 autocast (prompt encoding and scoring) still yields valid answers and finite scores."""
     model, tok = tiny
     prompts, cands = _prompts(3), _cands(3)
-    outs = Generator(model, tok, GenerationConfig(max_new_tokens=4, progress=False, bf16=True)).generate(
+    outs = Generator(model, tok, GenerationConfig(max_new_tokens=4, progress=False, precision="bf16")).generate(
         prompts, cands, think=True, rank=True)
     for o, titles in zip(outs, cands):
         assert o.answer is not None and len(o.scores) == len(titles)

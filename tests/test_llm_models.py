@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import pytest
@@ -46,19 +45,6 @@ def test_load_model_applies_a_peft_adapter(tiny_model_dir, tmp_path):
         assert not torch.allclose(model(ids).logits, plain(ids).logits)  # the adapter changes the output
 
 
-def test_autocast_switch(tiny_model_dir, monkeypatch):
-    model, _ = models.load_model(tiny_model_dir)
-    assert isinstance(models.autocast(model, enabled=False), contextlib.nullcontext)
-    with models.autocast(model, enabled=True):
-        assert torch.is_autocast_enabled("cpu")
-    monkeypatch.setenv("R2REC_BF16", "0")
-    assert isinstance(models.autocast(model), contextlib.nullcontext)
-    monkeypatch.delenv("R2REC_BF16")
-    auto = models.autocast(model)
-    assert isinstance(auto, contextlib.nullcontext) != models.cpu_supports_bf16()
-
-
-@pytest.mark.slow
 def test_real_smollm2_through_the_registry():
     """Loads SmolLM2-135M (converted from the package's GGUF on first use) and answers among candidates."""
     from r2rec.llm.generate import GenerationConfig, Generator

@@ -12,12 +12,12 @@ from r2rec.train.sft import SFTConfig, run_sft
 
 def _sft(tiny_model_dir, run):
     run_sft(run, build(SFTConfig, dict(model=str(tiny_model_dir), max_steps=1, batch_size=2, eval_every=0,
-                                       bf16=False, save_every=10)))
+                                       precision="fp32", save_every=10)))
 
 
 def _cfg(tiny_model_dir, **kw):
     base = dict(model=str(tiny_model_dir), max_steps=2, num_generations=2, prompts_per_step=1,
-                max_completion_length=8, eval_every=0, save_every=1, bf16=False, learning_rate=1e-2,
+                max_completion_length=8, eval_every=0, save_every=1, precision="fp32", learning_rate=1e-2,
                 beta=0.0, max_prompts=4)
     base.update(kw)
     return build(RLConfig, base)
@@ -51,8 +51,9 @@ def test_grpo_step_changes_adapter_logs_reward_and_resumes(tiny_model_dir, synth
     monkeypatch.setitem(rewards.REWARDS, "chars", lambda c, cands, target: len(c) / 100.0)
     _sft(tiny_model_dir, synthetic_train_run)
     sft = _adapter(synthetic_train_run / "checkpoints/sft/final")
-    # beta > 0 exercises TRL's frozen reference copy of the adapter.
-    cfg = _cfg(tiny_model_dir, beta=0.04, reward_weights={"format": 0.2, "valid": 0.2, "correct": 1.0, "chars": 1.0})
+    # beta > 0 exercises TRL's frozen reference copy of the adapter; micro-batches of 1 the accumulation path.
+    cfg = _cfg(tiny_model_dir, beta=0.04, micro_batch_size=1,
+               reward_weights={"format": 0.2, "valid": 0.2, "correct": 1.0, "chars": 1.0})
     final = run_rl(synthetic_train_run, cfg)
     rl = _adapter(final)
     assert set(rl) == set(sft)  # the policy adapter only, same layout as SFT's (eval loads both the same way)
@@ -68,8 +69,23 @@ def test_grpo_step_changes_adapter_logs_reward_and_resumes(tiny_model_dir, synth
     final = run_rl(synthetic_train_run, cfg)
     summary = json.loads((final / "train_summary.json").read_text())
     assert summary["resumed_from"].endswith("checkpoint-1") and summary["global_step"] == 2
+    assert summary["max_abs_update"] > 0 and summary["groups_with_spread"] > 0
+    assert summary["compute"]["precision"] == "fp32"
     rows = list(csv.DictReader(open(out / "log.csv")))
     assert [int(r["step"]) for r in rows if r.get("reward")] == [1, 2]
+
+
+def test_a_grpo_run_with_zero_gradient_is_refused(tiny_model_dir, synthetic_train_run):
+    """A random-weight model never writes a well-formed completion: every reward is 0 in every group, so the
+    adapter cannot move. The stage must refuse to count that as RL (no manifest), saying why."""
+    from r2rec.train.rl import NoLearningSignal
+
+    _sft(tiny_model_dir, synthetic_train_run)
+    with pytest.raises(NoLearningSignal, match="did not change the adapter.*groups with reward spread 0%"):
+        run_rl(synthetic_train_run, _cfg(tiny_model_dir, max_steps=1))
+    assert not (synthetic_train_run / "manifests/rl.json").exists()
+    summary = json.loads((synthetic_train_run / "checkpoints/rl/final/train_summary.json").read_text())
+    assert summary["max_abs_update"] == 0 and summary["groups_with_spread"] == 0
 
 
 def test_missing_sft_adapter_is_a_clear_error(tiny_model_dir, synthetic_train_run):
@@ -78,6 +94,8 @@ def test_missing_sft_adapter_is_a_clear_error(tiny_model_dir, synthetic_train_ru
 
 
 def test_rl_config_errors():
+    with pytest.raises(ValueError, match="micro_batch_size must be 0 or divide"):
+        build(RLConfig, {"num_generations": 4, "micro_batch_size": 3})
     with pytest.raises(ValueError, match="unknown reward"):
         build(RLConfig, {"reward_weights": {"length": 1.0}})
     with pytest.raises(ValueError, match="num_generations"):

@@ -12,7 +12,7 @@ from r2rec.train.sft import SFTConfig, load_traces, run_sft
 
 def _cfg(tiny_model_dir, **kw):
     base = dict(model=str(tiny_model_dir), max_steps=2, batch_size=2, save_every=2, logging_steps=1,
-                eval_every=0, bf16=False, max_length=2048, learning_rate=1e-3)
+                eval_every=0, precision="fp32", max_length=2048, learning_rate=1e-3)
     base.update(kw)
     return build(SFTConfig, base)
 

@@ -19,11 +19,18 @@ import yaml
 T = TypeVar("T")
 
 DEFAULT_DATA_DIR = "../shared/data"
+DATA_DIR_ENV = "R2REC_DATA_DIR"
 
 
 def data_dir(explicit: str | os.PathLike | None = None) -> Path:
     """The data directory: the explicit argument, else ``$R2REC_DATA_DIR``, else ``../shared/data``."""
-    return Path(explicit or os.environ.get("R2REC_DATA_DIR") or DEFAULT_DATA_DIR)
+    return Path(explicit or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
+
+
+def data_dirs(explicit: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
+    """Every data directory to look in, in order, each with the label a run records (config, env, default)."""
+    chain = [("config", explicit), ("env", os.environ.get(DATA_DIR_ENV)), (DEFAULT_DATA_DIR, DEFAULT_DATA_DIR)]
+    return [(label, Path(d)) for label, d in chain if d]
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:

@@ -155,6 +155,9 @@ def run_pipeline(config_path: str | Path, run_root: str | Path | None = None, on
     run = RunDir(run_root or cfg.get("run") or f"runs/{Path(config_path).stem}")
     state_path = run.manifests / "pipeline.json"
     state: dict = json.loads(state_path.read_text()) if state_path.exists() else {}
+    # Wall time and process peak RSS of each stage when it last ran (shown by show_results).
+    times_path = run.manifests / "pipeline-times.json"
+    times: dict = json.loads(times_path.read_text()) if times_path.exists() else {}
     skip = set(cfg.get("skip", [])) | ({n for n in STAGE_NAMES if n not in only} if only else set())
     # Keys of every stage, skipped ones included, so that `--only` never changes a stage's key.
     keys: dict[str, str] = {}
@@ -181,8 +184,10 @@ def run_pipeline(config_path: str | Path, run_root: str | Path | None = None, on
                                 f"{stage.section!r} of {config_path}): {type(e).__name__}: {e}") from e
         state[stage.name] = key
         state_path.write_text(json.dumps(state, indent=2))
-        print(f"{head}: done in {time.perf_counter() - t0:.1f}s (process peak RSS so far {_peak_rss_gib():.1f} GiB)",
-              flush=True)
+        seconds, rss = time.perf_counter() - t0, _peak_rss_gib()
+        times[stage.name] = {"seconds": round(seconds, 1), "peak_rss_gib": round(rss, 2)}
+        times_path.write_text(json.dumps(times, indent=2))
+        print(f"{head}: done in {seconds:.1f}s (process peak RSS so far {rss:.1f} GiB)", flush=True)
         _release_memory()
     return run.root
 
@@ -233,6 +238,29 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_stage_times(run: RunDir) -> None:
+    """Each stage's wall time and the device/precision the LLM stages resolved (from their manifests)."""
+    path = run.manifests / "pipeline-times.json"
+    if not path.exists():
+        return
+    times = json.loads(path.read_text())
+    print("\n## Stages (wall time when each last ran; process peak RSS)\n")
+    print("| stage | seconds | peak RSS GiB | compute |\n|---|---|---|---|")
+    for name in STAGE_NAMES:
+        if name not in times:
+            continue
+        manifests = run.manifests.glob("eval-*.json") if name == "eval" else [run.manifest_path(name)]
+        computes = []
+        for m in manifests:
+            c = json.loads(m.read_text()).get("compute") if m.exists() else None
+            for one in c if isinstance(c, list) else [c] if c else []:
+                computes.append(f"{one['device']} {one['precision']}")
+        compute = ", ".join(sorted(set(computes)))
+        print(f"| {name} | {times[name]['seconds']} | {times[name]['peak_rss_gib']} | {compute} |")
+    print(f"| total | {sum(t['seconds'] for t in times.values()):.1f} | "
+          f"{max(t['peak_rss_gib'] for t in times.values())} | |")
+
+
 def show_results(root: str | Path) -> None:
     """Print the run's results table and one recommendation with its reasoning (what `make demo` ends with)."""
     from .data.schema import PreparedData
@@ -244,6 +272,7 @@ def show_results(root: str | Path) -> None:
     if results:
         print(f"\n## Results ({results[0]['dataset']}, {results[0]['split']}; HR@1 over all samples, 95% CI)\n")
         print(markdown_table(results))
+    _show_stage_times(run)
     report = run.root / "report" / "report.html"
     if report.exists():
         print(f"\nreport: {report} (and report.md)")
@@ -251,7 +280,8 @@ def show_results(root: str | Path) -> None:
     sample = prepared.samples("test", prepared.seeds[0])[0]
     titles = prepared.titles
     service = RecommendService(run.root)
-    res = service.recommend([titles[i] for i in sample.history], [titles[i] for i in sample.candidates])
+    # Catalogue ids, not titles: some catalogues (ml-100k) hold two items with one title.
+    res = service.recommend(list(sample.history), list(sample.candidates))
     print(f"\n## One recommendation ({service.kind} model), test user {sample.user}; "
           f"the true next item was \"{titles[sample.target]}\"\n")
     print(format_text(res))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import sys
 import threading
 import time
 from pathlib import Path
@@ -82,10 +83,11 @@ class RecommendService:
 
     def __init__(self, run_dir: str | Path, model: str = "auto", prompt=None, base_model: str = "",
                  max_new_tokens: int = 256, max_candidates: int = MAX_CANDIDATES, num_candidates: int | None = None,
-                 rank: bool = True, bf16: bool | None = None, threads: int = 0):
+                 rank: bool = True, precision: str = "auto", device: str = "auto", threads: int = 0):
         from r2rec.baselines.simple import TransitionRecommender
         from r2rec.eval.cli import EvalConfig, resolve_checkpoint
         from r2rec.graph.graph import graph_for_run
+        from r2rec.hardware import resolve
         from r2rec.llm.inputs import PromptBuilder
         from r2rec.llm.models import load_model
         from r2rec.thoughts.faithfulness import CitationChecker
@@ -107,7 +109,7 @@ class RecommendService:
         # Prompts show the last max_history items, as every prepared sample does.
         self.max_history = int(meta.get("max_history", 10))
         self.max_new_tokens = self._budget(max_new_tokens)
-        self.rank, self.bf16 = rank, bf16
+        self.rank = rank
 
         self.kind = resolve_kind(self.run.root, model, base_model)
         model_name, adapter, self.described = resolve_checkpoint(self.run, self.kind, EvalConfig(model=base_model))
@@ -127,7 +129,9 @@ class RecommendService:
             import torch
 
             torch.set_num_threads(int(threads))
-        self.model, self.tokenizer = load_model(model_name, adapter=adapter)
+        self.compute = resolve(precision, device, "serve")
+        print(f"[serve] compute: {self.compute.describe()}", file=sys.stderr, flush=True)
+        self.model, self.tokenizer = load_model(model_name, adapter=adapter, device=self.compute.device)
         self._lock = threading.Lock()
 
     # -- inputs ----------------------------------------------------------------------------------------
@@ -273,7 +277,8 @@ class RecommendService:
 
         # Greedy, as r2rec eval: the same request always gets the same answer.
         gen = Generator(self.model, self.tokenizer, GenerationConfig(max_new_tokens=budget, batch_size=1,
-                                                                    bf16=self.bf16, progress=False))
+                                                                    precision=self.compute.precision,
+                                                                    progress=False))
         with self._lock:
             return gen.generate([messages], [titles], mode="constrained", think=self.think, rank=self.rank)[0]
 

@@ -37,6 +37,10 @@ def run_baseline(run_dir: str | Path, name: str, overrides: Sequence[str] | None
     missing = sorted(set(seeds) - set(prepared.seeds))
     if missing:
         raise ValueError(f"{run.prepared}: seeds {missing} were not prepared (prepared: {prepared.seeds})")
+    if name in ("sasrec", "gru4rec"):
+        from r2rec.baselines.trainer import reject_removed_keys
+
+        reject_removed_keys(values, overrides)
     model = make_recommender(name, values, list(overrides or []))
     method = method or name
     stage = f"baseline-{method}"

@@ -18,7 +18,11 @@ from r2rec.baselines.trainer import NeuralConfig, NeuralRecommender
 
 @dataclass
 class GRU4RecConfig(NeuralConfig):
-    """``NeuralConfig``; ``n_blocks`` is the number of stacked GRU layers."""
+    """``NeuralConfig``; ``n_blocks`` is the number of stacked GRU layers.
+
+    ``max_epochs`` 40 (the shared default): epochs are cheap and val HR@1 creeps up for longer. On ml-100k
+    (97k train examples, 2 shared cores) seed 0 runs all 40 epochs in about 5 minutes (8 s each), best epoch 34.
+    """
 
     n_blocks: int = 1
 

@@ -1,12 +1,14 @@
 """Raw GroupLens MovieLens 100K (``u.data`` + ``u.item``) -> per-user temporal leave-one-out over all users.
 
 Item ids are ``movie_id - 1`` (as LLaRA), titles follow LLaRA's rule (:mod:`r2rec.data.titles`), and every
-rating is kept unless ``min_rating`` says otherwise (LLaRA keeps ratings >= 3).
+rating is kept unless ``min_rating`` says otherwise (LLaRA keeps ratings >= 3). :func:`from_ratings` is shared
+with RecBole's copy of the same data (:mod:`r2rec.data.recbole_atomic`), so both copies build one dataset.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable, Iterator
 
 from tqdm import tqdm
 
@@ -14,9 +16,57 @@ from .loo import leave_one_out
 from .raw import RawDataset
 from .titles import fill_empty_titles, read_u_item
 
+# One rating as read from a file: (line number, user id, movie id, rating, timestamp).
+Rating = tuple[int, int, int, int, int]
+
 
 def files(root: Path) -> list[Path]:
     return [Path(root) / "u.data", Path(root) / "u.item"]
+
+
+def read_u_data(path: Path) -> Iterator[Rating]:
+    """``u.data`` (``user item rating timestamp``, whitespace-separated) -> ratings, faults named by line."""
+    path = Path(path)
+    with open(path, encoding="latin-1") as f:
+        for lineno, line in enumerate(tqdm(f, desc=f"read {path.name}", unit=" lines", disable=None, leave=False), 1):
+            if not line.strip():
+                continue
+            try:
+                user, movie, rating, ts = (int(x) for x in line.split())
+            except ValueError:
+                raise ValueError(f"{path}:{lineno}: malformed line (expected 4 integers "
+                                 f"'user item rating timestamp', got {line.strip()!r})") from None
+            yield lineno, user, movie, rating, ts
+
+
+def from_ratings(name: str, titles: dict[int, str], ratings: Iterable[Rating], data: Path, item_file: Path, *,
+                 min_history: int = 3, max_history: int = 10, min_rating: int = 0) -> RawDataset:
+    """Ratings + titles -> the leave-one-out dataset; one body for every file format, so copies agree."""
+    untitled = fill_empty_titles(titles)
+    events: dict[int, list[tuple[int, int]]] = {}
+    seen: dict[tuple[int, int, int], int] = {}
+    below = 0
+    for lineno, user, movie, rating, ts in ratings:
+        item = movie - 1
+        if item not in titles:
+            raise ValueError(f"{data}:{lineno}: unknown item id {movie} (not in {Path(item_file).name})")
+        key = (user, item, ts)
+        if key in seen:
+            raise ValueError(f"{data}:{lineno}: duplicate of line {seen[key]} (user {user}, item {movie}, "
+                             f"timestamp {ts})")
+        seen[key] = lineno
+        if rating < min_rating:
+            below += 1
+            continue
+        events.setdefault(user, []).append((ts, item))
+    if not seen:
+        raise ValueError(f"{data}: empty file")
+    dropped = {f"ratings_below_{min_rating}": below} if below else {}
+    by_user = {str(u): events[u] for u in sorted(events)}
+    ds = leave_one_out(name, titles, by_user, min_history=min_history, max_history=max_history,
+                       source_files=[Path(data), Path(item_file)], dropped=dropped)
+    ds.untitled = untitled
+    return ds
 
 
 def load(root: Path, *, min_history: int = 3, max_history: int = 10, min_rating: int = 0,
@@ -25,38 +75,5 @@ def load(root: Path, *, min_history: int = 3, max_history: int = 10, min_rating:
     for p in (data, item_file):
         if not p.exists():
             raise FileNotFoundError(f"{p}: missing ({name} needs the GroupLens u.data and u.item)")
-    titles = read_u_item(item_file)
-    untitled = fill_empty_titles(titles)
-    events: dict[int, list[tuple[int, int]]] = {}
-    seen: dict[tuple[int, int, int], int] = {}
-    below = 0
-    with open(data, encoding="latin-1") as f:
-        for lineno, line in enumerate(tqdm(f, desc=f"read {data.name}", unit=" lines", disable=None, leave=False), 1):
-            if not line.strip():
-                continue
-            fields = line.split()
-            try:
-                user, movie, rating, ts = (int(x) for x in fields)
-            except ValueError:
-                raise ValueError(f"{data}:{lineno}: malformed line (expected 4 integers "
-                                 f"'user item rating timestamp', got {line.strip()!r})") from None
-            item = movie - 1
-            if item not in titles:
-                raise ValueError(f"{data}:{lineno}: unknown item id {movie} (not in {item_file.name})")
-            key = (user, item, ts)
-            if key in seen:
-                raise ValueError(f"{data}:{lineno}: duplicate of line {seen[key]} (user {user}, item {movie}, "
-                                 f"timestamp {ts})")
-            seen[key] = lineno
-            if rating < min_rating:
-                below += 1
-                continue
-            events.setdefault(user, []).append((ts, item))
-    if not seen:
-        raise ValueError(f"{data}: empty file")
-    dropped = {f"ratings_below_{min_rating}": below} if below else {}
-    by_user = {str(u): events[u] for u in sorted(events)}
-    ds = leave_one_out(name, titles, by_user, min_history=min_history, max_history=max_history,
-                       source_files=[data, item_file], dropped=dropped)
-    ds.untitled = untitled
-    return ds
+    return from_ratings(name, read_u_item(item_file), read_u_data(data), data, item_file,
+                        min_history=min_history, max_history=max_history, min_rating=min_rating)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import build, data_dir as resolve_data_dir
+from ..config import build, data_dirs
 from ..runs import RunDir, sha256_file
 from .candidates import freeze_candidates, rng_for
 from .raw import RawDataset
@@ -33,7 +33,8 @@ class PrepareConfig:
     dataset: str = "llara-movielens"
     """A key of ``r2rec.data.sources.SOURCES``: llara-movielens, llara-lastfm, ml-100k or csv."""
     data_dir: str | None = None
-    """Data directory holding one folder per dataset (default: $R2REC_DATA_DIR, else ../shared/data)."""
+    """Data directory holding one folder per dataset. Looked up first, then $R2REC_DATA_DIR, then ../shared/data,
+    then (ml-100k only) the copy inside an installed recbole package; meta.json records which one was used."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """One frozen candidate draw for val/test per seed; train samples use the first seed."""
     num_candidates: int = 20
@@ -71,7 +72,7 @@ class PrepareConfig:
 
     def source_options(self) -> SourceOptions:
         return SourceOptions(
-            data_dir=resolve_data_dir(self.data_dir), min_history=self.min_history, max_history=self.max_history,
+            data_dirs=data_dirs(self.data_dir), min_history=self.min_history, max_history=self.max_history,
             min_rating=self.min_rating,
             interactions=Path(self.interactions) if self.interactions else None,
             titles=Path(self.titles) if self.titles else None,
@@ -105,7 +106,9 @@ def prepare(config: PrepareConfig, run_dir: RunDir | str | Path, force: bool = F
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     source = get_source(config.dataset)
     options = config.source_options()
-    inputs = [p.resolve() for p in source.files(options)]
+    located = source.locate(options)
+    data_from = {"from": located.label, "path": str(located.root.resolve()) if located.root else None}
+    inputs = [p.resolve() for p in located.files]
     for p in inputs:
         if not p.exists():
             raise FileNotFoundError(f"{p}: missing input for dataset {config.dataset!r}")
@@ -115,8 +118,9 @@ def prepare(config: PrepareConfig, run_dir: RunDir | str | Path, force: bool = F
         print(f"prepare: {out} is up to date (manifest matches), skipped")
         return PreparedData(out)
 
+    print(f"prepare: {config.dataset} from {located.label}" + (f" ({data_from['path']})" if located.root else ""))
     t0 = time.perf_counter()
-    ds: RawDataset = source.load(options)
+    ds: RawDataset = located.load(options)
     ds.validate()
     t_load = time.perf_counter() - t0
 
@@ -166,6 +170,7 @@ def prepare(config: PrepareConfig, run_dir: RunDir | str | Path, force: bool = F
         "dropped": ds.dropped,
         "duplicate_titles": len(titles) - len(set(titles)),
         "untitled_items": ds.untitled,
+        "data": data_from,
         "sources": {str(p): sha256_file(p) for p in inputs},
         "config": asdict(config),
         "seconds": {"load": round(t_load, 2), "samples": round(t_cands, 2),
@@ -175,7 +180,7 @@ def prepare(config: PrepareConfig, run_dir: RunDir | str | Path, force: bool = F
     tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False))
     tmp.replace(out / "meta.json")
     written.append(out / "meta.json")
-    run.write_manifest("prepare", inputs, config, seed0, outputs=written)
+    run.write_manifest("prepare", inputs, config, seed0, outputs=written, extra={"data": data_from})
     print(_summary(meta))
     print(f"  wrote {out} in {meta['seconds']['total']:.1f}s (load {t_load:.1f}s, candidates + samples {t_cands:.1f}s)")
     return PreparedData(out)
@@ -184,7 +189,8 @@ def prepare(config: PrepareConfig, run_dir: RunDir | str | Path, force: bool = F
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, choices=sorted(SOURCES), help="dataset source")
     p.add_argument("--run", required=True, help="run folder (writes <run>/prepared/)")
-    p.add_argument("--data-dir", default=None, help="data directory (default $R2REC_DATA_DIR or ../shared/data)")
+    p.add_argument("--data-dir", default=None, help="data directory, looked in first (then $R2REC_DATA_DIR, "
+                   "../shared/data, and for ml-100k the copy in an installed recbole)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated candidate seeds (default 0,1,2)")
     p.add_argument("--num-candidates", type=int, default=20)
     p.add_argument("--max-history", type=int, default=10)

@@ -44,8 +44,9 @@ class EvalConfig:
     split, seeds: the prepared split and candidate seeds (empty = every prepared seed).
     max_samples: evaluate only the first N samples of each seed (0 = all); for quick checks.
     max_new_tokens: reasoning budget in tokens (the whole completion in unconstrained mode).
-    batch_size, do_sample, temperature, top_k, top_p, seed, bf16, length_norm: see
+    batch_size, do_sample, temperature, top_k, top_p, seed, precision, length_norm: see
         :class:`r2rec.llm.generate.GenerationConfig` (greedy by default: deterministic).
+    device: ``auto`` (CUDA when torch sees one, else the CPU), ``cpu`` or ``cuda``.
     answer_from: ``decode`` (the answer greedy/sampled constrained decoding writes: what the model says) or
         ``scores`` (the candidate whose whole title is most probable; hr1 then equals the ranking's top-1).
     method: name of the result file (default: the model kind, e.g. ``results/sft.json``).
@@ -69,7 +70,8 @@ class EvalConfig:
     top_k: int = 0
     top_p: float = 1.0
     seed: int = 0
-    bf16: bool | None = None
+    precision: str = "auto"
+    device: str = "auto"
     length_norm: bool = False
     answer_from: str = "decode"
     method: str = ""
@@ -79,8 +81,10 @@ class EvalConfig:
     force: bool = False
 
     def __post_init__(self):
+        from r2rec.hardware import check
         from r2rec.llm.generate import MODES
 
+        check(self.precision, self.device, "EvalConfig")
         if self.mode not in MODES:
             raise ValueError(f"EvalConfig.mode must be one of {MODES}, got {self.mode!r}")
         if self.answer_from not in ("decode", "scores"):
@@ -166,6 +170,7 @@ def run_eval(run_dir: str | Path, model_kind: str, config: EvalConfig | None = N
     result = evaluate(protocol, method, prepared.meta.get("dataset", run.root.name), preds,
                       config=stage_config, wall_seconds=wall, samples_by_seed=samples)
     n_tok = sum(st["generated_tokens"] for st in stats.values())
+    computes = [st.get("compute") for st in stats.values()]
     gen_s = sum(st["generation_seconds"] for st in stats.values())
     stops: dict[str, int] = {}
     for st in stats.values():
@@ -175,9 +180,12 @@ def run_eval(run_dir: str | Path, model_kind: str, config: EvalConfig | None = N
                             "generation_seconds": round(gen_s, 2),
                             "tokens_per_second": round(n_tok / gen_s, 2) if gen_s > 0 else None,
                             "stops": stops, "well_formed": sum(st["well_formed"] for st in stats.values()),
+                            # Each seed's device and precision (a resumed seed keeps the one it ran with).
+                            "compute": [c for i, c in enumerate(computes) if c not in computes[:i]],
                             "per_seed": stats}
     path, dump = write_result(run.results, result, preds)
-    run.write_manifest(f"eval-{method}", inputs, stage_config, outputs=[path, dump])
+    run.write_manifest(f"eval-{method}", inputs, stage_config, outputs=[path, dump],
+                       extra={"compute": result["generation"]["compute"]})
     _print_summary(result, path)
     return result
 
@@ -228,6 +236,7 @@ class _SeedEvaluator:
     def _load(self):
         import torch
 
+        from r2rec.hardware import resolve
         from r2rec.llm.generate import GenerationConfig, Generator
         from r2rec.llm.inputs import PromptBuilder
         from r2rec.llm.models import load_model
@@ -236,10 +245,13 @@ class _SeedEvaluator:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self._builder = PromptBuilder(self.run.root, self.prompt, prepared=self.prepared)
-        model, tok = load_model(self.model_name, adapter=self.adapter)
+        compute = resolve(cfg.precision, cfg.device, "eval")
+        print(f"[eval] compute: {compute.describe()}", flush=True)
+        model, tok = load_model(self.model_name, adapter=self.adapter, device=compute.device)
         gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                                    do_sample=cfg.do_sample, temperature=cfg.temperature, top_k=cfg.top_k,
-                                   top_p=cfg.top_p, seed=cfg.seed, bf16=cfg.bf16, length_norm=cfg.length_norm)
+                                   top_p=cfg.top_p, seed=cfg.seed, precision=compute.precision,
+                                   length_norm=cfg.length_norm)
         self._gen = Generator(model, tok, gen_cfg)
         self._checker = _faithfulness_checker(self.run, self._builder) if cfg.faithfulness else None
 
@@ -281,7 +293,7 @@ class _SeedEvaluator:
         n_tok = sum(o.n_generated for o in outs)
         stats = {"prompts": len(outs), "generated_tokens": n_tok, "generation_seconds": round(gen_seconds, 2),
                  "stops": {k: sum(o.stop == k for o in outs) for k in sorted({o.stop for o in outs})},
-                 "well_formed": sum(o.well_formed for o in outs)}
+                 "well_formed": sum(o.well_formed for o in outs), "compute": self._gen.compute.as_dict()}
         return preds, stats
 
 

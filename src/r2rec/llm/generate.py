@@ -53,8 +53,9 @@ class GenerationConfig:
     batch_size: prompts decoded together (sorted by length first, so padding stays small).
     do_sample: sample instead of greedy (``temperature``, ``top_k`` (0 = off), ``top_p`` (1 = off)).
     seed: seeds the sampling generator (one per ``generate`` call: same prompts + same batch size = same output).
-    bf16: bf16 autocast for prompt encoding and scoring on CPUs with native bf16 (``None`` = auto, see
-        :func:`r2rec.llm.models.autocast`); one-token decode steps run in the weights' dtype.
+    precision: ``auto`` (bf16 autocast where the machine runs it natively, see :mod:`r2rec.hardware`),
+        ``bf16``, ``fp16`` (CUDA) or ``fp32``. Autocast covers prompt encoding and scoring; one-token decode
+        steps on the CPU run in the weights' dtype.
     length_norm: rank by mean token log-prob instead of the sum (the sum is the title's probability and
         favours short titles; the mean does not).
     progress: show a progress bar over batches.
@@ -68,7 +69,7 @@ class GenerationConfig:
     top_k: int = 0
     top_p: float = 1.0
     seed: int = 0
-    bf16: bool | None = None
+    precision: str = "auto"
     length_norm: bool = False
     progress: bool = True
     ignore_eos: bool = False
@@ -82,6 +83,10 @@ class GenerationConfig:
             raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        from r2rec.hardware import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 @dataclass
@@ -144,6 +149,9 @@ class Generator:
         # looked at only then (byte-level BPE keeps ASCII characters as they are in the vocabulary).
         self._may_close = {i for t, i in tokenizer.get_vocab().items() if ">" in t}
         self.device = next(model.parameters()).device
+        from r2rec.hardware import resolve
+
+        self.compute = resolve(self.config.precision, self.device.type, "generation")
 
     # -- public API --------------------------------------------------------------------------------------
     def prompt_ids(self, messages: list[dict]) -> list[int]:
@@ -209,12 +217,15 @@ class Generator:
 
     # -- the decode loop ---------------------------------------------------------------------------------
     def _forward(self, input_ids, mask, position_ids, cache, keep_last: bool):
-        from .models import autocast
+        import contextlib
 
-        # bf16 autocast only for multi-token passes (prompt encoding, scoring), where it pays: in a one-token
-        # decode step the per-call cast of every weight costs more than the bf16 matmul saves (measured 0.58
-        # vs 0.30 s/step at batch 8, while prompt encoding went from 207 to 281 tok/s).
-        with autocast(self.model, self.config.bf16 if input_ids.shape[1] > 1 else False):
+        from r2rec.hardware import autocast
+
+        # On the CPU, autocast only for multi-token passes (prompt encoding, scoring), where it pays: in a
+        # one-token decode step the per-call cast of every weight costs more than the bf16 matmul saves
+        # (measured 0.58 vs 0.30 s/step at batch 8, while prompt encoding went from 207 to 281 tok/s).
+        multi = input_ids.shape[1] > 1 or self.compute.device != "cpu"
+        with autocast(self.compute) if multi else contextlib.nullcontext():
             out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, cache=cache,
                              use_cache=True, logits_to_keep=1 if keep_last else 0)
         return out.logits.float()

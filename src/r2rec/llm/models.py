@@ -12,12 +12,10 @@ so padding side, pad token, dtype and adapters are set the same way everywhere.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import shutil
 import tempfile
-from functools import lru_cache
 from pathlib import Path
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -114,8 +112,8 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, adapter: str | o
                dtype=None, device: str | None = None):
     """``(model, tokenizer)`` in eval mode. ``adapter``: a PEFT adapter dir applied on top (not merged).
 
-    ``dtype`` defaults to float32 (CPU training and numerically safe scoring); use :func:`autocast` for
-    bf16 compute on CPUs that support it.
+    ``dtype`` defaults to float32 (CPU training and numerically safe scoring); :func:`r2rec.hardware.autocast`
+    adds bf16 compute where the machine runs it natively.
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -181,28 +179,3 @@ def make_tiny_model(out_dir: str | os.PathLike, seed: int = 0, num_layers: int =
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
-
-
-@lru_cache(maxsize=1)
-def cpu_supports_bf16() -> bool:
-    """True when the CPU has native bf16 matmuls (AVX-512 BF16 or AMX); otherwise bf16 autocast is slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
-
-
-def autocast(model=None, enabled: bool | None = None):
-    """bf16 autocast on CPUs with native bf16 when the model is on CPU; a null context otherwise.
-
-    ``enabled``: force on/off; ``None`` = auto, also switchable off with ``R2REC_BF16=0``.
-    """
-    import torch
-
-    if enabled is None:
-        enabled = os.environ.get("R2REC_BF16", "1") != "0" and cpu_supports_bf16()
-    on_cpu = model is None or next(model.parameters()).device.type == "cpu"
-    if not (enabled and on_cpu):
-        return contextlib.nullcontext()
-    return torch.autocast("cpu", dtype=torch.bfloat16)

@@ -75,12 +75,15 @@ class HFTeacher(Teacher):
     """A local causal LM (``hf:<name or path>``; ``hf:`` alone = the default SmolLM2), batched, greedy by default."""
 
     def __init__(self, model: str, options: TeacherOptions):
+        from r2rec.hardware import resolve
         from r2rec.llm.generate import GenerationConfig, Generator
         from r2rec.llm.models import DEFAULT_MODEL, load_model
 
         self.model_name = model or DEFAULT_MODEL
         self.name = f"hf:{self.model_name}"
-        lm, tok = load_model(self.model_name)
+        compute = resolve("auto", "auto", "thoughts")
+        print(f"[thoughts] {self.name} compute: {compute.describe()}", flush=True)
+        lm, tok = load_model(self.model_name, device=compute.device)
         self.generator = Generator(lm, tok, GenerationConfig(
             max_new_tokens=options.max_tokens, batch_size=options.batch_size, do_sample=options.temperature > 0,
             temperature=options.temperature if options.temperature > 0 else 1.0, seed=options.seed,

@@ -267,10 +267,17 @@ def steps_for(n_examples: int, batch_size: int, grad_accum: int, epochs: float, 
     return max(1, math.ceil(n_examples / (batch_size * grad_accum)) * math.ceil(epochs))
 
 
-def shared_training_arguments(cfg, out: Path) -> dict:
-    """The TrainingArguments both stages set the same way (SFT and GRPO configs share these field names)."""
-    import torch
+def stage_compute(cfg, tag: str):
+    """The stage's :class:`r2rec.hardware.Compute` (device and precision resolved on this machine), printed."""
+    from r2rec.hardware import resolve
 
+    compute = resolve(cfg.precision, cfg.device, tag)
+    print(f"[{tag}] compute: {compute.describe()}", flush=True)
+    return compute
+
+
+def shared_training_arguments(cfg, out: Path, compute) -> dict:
+    """The TrainingArguments both stages set the same way (SFT and GRPO configs share these field names)."""
     return dict(
         output_dir=str(out),
         learning_rate=cfg.learning_rate,
@@ -283,8 +290,9 @@ def shared_training_arguments(cfg, out: Path) -> dict:
         save_total_limit=cfg.save_total_limit,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        bf16=cfg.bf16,
-        use_cpu=not torch.cuda.is_available(),  # transformers refuses bf16 on CPU unless told it is CPU
+        bf16=compute.bf16,
+        fp16=compute.fp16,
+        use_cpu=compute.device == "cpu",  # transformers refuses bf16 on CPU unless told it is CPU
         report_to=report_to(),
         dataloader_num_workers=0,
         dataloader_pin_memory=False,
@@ -301,10 +309,14 @@ def stage_val_callback(evaluate, cfg, tokenizer, out: Path):
                         best_dir=out / BEST_DIR if cfg.keep == "best_val" else None)
 
 
-def train_and_save(trainer, run, cfg, out: Path, inputs, resume: str | None, tag: str, **summary) -> Path:
+def train_and_save(trainer, run, cfg, out: Path, inputs, resume: str | None, tag: str, compute,
+                   verify: Callable[[Path], dict] | None = None, **summary) -> Path:
     """Train (resuming from ``resume``), write ``<out>/final`` (the weights ``cfg.keep`` selects, plus the
     tokenizer), its ``train_summary.json`` (``summary`` adds stage-specific fields) and the stage manifest.
-    Returns ``<out>/final``. ``tag`` prefixes the log lines (``sft``, ``rl``)."""
+    Returns ``<out>/final``. ``tag`` prefixes the log lines (``sft``, ``rl``); ``compute`` (the resolved device
+    and precision) goes into the summary and the manifest. ``verify(final)`` runs before the manifest is written:
+    it returns facts for the summary, or raises when the result must not count as done (an RL run that did
+    not move the adapter)."""
     final = Path(out) / "final"
     n_train, _ = trainable_parameters(trainer.model)
     if resume:
@@ -314,9 +326,16 @@ def train_and_save(trainer, run, cfg, out: Path, inputs, resume: str | None, tag
     wall = time.time() - t0
     kept = keep_final(trainer, out, final, cfg.keep)
     trainer.processing_class.save_pretrained(str(final))
-    summary = {"global_step": trainer.state.global_step, "wall_seconds": round(wall, 1), **summary,
+    summary = {"global_step": trainer.state.global_step, "wall_seconds": round(wall, 1),
+               "compute": compute.as_dict(), **summary,
                "trainable_params": n_train, "resumed_from": resume, "kept": kept}
-    (final / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    try:
+        summary.update(verify(final) if verify is not None else {})
+    except Exception as e:  # a refused result still leaves its facts beside the weights
+        summary.update(getattr(e, "facts", {}))
+        raise
+    finally:
+        (final / "train_summary.json").write_text(json.dumps(summary, indent=2))
     run.write_manifest(cfg.stage, inputs, cfg, cfg.seed, outputs=[final], extra=summary)
     print(f"[{tag}] saved {final} (step {kept['step']}, {cfg.keep}) after {trainer.state.global_step} steps "
           f"in {wall:.0f}s")

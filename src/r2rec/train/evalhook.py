@@ -70,7 +70,7 @@ def make_val_evaluator(run: RunDir, cfg, variant: str):
 
         gen = Generator(model, tokenizer, GenerationConfig(
             max_new_tokens=getattr(cfg, "eval_max_new_tokens", 128), batch_size=getattr(cfg, "eval_batch_size", 8),
-            bf16=cfg.bf16, progress=False))
+            precision=cfg.precision, progress=False))
         outs = gen.generate(messages, titles, mode="constrained", think=think)
         n = len(outs)
         return {

@@ -24,10 +24,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from r2rec.data.schema import PreparedData, Sample, read_jsonl
+from r2rec.hardware import check as check_compute
+from r2rec.hardware import resolve
 from r2rec.runs import RunDir
 
 from .common import DEFAULT_LORA_TARGETS, check_keep, csv_log_callback, lora_config, resume_point, \
-    shared_training_arguments, stage_val_callback, train_and_save, trainable_parameters, training_state
+    shared_training_arguments, stage_compute, stage_val_callback, train_and_save, trainable_parameters, \
+    training_state
 from .rewards import check_weights, trl_reward_funcs
 from .sft import config_from_args
 
@@ -42,6 +45,9 @@ class RLConfig:
     max_prompts: use at most this many prompts (0 = all), after a seeded shuffle.
     num_generations: completions per prompt (the GRPO group).
     prompts_per_step: distinct prompts per optimiser step; batch = prompts_per_step * num_generations.
+    micro_batch_size: completions per forward/backward pass (0 = the whole batch); the batch is generated at
+        once (same groups, same advantages) and its gradient accumulated over micro-batches; the peak memory
+        (about 1.2 GiB per 420-token completion for SmolLM2-135M in fp32) is that of one micro-batch.
     max_completion_length: generation budget in tokens (a completion cut here earns no format reward).
     temperature, top_p: sampling of the rollouts.
     beta: KL coefficient to the SFT policy (0 = no reference model, the cheapest).
@@ -58,7 +64,9 @@ class RLConfig:
     threads: torch CPU threads (0 = torch's default).
     save_every, save_total_limit: checkpoints (resume points).
     logging_steps: log interval.
-    bf16: bf16 autocast for the policy forward/backward.
+    precision: ``auto`` (bf16 autocast with fp32 master weights where the machine runs bf16 natively, else
+        fp32; see :mod:`r2rec.hardware`), ``bf16``, ``fp16`` (CUDA) or ``fp32``.
+    device: ``auto`` (CUDA when torch sees one, else the CPU), ``cpu`` or ``cuda``.
     output: output folder relative to the run.
     keep: ``last`` or ``best_val`` (the val-selected step, as in SFT; needs ``eval_every`` > 0).
     """
@@ -69,6 +77,7 @@ class RLConfig:
     max_prompts: int = 0
     num_generations: int = 4
     prompts_per_step: int = 1
+    micro_batch_size: int = 0
     max_completion_length: int = 128
     temperature: float = 1.0
     top_p: float = 1.0
@@ -97,7 +106,8 @@ class RLConfig:
     save_every: int = 25
     save_total_limit: int = 2
     logging_steps: int = 1
-    bf16: bool = True
+    precision: str = "auto"
+    device: str = "auto"
     output: str = "checkpoints/rl"
     keep: str = "last"
 
@@ -108,6 +118,7 @@ class RLConfig:
         return "rl" if name == "rl" else f"rl-{name}"
 
     def __post_init__(self):
+        check_compute(self.precision, self.device, "RLConfig")
         check_weights(self.reward_weights)
         check_keep(self.keep, self.eval_every, "RLConfig")
         if self.num_generations < 2:
@@ -118,6 +129,10 @@ class RLConfig:
                 raise ValueError(f"RLConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.temperature <= 0:
             raise ValueError(f"RLConfig.temperature must be > 0, got {self.temperature}")
+        batch = self.prompts_per_step * self.num_generations
+        if self.micro_batch_size < 0 or (self.micro_batch_size and batch % self.micro_batch_size):
+            raise ValueError(f"RLConfig.micro_batch_size must be 0 or divide the batch prompts_per_step * "
+                             f"num_generations = {batch}, got {self.micro_batch_size}")
 
 
 def load_prompts(run: RunDir, cfg: RLConfig) -> list[dict]:
@@ -169,11 +184,12 @@ def load_policy(run: RunDir, cfg: RLConfig):
     raise FileNotFoundError(f"{init}: no SFT adapter or checkpoint to start RL from (run `r2rec sft` first)")
 
 
-def make_trainer(run: RunDir, cfg: RLConfig):
+def make_trainer(run: RunDir, cfg: RLConfig, compute=None):
     import torch
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
+    compute = compute or resolve(cfg.precision, cfg.device, "rl")
     out = run.root / cfg.output
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads > 0:
@@ -184,10 +200,11 @@ def make_trainer(run: RunDir, cfg: RLConfig):
     ds = Dataset.from_list(load_prompts(run, cfg))
     funcs, weights = trl_reward_funcs(cfg.reward_weights)
     batch = cfg.prompts_per_step * cfg.num_generations
+    micro = cfg.micro_batch_size or batch
     args = GRPOConfig(
-        **shared_training_arguments(cfg, out),
-        per_device_train_batch_size=batch,
-        gradient_accumulation_steps=1,
+        **shared_training_arguments(cfg, out, compute),
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=batch // micro,  # one generation batch per optimiser step (TRL's default)
         num_generations=cfg.num_generations,
         max_completion_length=cfg.max_completion_length,
         temperature=cfg.temperature,
@@ -216,6 +233,67 @@ def make_trainer(run: RunDir, cfg: RLConfig):
     return trainer
 
 
+class NoLearningSignal(ValueError):
+    """GRPO finished without moving the adapter: every group had zero reward spread (or every completion was
+    clipped), so every gradient was zero and the "RL" model is the SFT model. ``facts``: the learning signal."""
+
+    def __init__(self, message: str, facts: dict):
+        super().__init__(message)
+        self.facts = facts
+
+
+def adapter_update(init: Path, final: Path) -> float:
+    """Largest absolute change of any adapter weight from ``init`` to ``final``. A full checkpoint as ``init``
+    (fresh LoRA, ``lora_B`` starts at zero) counts ``final``'s adapter weights as the change."""
+    from safetensors.torch import load_file
+
+    new = load_file(str(Path(final) / "adapter_model.safetensors"))
+    old_file = Path(init) / "adapter_model.safetensors"
+    old = load_file(str(old_file)) if old_file.exists() else {}
+    if old and set(old) != set(new):
+        raise ValueError(f"{final}: adapter weights do not match those of {init} (different LoRA layout)")
+    return max(((new[k].float() - old[k].float()).abs().max().item() if old else
+                new[k].float().abs().max().item() * ("lora_B" in k)) for k in new)
+
+
+def learning_signal(log_csv: Path) -> dict:
+    """Per-run means of what GRPO learns from, read from the stage's ``log.csv``: the share of groups with a
+    reward spread (a group whose completions all score the same has zero advantage), clipped completions,
+    policy entropy, reward."""
+    import csv
+
+    rows = list(csv.DictReader(open(log_csv, newline=""))) if Path(log_csv).exists() else []
+    cols = {"groups_with_spread": "frac_reward_zero_std", "clipped_ratio": "completions/clipped_ratio",
+            "entropy": "entropy", "reward": "reward", "mean_length": "completions/mean_length"}
+    out: dict = {}
+    for name, col in cols.items():
+        vals = [float(r[col]) for r in rows if r.get(col) not in (None, "")]
+        if vals:
+            mean = sum(vals) / len(vals)
+            out[name] = round(1 - mean if name == "groups_with_spread" else mean, 4)
+    return out
+
+
+def verify_update(init: Path, log_csv: Path, tag: str = "rl"):
+    """The check :func:`train_and_save` runs on the final adapter: report the learning signal, and refuse
+    (:class:`NoLearningSignal`) a run that did not move the adapter, so no table shows SFT as RL."""
+
+    def verify(final: Path) -> dict:
+        facts = {**learning_signal(log_csv), "max_abs_update": adapter_update(init, final)}
+        print(f"[{tag}] learning signal: groups with reward spread {facts.get('groups_with_spread', 0):.0%}, "
+              f"completions clipped {facts.get('clipped_ratio', 0):.0%}, entropy {facts.get('entropy', 0):.3f}, "
+              f"adapter max |update| {facts['max_abs_update']:.3g}", flush=True)
+        if facts["max_abs_update"] == 0:
+            raise NoLearningSignal(
+                f"{final}: GRPO did not change the adapter (zero gradient at every step: groups with reward "
+                f"spread {facts.get('groups_with_spread', 0):.0%}, completions clipped "
+                f"{facts.get('clipped_ratio', 0):.0%}); the RL model would be the SFT model. Raise "
+                f"max_completion_length, num_generations or temperature, or train SFT further", facts)
+        return facts
+
+    return verify
+
+
 def run_rl(run_dir: str | Path, cfg: RLConfig, force: bool = False) -> Path:
     """Train (or resume) GRPO and save the final adapter; returns ``<output>/final``."""
     run = RunDir(run_dir)
@@ -228,12 +306,14 @@ def run_rl(run_dir: str | Path, cfg: RLConfig, force: bool = False) -> Path:
         return final
     state = training_state(asdict(cfg), inputs)
     resume = resume_point(out, state, force)
-    trainer = make_trainer(run, cfg)
+    compute = stage_compute(cfg, "rl")
+    trainer = make_trainer(run, cfg, compute)
     (out / "config.json").write_text(json.dumps(state, indent=2))
     n_train, n_total = trainable_parameters(trainer.model)
     print(f"[rl] prompts={len(trainer.train_dataset)} group={cfg.num_generations} steps={cfg.max_steps} "
           f"trainable={n_train:,}/{n_total:,} from {init} -> {out}")
-    return train_and_save(trainer, run, cfg, out, inputs, resume, "rl", prompts=len(trainer.train_dataset))
+    return train_and_save(trainer, run, cfg, out, inputs, resume, "rl", compute,
+                          verify=verify_update(init, out / "log.csv"), prompts=len(trainer.train_dataset))
 
 
 # -- CLI -------------------------------------------------------------------------------------------------

@@ -22,10 +22,13 @@ from pathlib import Path
 
 from r2rec.config import build, load_yaml
 from r2rec.data.schema import Sample, read_jsonl
+from r2rec.hardware import check as check_compute
+from r2rec.hardware import resolve
 from r2rec.runs import RunDir
 
 from .common import DEFAULT_LORA_TARGETS, check_keep, csv_log_callback, lora_config, resume_point, \
-    shared_training_arguments, stage_val_callback, train_and_save, trainable_parameters, training_state
+    shared_training_arguments, stage_compute, stage_val_callback, train_and_save, trainable_parameters, \
+    training_state
 
 VARIANTS = ("iot", "direct")
 TRACE_FILTERS = ("all", "in_context")
@@ -64,7 +67,9 @@ class SFTConfig:
     logging_steps: loss/lr log interval.
     threads: torch CPU threads (0 = torch's default). On a CPU shared with other jobs, 1 thread is often
         faster than 2: OpenMP threads that wait on each other lose their time slices.
-    bf16: bf16 autocast (fp32 master weights); on CPUs with AVX-512 BF16/AMX about 3x faster.
+    precision: ``auto`` (bf16 autocast with fp32 master weights where the machine runs bf16 natively, else
+        fp32; see :mod:`r2rec.hardware`), ``bf16``, ``fp16`` (CUDA) or ``fp32``.
+    device: ``auto`` (CUDA when torch sees one, else the CPU), ``cpu`` or ``cuda``.
     gradient_checkpointing: recompute activations in backward (TRL's default is on; off is faster for a
         135M model, whose activations fit in memory easily).
     output: output folder relative to the run (default ``checkpoints/sft`` or ``checkpoints/sft-direct``).
@@ -105,12 +110,14 @@ class SFTConfig:
     save_total_limit: int = 2
     logging_steps: int = 5
     threads: int = 0
-    bf16: bool = True
+    precision: str = "auto"
+    device: str = "auto"
     gradient_checkpointing: bool = False
     output: str = ""
     keep: str = "last"
 
     def __post_init__(self):
+        check_compute(self.precision, self.device, "SFTConfig")
         check_keep(self.keep, self.eval_every, "SFTConfig")
         if self.variant not in VARIANTS:
             raise ValueError(f"SFTConfig.variant: expected one of {VARIANTS}, got {self.variant!r}")
@@ -239,7 +246,7 @@ def val_evaluator(run: RunDir, cfg, variant: str):
     return make_val_evaluator(run, cfg, variant)
 
 
-def make_trainer(run: RunDir, cfg: SFTConfig):
+def make_trainer(run: RunDir, cfg: SFTConfig, compute=None):
     """The configured ``SFTTrainer`` (model, LoRA, data, callbacks) and the number of dropped examples."""
     import torch
     from trl import SFTConfig as TRLSFTConfig
@@ -247,6 +254,7 @@ def make_trainer(run: RunDir, cfg: SFTConfig):
 
     from r2rec.llm.models import load_model
 
+    compute = compute or resolve(cfg.precision, cfg.device, "sft")
     out = run.root / cfg.output_dir
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads > 0:
@@ -265,7 +273,7 @@ def make_trainer(run: RunDir, cfg: SFTConfig):
             raise ValueError("trace_filter=in_context: no trace restates a chain shown in its prompt")
     ds, dropped = build_dataset(examples, tok, cfg)
     args = TRLSFTConfig(
-        **shared_training_arguments(cfg, out),
+        **shared_training_arguments(cfg, out, compute),
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
         weight_decay=cfg.weight_decay,
@@ -306,12 +314,14 @@ def run_sft(run_dir: str | Path, cfg: SFTConfig, force: bool = False) -> Path:
         return final
     state = training_state(asdict(cfg), [traces])
     resume = resume_point(out, state, force)
-    trainer, dropped = make_trainer(run, cfg)
+    compute = stage_compute(cfg, "sft")
+    trainer, dropped = make_trainer(run, cfg, compute)
     (out / "config.json").write_text(json.dumps(state, indent=2))
     n_train, n_total = trainable_parameters(trainer.model)
     print(f"[sft] variant={cfg.variant} examples={len(trainer.train_dataset)} trainable={n_train:,}/{n_total:,} "
           f"max_steps={trainer.args.max_steps} epochs={cfg.epochs} -> {out}")
-    return train_and_save(trainer, run, cfg, out, [traces], resume, "sft", examples=len(trainer.train_dataset),
+    return train_and_save(trainer, run, cfg, out, [traces], resume, "sft", compute,
+                          examples=len(trainer.train_dataset),
                           dropped_too_long=dropped, full_finetune=cfg.full_finetune)
 
 
