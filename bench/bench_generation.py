@@ -13,7 +13,7 @@ encoding then weighs in). Two engines:
 
 tokens/s = batch * new_tokens / wall seconds of the whole call, prompt encoding included (reported apart as
 ``prefill_seconds``, measured with one forward pass of the batch). Precisions: ``fp32``; ``bf16-autocast``
-(fp32 weights, bf16 matmuls via ``torch.autocast``, what ``r2rec.llm.models.autocast`` turns on); ``bf16``
+(fp32 weights, bf16 matmuls via ``torch.autocast``, what ``r2rec.hardware.autocast`` turns on); ``bf16``
 (weights cast to bf16). The machine is shared: the load average before and after each setting is recorded
 next to the number, so a measurement taken while other jobs ran can be recognised.
 """
@@ -42,7 +42,7 @@ SHORT_PROMPT = [{"role": "user", "content": "Write a short story about a robot w
 
 def fixed_prompt(kind: str = "short") -> list[dict]:
     """The short prompt, or one of the real r2rec shape and length (built from the template, no data needed)."""
-    from r2rec.llm.prompts import build_messages
+    from r2rec.prompting import build_messages
 
     if kind == "short":
         return SHORT_PROMPT

@@ -28,8 +28,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def _traces_from_prepared(run: Path, n: int) -> None:
     from r2rec.data.schema import PreparedData, write_jsonl
-    from r2rec.llm.format import format_completion, format_direct
-    from r2rec.llm.prompts import build_messages
+    from r2rec.grammar import format_completion, format_direct
+    from r2rec.prompting import build_messages
 
     data = PreparedData(run / "prepared")
     t = data.titles

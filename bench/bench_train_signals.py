@@ -28,8 +28,7 @@ def main(argv=None) -> int:
 
     from r2rec.baselines import make_recommender
     from r2rec.data.schema import PreparedData
-    from r2rec.llm.inputs import PromptBuilder
-    from r2rec.train.evalhook import prompt_config
+    from r2rec.prompting import PromptBuilder, prompt_config
 
     from r2rec.runs import RunDir
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from r2rec.baselines import BASELINES, make_recommender, transition_matrix, transition_scores
+from r2rec.baselines import BASELINES, make_recommender
 from r2rec.baselines.base import pad_histories, val_hit_rate
 from r2rec.baselines.synthetic import write_synthetic_prepared
 from r2rec.baselines.trainer import next_item_examples
+from r2rec.signals import transition_matrix, transition_scores
 
 # Small, fast settings for the neural models on the synthetic data (one thread: the CPU is shared).
 FAST = ["progress=false", "threads=1", "hidden=32", "batch_size=32", "lr=0.005", "dropout=0.1",
@@ -247,7 +248,7 @@ def test_removed_wall_clock_budget_is_a_clear_error():
 
 
 def test_leave_user_out_scores_equal_a_matrix_fit_without_that_user():
-    from r2rec.baselines.transition import leave_user_out_scores, transition_matrix, transition_scores
+    from r2rec.signals import leave_user_out_scores, transition_matrix, transition_scores
 
     rng = np.random.default_rng(0)
     seqs = [rng.integers(0, 30, size=rng.integers(5, 40)).tolist() for _ in range(50)]

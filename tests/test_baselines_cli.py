@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from r2rec.baselines.cli import run_baseline
+from r2rec.baselines.stage import run_baseline
 from r2rec.baselines.synthetic import write_synthetic_prepared
 from r2rec.cli import main
 from r2rec.eval import load_predictions

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from r2rec.baselines.base import val_hit_rate
+from r2rec.baselines.evidence import EvidenceConfig, EvidenceRecommender
 from r2rec.data.schema import PreparedData
 from r2rec.graph.chains import ChainConfig, ChainSampler
-from r2rec.graph.evidence import EvidenceConfig, EvidenceRecommender
 from r2rec.graph.graph import InteractionGraph
 from r2rec.graph.synthetic import write_synthetic_run
 

@@ -9,7 +9,7 @@ import torch
 
 from r2rec.cli import main
 from r2rec.eval import load_predictions
-from r2rec.eval.cli import EvalConfig, run_eval
+from r2rec.eval.runner import EvalConfig, run_eval
 
 
 @pytest.fixture(scope="module", autouse=True)

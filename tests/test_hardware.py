@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from r2rec import hardware
-from r2rec.eval.cli import EvalConfig
+from r2rec.eval.runner import EvalConfig
 from r2rec.llm.generate import GenerationConfig
 from r2rec.train.common import shared_training_arguments
 from r2rec.train.rl import RLConfig

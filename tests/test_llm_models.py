@@ -45,6 +45,7 @@ def test_load_model_applies_a_peft_adapter(tiny_model_dir, tmp_path):
         assert not torch.allclose(model(ids).logits, plain(ids).logits)  # the adapter changes the output
 
 
+@pytest.mark.real_model
 def test_real_smollm2_through_the_registry():
     """Loads SmolLM2-135M (converted from the package's GGUF on first use) and answers among candidates."""
     from r2rec.llm.generate import GenerationConfig, Generator

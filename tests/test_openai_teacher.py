@@ -271,6 +271,7 @@ def llama_server(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.real_model
 def test_real_server_thoughts_stage_survives_faults_and_resumes(llama_server, tmp_path):
     from r2rec.graph.synthetic import write_synthetic_run
     from r2rec.thoughts.stage import ThoughtsConfig, run_thoughts

@@ -2,7 +2,7 @@
 
 import pytest
 
-from r2rec.llm.format import format_completion, format_direct
+from r2rec.grammar import format_completion, format_direct
 from r2rec.train.rewards import REWARDS, check_weights, total_reward, trl_reward_funcs
 
 CANDS = ["Heat (1995)", "Heat and Dust (1983)", "Toy Story (1995)", "Fargo (1996)"]

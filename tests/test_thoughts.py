@@ -9,12 +9,12 @@ import pytest
 from r2rec.data.schema import PreparedData, read_jsonl
 from r2rec.graph.graph import build_graph
 from r2rec.graph.synthetic import write_synthetic_run
-from r2rec.llm.format import format_direct, match_answer, parse_completion
+from r2rec.grammar import format_direct, match_answer, parse_completion
 from r2rec.thoughts import stage as stage_mod
 from r2rec.thoughts.faithfulness import CitationChecker
 from r2rec.thoughts.progressive import MASK, TraceContext, masked_view, request, revealed_fields
-from r2rec.thoughts.stage import REASONS, ThoughtsConfig, judge, run_thoughts
-from r2rec.thoughts.teachers import TemplateTeacher, make_teacher
+from r2rec.thoughts.stage import REASONS, ThoughtsConfig, judge, make_teacher, run_thoughts
+from r2rec.thoughts.teachers import TemplateTeacher
 
 
 @pytest.fixture
@@ -194,7 +194,7 @@ def test_hf_teacher_runs_the_stage(run, tiny_model_dir):
 def test_ranked_prompt_traces_walk_the_chain_their_prompt_shows(run):
     """With chain_selection=ranked a trace walks its target's shown chain, and SFT's in_context filter sees it."""
     from r2rec.data.schema import Sample
-    from r2rec.llm.inputs import PromptBuilder, PromptConfig
+    from r2rec.prompting import PromptBuilder, PromptConfig
     from r2rec.train.sft import restates_context
 
     prompt = {"candidate_order": "transition", "chain_selection": "ranked", "context_chains": 3}

@@ -9,7 +9,7 @@ from r2rec.data.schema import PreparedData
 from r2rec.graph.chains import ChainConfig, ChainSampler
 from r2rec.graph.graph import build_graph
 from r2rec.graph.synthetic import write_synthetic_run
-from r2rec.llm.inputs import PromptBuilder, PromptConfig, noun_for_dataset
+from r2rec.prompting import PromptBuilder, PromptConfig, noun_for_dataset
 from r2rec.thoughts.faithfulness import CitationChecker
 
 
@@ -57,7 +57,7 @@ def test_evidence_order_is_descending_and_stable(run, prepared):
 
 @pytest.mark.parametrize("window", [10, 1000])  # the transition baseline, and cooc (order-free)
 def test_transition_order_follows_the_transition_baseline(run, prepared, window):
-    from r2rec.baselines.transition import transition_matrix, transition_scores
+    from r2rec.signals import transition_matrix, transition_scores
 
     builder = PromptBuilder(run, PromptConfig(candidate_order="transition", transition_window=window))
     T = transition_matrix((q.items for q in prepared.train_sequences()), prepared.n_items, window=window)

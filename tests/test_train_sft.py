@@ -183,8 +183,8 @@ def test_manifest_skips_a_finished_stage(tiny_model_dir, synthetic_train_run, ca
 
 
 def test_in_context_filter_keeps_traces_that_restate_a_shown_chain():
-    from r2rec.llm.format import format_completion
-    from r2rec.llm.prompts import build_messages
+    from r2rec.grammar import format_completion
+    from r2rec.prompting import build_messages
     from r2rec.train.sft import context_citations, restates_context
 
     shown = 'user 7 watched "Heat (1995)" and later "Fargo (1996)"'

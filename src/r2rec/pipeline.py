@@ -45,7 +45,7 @@ def _prepare(run: RunDir, section: dict, cfg: dict, force: bool) -> None:
 
 
 def _baselines(run: RunDir, section: dict, cfg: dict, force: bool) -> None:
-    from .baselines.cli import run_baseline
+    from .baselines.stage import run_baseline
 
     for name in section.get("methods", ["random", "pop", "transition", "sasrec", "gru4rec", "evidence"]):
         run_baseline(run.root, name, values=(section.get("settings") or {}).get(name), force=force)
@@ -92,8 +92,8 @@ def _rl(run: RunDir, section: dict, cfg: dict, force: bool) -> None:
 
 def _eval(run: RunDir, section: dict, cfg: dict, force: bool) -> None:
     from .config import build
-    from .eval.cli import EvalConfig, run_eval
-    from .llm.inputs import PromptConfig
+    from .eval.runner import EvalConfig, run_eval
+    from .prompting import PromptConfig
 
     section = {**section, "force": True} if force else dict(section)
     kinds = section.pop("models", ["base", "sft-direct", "sft", "rl"])

@@ -4,14 +4,14 @@
     r2rec recommend --run runs/llara-movielens --history "..." --candidates "Fargo (1996)|Scream (1996)|..." --json
 
 The service holds one model of a run, loaded once through the same loader as ``r2rec eval``
-(:func:`r2rec.eval.cli.resolve_checkpoint` + :func:`r2rec.llm.models.load_model`). ``auto`` serves the most
+(:func:`r2rec.eval.runner.resolve_checkpoint` + :func:`r2rec.llm.models.load_model`). ``auto`` serves the most
 trained model present: ``rl``, else ``sft``, else the untuned ``base``. Prompts come from the same
-:class:`r2rec.llm.inputs.PromptBuilder`, with the prompt settings the run's training traces were built with
-(:func:`r2rec.train.evalhook.prompt_config`), and the answer is decoded inside the trie of candidate titles as in
+:class:`r2rec.prompting.PromptBuilder`, with the prompt settings the run's training traces were built with
+(:func:`r2rec.prompting.prompt_config`), and the answer is decoded inside the trie of candidate titles as in
 constrained evaluation. A served answer is therefore what evaluation would produce for the same history and
 candidates.
 
-Items are named by title (matched by normalised exact match, :func:`r2rec.llm.format.normalize_title`) or by
+Items are named by title (matched by normalised exact match, :func:`r2rec.grammar.normalize_title`) or by
 catalogue id (an int, or the string ``"id:<n>"``). Without candidates, the top ``num_candidates`` (20) items by
 the train-only chain evidence (ties: item transitions, then popularity) among items outside the history act
 as the upstream candidate generator. The generated reasoning is checked against the train graph: every
@@ -32,7 +32,7 @@ from typing import Sequence
 import numpy as np
 
 from r2rec.data.schema import PreparedData, Sample
-from r2rec.llm.format import normalize_title
+from r2rec.grammar import normalize_title
 from r2rec.runs import RunDir
 
 MODEL_CHOICES = ("auto", "base", "sft", "sft-direct", "rl")
@@ -46,7 +46,7 @@ _SPLIT, _USER = "serve", "request"
 
 def resolve_kind(run_dir: str | Path, model: str = "auto", base_model: str = "") -> str:
     """The model kind to serve: ``model`` itself, or for ``auto`` the most trained checkpoint present."""
-    from r2rec.eval.cli import EvalConfig, resolve_checkpoint
+    from r2rec.eval.runner import EvalConfig, resolve_checkpoint
 
     if model not in MODEL_CHOICES:
         raise ValueError(f"model must be one of {MODEL_CHOICES}, got {model!r}")
@@ -85,13 +85,12 @@ class RecommendService:
                  max_new_tokens: int = 256, max_candidates: int = MAX_CANDIDATES, num_candidates: int | None = None,
                  rank: bool = True, precision: str = "auto", device: str = "auto", threads: int = 0):
         from r2rec.baselines.simple import TransitionRecommender
-        from r2rec.eval.cli import EvalConfig, resolve_checkpoint
+        from r2rec.eval.runner import EvalConfig, resolve_checkpoint
         from r2rec.graph.graph import graph_for_run
         from r2rec.hardware import resolve
-        from r2rec.llm.inputs import PromptBuilder
         from r2rec.llm.models import load_model
+        from r2rec.prompting import PromptBuilder, prompt_config
         from r2rec.thoughts.faithfulness import CitationChecker
-        from r2rec.train.evalhook import prompt_config
 
         self.run = RunDir(run_dir)
         if not (self.run.prepared / "meta.json").exists():

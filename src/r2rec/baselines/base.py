@@ -42,8 +42,8 @@ class Recommender:
 
 
 # -- registry ------------------------------------------------------------------------------------------
-# name -> "module:Class". Resolved on access so that ``import r2rec.baselines`` (the LLM stages use
-# ``transition_scores`` from here) does not import torch.
+# name -> "module:Class". Resolved on access so that ``import r2rec.baselines`` (the server uses the
+# ``transition`` ranker) does not import torch.
 _REGISTRY: dict[str, str] = {
     "random": "r2rec.baselines.simple:RandomRecommender",
     "pop": "r2rec.baselines.simple:PopRecommender",
@@ -51,9 +51,8 @@ _REGISTRY: dict[str, str] = {
     "cooc": "r2rec.baselines.simple:CoocRecommender",
     "sasrec": "r2rec.baselines.sasrec:SASRecRecommender",
     "gru4rec": "r2rec.baselines.gru4rec:GRU4RecRecommender",
-    # The chain-evidence heuristic of the LLM prompts, owned by the graph module; registered here so that
-    # `r2rec baseline evidence` and the pipeline treat it like any other baseline.
-    "evidence": "r2rec.graph.evidence:EvidenceRecommender",
+    # The chain-evidence score of the LLM prompts (computed by r2rec.graph) as a ranker.
+    "evidence": "r2rec.baselines.evidence:EvidenceRecommender",
 }
 
 

@@ -9,16 +9,8 @@ from typing import Sequence
 import numpy as np
 
 from r2rec.baselines.base import Recommender, candidate_matrix
-from r2rec.baselines.transition import transition_matrix, transition_scores
 from r2rec.data.schema import PreparedData, Sample
-
-
-def _train_item_counts(sequences, n_items: int) -> np.ndarray:
-    counts = np.zeros(n_items, dtype=np.float64)
-    for s in sequences:
-        if s.items:
-            np.add.at(counts, np.asarray(s.items, dtype=np.int64), 1.0)
-    return counts
+from r2rec.signals import item_counts, transition_matrix, transition_scores
 
 
 def _uniform_scores(samples: Sequence[Sample], seed: int, n_c: int) -> np.ndarray:
@@ -67,7 +59,7 @@ class PopRecommender(Recommender):
     config_cls = PopConfig
 
     def fit(self, prepared: PreparedData, seed: int = 0) -> "PopRecommender":
-        self.counts_ = _train_item_counts(prepared.train_sequences(), prepared.n_items)
+        self.counts_ = item_counts(prepared.train_sequences(), prepared.n_items)
         self.seed = seed
         self.fit_info = {"train_interactions": int(self.counts_.sum())}
         return self
@@ -82,7 +74,7 @@ class PopRecommender(Recommender):
 # -- transition ----------------------------------------------------------------------------------------
 @dataclass
 class TransitionConfig:
-    """Recency-weighted item-to-next-item counts (see ``r2rec.baselines.transition``).
+    """Recency-weighted item-to-next-item counts (see ``r2rec.signals.transition``).
 
     window:     a train item counts as followed by each of its next ``window`` items.
     gap_decay:  a follower ``j`` steps later weighs ``gap_decay ** (j - 1)``.
@@ -114,7 +106,7 @@ class TransitionRecommender(Recommender):
         seqs = prepared.train_sequences()
         self.matrix_ = transition_matrix((s.items for s in seqs), prepared.n_items, c.window, c.gap_decay,
                                          c.normalize)
-        counts = _train_item_counts(seqs, prepared.n_items)
+        counts = item_counts(seqs, prepared.n_items)
         self.pop_ = counts / max(counts.max(), 1.0)
         self.seed = seed
         self.fit_info = {"transition_pairs": int(self.matrix_.nnz)}

@@ -6,8 +6,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 from r2rec.data.schema import PreparedData, read_jsonl, samples_path, write_jsonl
 from r2rec.graph.chains import ChainConfig, ChainSampler
 from r2rec.graph.graph import GRAPH_FILE, build_graph
@@ -93,8 +91,3 @@ def run_chains(run_dir: str | Path, config: ChainConfig | None = None, splits: S
     stats_path.write_text(json.dumps(stats, indent=2))
     run.write_manifest("chains", inputs, stage_config, config.seed, outputs=outputs + [stats_path])
     return stats
-
-
-def evidence_scores(graph, samples, config: ChainConfig | None = None) -> np.ndarray:
-    """[n, C] evidence-heuristic scores (recency-weighted supporting chains per candidate)."""
-    return ChainSampler(graph, config).candidate_evidence_batch(samples)

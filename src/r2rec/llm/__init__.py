@@ -1,1 +1,4 @@
-"""LLM side: model registry, prompts, completion format, generation with constrained answers."""
+"""LLM side: model registry and batched generation with answers constrained to the candidate titles.
+
+Prompts are built one layer down (:mod:`r2rec.prompting`); the completion format is :mod:`r2rec.grammar`.
+"""

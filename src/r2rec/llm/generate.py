@@ -4,9 +4,9 @@ One decode loop serves three modes (``Generator.generate``):
 
 * ``constrained`` + ``think=True`` (R2Rec): the completion starts with a forced ``<think>\\n``; the model
   reasons freely until it writes ``</think>`` or ``<answer>``, emits end-of-sequence, or reaches
-  ``max_new_tokens``. The thoughts are then put in the canonical format of :func:`r2rec.llm.format.format_completion`
-  and the answer span is decoded inside the trie of candidate titles (:mod:`r2rec.llm.constrained`), so every
-  answer names a candidate.
+  ``max_new_tokens``. The thoughts are then put in the canonical format of
+  :func:`r2rec.grammar.format_completion` and the answer span is decoded inside the trie of candidate
+  titles (:mod:`r2rec.llm.constrained`), so every answer names a candidate.
 * ``constrained`` + ``think=False`` (direct ablation, answer-only): ``<answer>`` is forced at once, then the trie.
 * ``unconstrained``: free generation up to end-of-sequence (or ``</answer>``, or ``max_new_tokens``); the answer
   is parsed with :func:`parse_completion` + :func:`match_answer`, so invalid answers happen and are counted.
@@ -33,9 +33,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from r2rec.grammar import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, format_completion, \
+    format_direct, match_answer, parse_completion
+
 from .constrained import AnswerTrie, TrieNode, tokenize_answers
-from .format import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, format_completion, format_direct, \
-    match_answer, parse_completion
 
 MODES = ("constrained", "unconstrained")
 THINK_START = THINK_OPEN + "\n"
@@ -495,11 +496,3 @@ def _sample(logits, top_k: int, top_p: float, gen):
         logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
     probs = torch.softmax(logits, -1)
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
-
-
-def completion_logprob(c: Completion) -> float | None:
-    """Total log-prob of the chosen answer span, when the completion was scored."""
-    if c.token_logprobs is None or c.answer is None:
-        return None
-    return float(sum(c.token_logprobs[c.answer]))
-

@@ -5,6 +5,8 @@ Examples:
     r2rec thoughts --run runs/x --teacher hf:smollm2-135m --max-samples 50
     R2REC_OPENAI_BASE_URL=http://127.0.0.1:8000/v1 r2rec thoughts --run runs/x --teacher openai:smollm2 \
         --set teacher_options='{concurrency: 8}'
+
+This module only parses; :func:`r2rec.thoughts.stage.run_thoughts` runs the stage.
 """
 
 from __future__ import annotations

@@ -1,17 +1,18 @@
 """Citations of interactions in reasoning text, and the faithfulness check against the train graph.
 
-Reasoning (teacher traces, prompt context, generated thoughts) cites interactions in one fixed,
-machine-checkable form:
+Reasoning (teacher traces, prompt context, generated thoughts) cites interactions in the one fixed,
+machine-checkable form of :mod:`r2rec.grammar`:
 
     user 254 watched "Heat"                       -> (user 254, Heat)
     user 254 watched "Heat" and later "Ronin"     -> (user 254, Heat), (user 254, Ronin) + "Ronin after Heat"
     the user watched "Heat"                       -> the prompt user's own history
 
-The verb is one of :data:`VERBS` (any of them is accepted whatever the dataset). A citation is *real* when
-the graph holds that interaction (for ``and later``: also the order, by first positions in the user's train
-sequence), or, for the prompt user, when the item is in the prompt's history. A title that names no catalogue
-item, or a user id the graph does not know, is an invented citation. ``score = real / cited`` (None when
-nothing is cited). The same check filters teacher traces and scores generated reasoning at inference time.
+The verb is one of :data:`r2rec.grammar.VERBS` (any of them is accepted whatever the dataset).
+A citation is *real* when the graph holds that interaction (for ``and later``: also the order, by first
+positions in the user's train sequence), or, for the prompt user, when the item is in the prompt's history.
+A title that names no catalogue item, or a user id the graph does not know, is an invented citation.
+``score = real / cited`` (None when nothing is cited). The same check filters teacher traces and scores
+generated reasoning at inference time.
 """
 
 from __future__ import annotations
@@ -20,26 +21,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from r2rec.llm.format import normalize_title
+from r2rec.grammar import VERBS, normalize_title
 
-# items noun -> the verb a citation uses. "auto" nouns are resolved from the dataset name in llm.inputs.
-VERBS = {"movies": "watched", "artists": "listened to", "games": "played", "items": "interacted with"}
 _VERB_RE = "|".join(sorted(map(re.escape, set(VERBS.values())), key=len, reverse=True))
 _OTHER = re.compile(rf"\b[Uu]ser ([^\s\"]+) (?:{_VERB_RE}) \"")
 _SELF = re.compile(rf"\b(?:[Tt]he user|[Yy]ou) (?:{_VERB_RE}) \"")
 _LATER = re.compile(r"\s*and later \"")
 _MAX_QUOTES = 6  # closing-quote candidates tried per title (titles may contain quotes: Lee "Scratch" Perry)
-
-
-def verb_for(noun: str) -> str:
-    return VERBS.get(noun, VERBS["items"])
-
-
-def cite(user: str | None, verb: str, title: str, later_title: str | None = None) -> str:
-    """Render a citation in the checkable form (``user=None`` = the prompt user)."""
-    who = "the user" if user is None else f"user {user}"
-    text = f'{who} {verb} "{title}"'
-    return text + (f' and later "{later_title}"' if later_title is not None else "")
 
 
 @dataclass

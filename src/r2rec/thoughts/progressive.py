@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from r2rec.thoughts.faithfulness import cite
+from r2rec.grammar import cite
 
 HOPS = 3
 MASK = "[MASK]"

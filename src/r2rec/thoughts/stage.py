@@ -30,12 +30,12 @@ import numpy as np
 
 from r2rec.config import build
 from r2rec.data.schema import PreparedData, Sample, samples_path, write_jsonl
-from r2rec.llm.format import format_completion, format_direct, normalize_title
-from r2rec.llm.inputs import PromptBuilder, PromptConfig
+from r2rec.grammar import format_completion, format_direct, normalize_title
+from r2rec.prompting import PromptBuilder, PromptConfig
 from r2rec.runs import RunDir
 from r2rec.thoughts.faithfulness import CitationChecker
 from r2rec.thoughts.progressive import HOPS, TraceContext, write_traces
-from r2rec.thoughts.teachers import TeacherOptions, make_teacher
+from r2rec.thoughts.teachers import HFTeacher, Teacher, TeacherOptions, TemplateTeacher
 
 REASONS = ("kept", "no_chain", "empty_thought", "no_answer", "wrong_answer", "no_citation", "unfaithful")
 
@@ -60,6 +60,23 @@ class ThoughtsConfig:
     """PromptConfig overrides for the ``messages`` stored with each trace (SFT may rebuild them)."""
     teacher_options: dict = field(default_factory=dict)
     """TeacherOptions overrides (max_tokens, temperature, batch_size, concurrency, timeout_s, base_url, ...)."""
+
+
+def make_teacher(spec: str, options: TeacherOptions | None = None, cache_dir: str | Path | None = None) -> Teacher:
+    """``template`` | ``hf:<model>`` | ``openai:<model>``."""
+    options = options or TeacherOptions()
+    kind, _, model = spec.partition(":")
+    if kind == "template" and not model:
+        return TemplateTeacher()
+    if kind == "hf":
+        return HFTeacher(model, options)
+    if kind == "openai":
+        if not model:
+            raise ValueError("teacher 'openai:<model>' needs a model name, e.g. openai:gpt-4o-mini")
+        from r2rec.thoughts.openai_teacher import OpenAITeacher  # httpx only when asked for
+
+        return OpenAITeacher(model, options, cache_dir=cache_dir)
+    raise ValueError(f"unknown teacher {spec!r}; use template, hf:<model> or openai:<model>")
 
 
 def _named_candidate(text: str, titles: list[str]) -> int | None:

@@ -1,10 +1,12 @@
 """Teachers behind one interface: ``write(requests: list[HopRequest]) -> list[str]`` (one thought each).
 
-Registry (``make_teacher(spec, options)``):
-
 - ``template``: deterministic, offline thoughts built from the revealed chain evidence (the default);
 - ``hf:<model>``: any local causal LM through :func:`r2rec.llm.models.load_model` (batched generation);
-- ``openai:<model>``: any OpenAI-compatible chat endpoint (:mod:`r2rec.thoughts.openai_teacher`).
+- ``openai:<model>``: any OpenAI-compatible chat endpoint (:mod:`r2rec.thoughts.openai_teacher`, which
+  implements the interface defined here).
+
+:func:`r2rec.thoughts.stage.make_teacher` builds one from its name; it lives with the stage, not here, so that
+the OpenAI teacher imports this module and nothing imports back.
 
 Every teacher's output goes through the same filter (answer = target, every citation real), so a teacher
 that invents interactions only costs kept traces, never faithfulness.
@@ -13,10 +15,10 @@ that invents interactions only costs kept traces, never faithfulness.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
-from r2rec.thoughts.faithfulness import cite, position_words
+from r2rec.grammar import cite
+from r2rec.thoughts.faithfulness import position_words
 from r2rec.thoughts.progressive import HopRequest, teacher_messages
 
 
@@ -94,20 +96,3 @@ class HFTeacher(Teacher):
             return []
         outs = self.generator.generate([teacher_messages(r) for r in requests], mode="unconstrained")
         return [o.text for o in outs]
-
-
-def make_teacher(spec: str, options: TeacherOptions | None = None, cache_dir: str | Path | None = None) -> Teacher:
-    """``template`` | ``hf:<model>`` | ``openai:<model>``."""
-    options = options or TeacherOptions()
-    kind, _, model = spec.partition(":")
-    if kind == "template" and not model:
-        return TemplateTeacher()
-    if kind == "hf":
-        return HFTeacher(model, options)
-    if kind == "openai":
-        if not model:
-            raise ValueError("teacher 'openai:<model>' needs a model name, e.g. openai:gpt-4o-mini")
-        from r2rec.thoughts.openai_teacher import OpenAITeacher
-
-        return OpenAITeacher(model, options, cache_dir=cache_dir)
-    raise ValueError(f"unknown teacher {spec!r}; use template, hf:<model> or openai:<model>")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -259,12 +258,6 @@ def val_callback(evaluate: Callable[[object, object], dict], every: int, tokeniz
                 self._run(state, model)
 
     return ValHR1()
-
-
-def steps_for(n_examples: int, batch_size: int, grad_accum: int, epochs: float, max_steps: int) -> int:
-    if max_steps and max_steps > 0:
-        return max_steps
-    return max(1, math.ceil(n_examples / (batch_size * grad_accum)) * math.ceil(epochs))
 
 
 def stage_compute(cfg, tag: str):

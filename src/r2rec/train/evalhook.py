@@ -1,8 +1,8 @@
-"""Prompts for training-time evaluation and the periodic val HR@1 used for learning curves.
+"""The periodic val HR@1 used for learning curves during SFT and GRPO.
 
 The val prompts must be rendered exactly like the training prompts, so the prompt settings are resolved in
-one place (:func:`prompt_config`): the stage's own ``prompt`` overrides when given, else the settings the
-``thoughts`` stage recorded in its manifest (the ones the stored trace prompts were built with).
+one place (:func:`r2rec.prompting.prompt_config`): the stage's own ``prompt`` overrides when given, else the
+settings the ``thoughts`` stage recorded in its manifest (the ones the stored trace prompts were built with).
 
 The curve uses the LLM layer's constrained decoding (:class:`r2rec.llm.generate.Generator`): greedy
 reasoning (``iot``) or none (``direct``), then the answer inside the trie of candidate titles, as
@@ -11,30 +11,7 @@ reasoning (``iot``) or none (``direct``), then the answer inside the trie of can
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from r2rec.config import build
 from r2rec.runs import RunDir
-
-
-def prompt_config(run: RunDir, overrides: dict | None):
-    """``PromptConfig``: the thoughts stage's (from its manifest) updated with ``overrides``."""
-    from r2rec.llm.inputs import PromptConfig
-
-    recorded: dict = {}
-    manifest = run.root / "manifests" / "thoughts.json"
-    if manifest.exists():
-        recorded = dict(json.loads(manifest.read_text()).get("config", {}).get("prompt") or {})
-    return build(PromptConfig, {**recorded, **(overrides or {})}, where="prompt")
-
-
-def rebuild_messages(run: RunDir, samples: list, overrides: dict | None) -> list[list[dict]]:
-    """Prompt messages for ``samples`` under the resolved prompt settings (used when a stage overrides them)."""
-    from r2rec.llm.inputs import PromptBuilder
-
-    builder = PromptBuilder(run.root, prompt_config(run, overrides))
-    return builder.messages_batch(samples)
 
 
 def make_val_evaluator(run: RunDir, cfg, variant: str):
@@ -46,7 +23,7 @@ def make_val_evaluator(run: RunDir, cfg, variant: str):
     the run has no val split.
     """
     from r2rec.data.schema import PreparedData
-    from r2rec.llm.inputs import PromptBuilder
+    from r2rec.prompting import PromptBuilder, prompt_config
 
     prepared = PreparedData(run.prepared)
     try:
@@ -80,9 +57,3 @@ def make_val_evaluator(run: RunDir, cfg, variant: str):
         }
 
     return evaluate
-
-
-def write_json(path: Path, obj) -> None:
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from r2rec.llm.format import match_answer, normalize_title, parse_completion
+from r2rec.grammar import match_answer, normalize_title, parse_completion
 
 RewardFn = Callable[[str, list, str], float]
 

@@ -158,7 +158,7 @@ def load_prompts(run: RunDir, cfg: RLConfig) -> list[dict]:
     random.Random(cfg.seed).shuffle(rows)
     rows = rows[: cfg.max_prompts] if cfg.max_prompts > 0 else rows
     if cfg.prompt:
-        from .evalhook import rebuild_messages
+        from r2rec.prompting import rebuild_messages
 
         for row, m in zip(rows, rebuild_messages(run, [r["_sample"] for r in rows], cfg.prompt)):
             row["prompt"] = m

@@ -201,7 +201,7 @@ def trim_candidates(sample: Sample, k: int) -> Sample:
 
 def rebuild_prompts(run: RunDir, examples: list[dict], prompt: dict, num_candidates: int) -> list[dict]:
     """Re-render the prompts from the samples (other prompt settings, or fewer candidates)."""
-    from .evalhook import rebuild_messages
+    from r2rec.prompting import rebuild_messages
 
     samples = [trim_candidates(Sample.from_json(ex["sample"]), num_candidates) for ex in examples]
     messages = rebuild_messages(run, samples, prompt)

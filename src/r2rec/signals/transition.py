@@ -1,7 +1,8 @@
 """Item-to-next-item transition counts and the recency-weighted transition score.
 
-This is both the ``transition`` baseline and the *evidence heuristic* the LLM stages use to rank a prompt's
-candidates, so it is kept dependency-light (numpy + scipy) and vectorised.
+This is both the ``transition`` baseline (:mod:`r2rec.baselines.simple`) and the train-only prior the prompts use
+to rank a prompt's candidates (:mod:`r2rec.prompting`), so it is kept dependency-light (numpy + scipy) and
+vectorised.
 
 ``transition_matrix`` counts, over train sequences, how often item ``a`` is followed by item ``b`` within the
 next ``window`` items (a follower ``j`` steps later weighs ``gap_decay ** (j - 1)``).
@@ -11,6 +12,7 @@ next ``window`` items (a follower ``j`` steps later weighs ``gap_decay ** (j - 1
 
 i.e. the newest history item (distance ``d = 0``) weighs 1, the one before it ``decay``, and so on.
 The defaults (window 10, row-normalised, decay 0.8) are those of the ``transition`` baseline, picked on val.
+A window as long as any sequence (1000) counts every later item: order-free co-occurrence (the ``cooc`` baseline).
 
     T = transition_matrix((s.items for s in prepared.train_sequences()), prepared.n_items)
     scores = transition_scores(T, [s.history for s in samples], [s.candidates for s in samples])
@@ -46,11 +48,14 @@ def transition_matrix(sequences: Iterable[Sequence[int]], n_items: int, window: 
     if r.size and (min(r.min(), c.min()) < 0 or max(r.max(), c.max()) >= n_items):
         raise ValueError(f"item id outside the catalogue [0, {n_items}) in the train sequences")
     m = sp.coo_array((v, (r, c)), shape=(n_items, n_items)).tocsr()  # duplicates are summed
-    if normalize:
-        row_sum = np.asarray(m.sum(axis=1)).ravel()
-        inv = np.divide(1.0, row_sum, out=np.zeros_like(row_sum), where=row_sum > 0)
-        m = sp.csr_array(sp.diags_array(inv) @ m)
-    return m
+    return row_normalize(m) if normalize else m
+
+
+def row_normalize(counts: sp.csr_array) -> sp.csr_array:
+    """Each row divided by its sum (``P(next in window = b | a)``); all-zero rows stay zero."""
+    row_sum = np.asarray(counts.sum(axis=1)).ravel()
+    inv = np.divide(1.0, row_sum, out=np.zeros_like(row_sum), where=row_sum > 0)
+    return sp.csr_array(sp.diags_array(inv) @ counts)
 
 
 def transition_scores(matrix: sp.csr_array, histories: Sequence[Sequence[int]],

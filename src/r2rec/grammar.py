@@ -1,4 +1,6 @@
-"""The completion format shared by traces, training, rewards and evaluation.
+"""The grammar of a completion: the answer format and the form in which reasoning cites interactions.
+
+Answer format, shared by traces, training, rewards, evaluation and serving::
 
     <think>
     thought 1
@@ -7,6 +9,19 @@
 
 An answer is *valid* when it names exactly one candidate. Matching is on normalised whole titles, never on
 substrings: titles that contain other titles ("Heat" / "Heat and Dust") make substring matching ambiguous.
+
+Citations, written by the teachers and the prompt's context chains and read back by the faithfulness check
+(:mod:`r2rec.thoughts.faithfulness`)::
+
+    user 254 watched "Heat"                       -> (user 254, Heat)
+    user 254 watched "Heat" and later "Ronin"     -> (user 254, Heat), (user 254, Ronin) + "Ronin after Heat"
+    the user watched "Heat"                       -> the prompt user's own history
+
+The verb is one of :data:`VERBS`, chosen by what the items are (:func:`verb_for`).
+
+Why one module, at the bottom: the prompts (:mod:`r2rec.prompting`), the generation engine (:mod:`r2rec.llm`),
+the teachers and the faithfulness check (:mod:`r2rec.thoughts`), the rewards (:mod:`r2rec.train.rewards`) and
+the server all write or read this grammar. It depends on nothing, so each of them imports it from one place.
 """
 
 from __future__ import annotations
@@ -62,3 +77,19 @@ def match_answer(answer: str | None, candidate_titles: list[str]) -> int | None:
     key = normalize_title(answer)
     hits = [i for i, t in enumerate(candidate_titles) if normalize_title(t) == key]
     return hits[0] if len(hits) == 1 else None
+
+
+# -- citations ---------------------------------------------------------------------------------------------
+# items noun -> the verb a citation uses. "auto" nouns are resolved from the dataset name in r2rec.prompting.
+VERBS = {"movies": "watched", "artists": "listened to", "games": "played", "items": "interacted with"}
+
+
+def verb_for(noun: str) -> str:
+    return VERBS.get(noun, VERBS["items"])
+
+
+def cite(user: str | None, verb: str, title: str, later_title: str | None = None) -> str:
+    """Render a citation in the checkable form (``user=None`` = the prompt user)."""
+    who = "the user" if user is None else f"user {user}"
+    text = f'{who} {verb} "{title}"'
+    return text + (f' and later "{later_title}"' if later_title is not None else "")

@@ -1,4 +1,4 @@
-"""Prompt inputs: the one place that turns a :class:`Sample` into chat messages.
+"""The prompt builder: the one place that turns a :class:`Sample` into chat messages.
 
 SFT, RL, evaluation and serving all build prompts through :class:`PromptBuilder`, so training and inference
 see the same text: the history titles, the candidate titles (ranked by the train-only ``transition`` score, by
@@ -11,20 +11,26 @@ so the prompt starts it from a cheap heuristic and the model learns, from the ch
 
 Only the train graph and the sample's own history are used, so a val/test prompt never sees a val/test
 interaction other than its own history.
+
+:func:`prompt_config` resolves a run's prompt settings (the ones its traces were built with, plus overrides),
+so that training, evaluation and serving render the prompts a model learned from.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import scipy.sparse as sp
 
+from r2rec.config import build
 from r2rec.data.schema import PreparedData, Sample
-from r2rec.llm.prompts import build_messages
-from r2rec.thoughts.faithfulness import VERBS, cite, verb_for
+from r2rec.grammar import VERBS, cite, verb_for
+from r2rec.prompting.messages import build_messages
+from r2rec.runs import RunDir
+from r2rec.signals.transition import leave_user_out_scores, row_normalize, transition_matrix, transition_scores
 
 ORDERS = ("transition", "evidence", "frozen")
 CHAIN_SELECTIONS = ("strongest", "ranked")
@@ -120,15 +126,11 @@ class PromptBuilder:
         A train sample is scored with its own user's sequence left out (``leave_user_out_scores``): otherwise
         its target, which that sequence contains, would top the ranking far more often than at test time.
         """
-        from r2rec.baselines.transition import leave_user_out_scores, transition_matrix, transition_scores
-
         if self._transition is None:
             seqs = {s.user: s.items for s in self.prepared.train_sequences()}
             counts = transition_matrix(seqs.values(), self.prepared.n_items, window=self.config.transition_window,
                                        normalize=False)
-            row_sum = np.asarray(counts.sum(axis=1)).ravel()
-            inv = np.divide(1.0, row_sum, out=np.zeros_like(row_sum), where=row_sum > 0)
-            self._transition = (seqs, counts, sp.csr_array(sp.diags_array(inv) @ counts))
+            self._transition = (seqs, counts, row_normalize(counts))
         seqs, counts, matrix = self._transition
         width = max((len(s.candidates) for s in samples), default=0)
         cands = np.full((len(samples), width), -1, dtype=np.int64)
@@ -217,3 +219,19 @@ class PromptBuilder:
 
     def ordered_candidates(self, sample: Sample) -> list[int]:
         return self.prompt(sample).candidates
+
+
+# -- a run's prompt settings -------------------------------------------------------------------------------
+def prompt_config(run: RunDir, overrides: dict | None) -> PromptConfig:
+    """``PromptConfig``: the thoughts stage's (from its manifest) updated with ``overrides``."""
+    recorded: dict = {}
+    manifest = run.root / "manifests" / "thoughts.json"
+    if manifest.exists():
+        recorded = dict(json.loads(manifest.read_text()).get("config", {}).get("prompt") or {})
+    return build(PromptConfig, {**recorded, **(overrides or {})}, where="prompt")
+
+
+def rebuild_messages(run: RunDir, samples: list, overrides: dict | None) -> list[list[dict]]:
+    """Prompt messages for ``samples`` under the resolved prompt settings (used when a stage overrides them)."""
+    builder = PromptBuilder(run.root, prompt_config(run, overrides))
+    return builder.messages_batch(samples)

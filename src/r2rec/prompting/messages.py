@@ -1,4 +1,4 @@
-"""Prompt rendering from the template files in ``prompts/``.
+"""Prompt rendering from the template files in ``templates/`` (``system``, ``user``, ``context``).
 
 The prompt holds the history titles, the candidate titles (in the order the caller gives: the frozen shuffled
 order, or ranked by evidence), and optionally K interaction chains as context (the ``context_chains`` ablation).
@@ -13,7 +13,7 @@ from importlib import resources
 
 @lru_cache(maxsize=None)
 def template(name: str) -> str:
-    return resources.files("r2rec.llm").joinpath("prompts", f"{name}.txt").read_text(encoding="utf-8")
+    return resources.files("r2rec.prompting").joinpath("templates", f"{name}.txt").read_text(encoding="utf-8")
 
 
 def build_user_prompt(history_titles: list[str], candidate_titles: list[str],

@@ -4,7 +4,11 @@ Score of a candidate = recency-weighted count of chains ``u0 -> i_a -> u1 -> can
 who share >= 2 history items with the prompt user and met the candidate after ``i_a``
 (:meth:`r2rec.graph.chains.ChainSampler.candidate_evidence`). The LLM stages order a prompt's candidates by
 the same score, so this baseline says how much of an LLM's accuracy the ordering alone would give.
-Implements the baseline interface of :mod:`r2rec.baselines.base` (registered as ``evidence``).
+
+Why the ranker lives here and not in :mod:`r2rec.graph`: it implements the ``Recommender`` interface of
+:mod:`r2rec.baselines.base` (registered as ``evidence``), and ``baselines`` sits above ``graph`` (it imports the
+graph, never the reverse). The score stays in the graph; only this thin wrapper, which fits and scores like any
+other baseline, is here, so the interface did not have to move down into a layer of plain scores.
 """
 
 from __future__ import annotations
