@@ -11,7 +11,7 @@ candidate seeds, the same metric definitions (:mod:`r2rec.eval.metrics`) and the
     result = evaluate(protocol, "sasrec", "llara-movielens", preds, config=cfg, wall_seconds=12.3)
     write_result(run.results, result, preds)          # r2rec.eval.results
 
-The result dict is the contract of DESIGN.md §3.
+The result dict is the result file contract of docs/design.md.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def evaluate(protocol: EvalProtocol, method: str, dataset: str,
              predictions_by_seed: Mapping[int, Sequence[Prediction]], config: Any = None,
              wall_seconds: float | None = None,
              samples_by_seed: Mapping[int, Sequence[Any]] | None = None) -> dict:
-    """Score one method under ``protocol``; return the result dict (DESIGN.md §3).
+    """Score one method under ``protocol``; return the result dict (the contract in docs/design.md).
 
     Keys: ``method, dataset, split, seeds, n`` (samples per seed), ``num_candidates``, ``chance_hr1``,
     ``hr1, hr1_valid, valid_ratio`` and, when every prediction has scores, ``hr@1, hr@5, ndcg@5, ndcg@10, mrr``;

@@ -2,7 +2,7 @@
 
 A method's evaluation leaves two files in ``runs/<name>/results/``:
 
-    <method>.json                     the result dict of :func:`r2rec.eval.evaluator.evaluate` (DESIGN.md §3)
+    <method>.json                     the result dict of :func:`r2rec.eval.evaluator.evaluate` (docs/design.md)
     <method>.predictions.jsonl.gz     one line per (seed, sample): user, seed, target, candidates, scores,
                                       answer and, when present, raw output, reasoning, faithfulness, extra
 
@@ -21,10 +21,11 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..data.schema import read_jsonl, write_jsonl
+from ..io import atomic_write_text
 from .bootstrap import relative_improvement
 from .metrics import Prediction, metric_arrays
 
-# Keys every result file must have (DESIGN.md §3); metric keys get their _ci95/_std companions checked too.
+# Keys every result file must have (docs/design.md); metric keys get their _ci95/_std companions checked too.
 CONTRACT_KEYS: tuple[str, ...] = ("method", "dataset", "split", "seeds", "n", "hr1", "hr1_valid", "valid_ratio",
                                   "config", "wall_seconds")
 CONTRACT_METRICS: tuple[str, ...] = ("hr1", "hr1_valid", "valid_ratio")
@@ -67,10 +68,8 @@ def write_result(results_dir: str | Path, result: Mapping[str, Any],
         raise ValueError(f"write_result({method!r}): no predictions for seed(s) {missing} of the result")
     write_jsonl(dump, (p.to_json() for s in seeds for p in predictions_by_seed[s]))
     path = result_path(results_dir, method)
-    tmp = path.with_name(path.name + ".tmp")
     # allow_nan=False: an undefined metric must already be None (null), never a non-standard NaN token.
-    tmp.write_text(json.dumps(dict(result), indent=2, allow_nan=False) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(dict(result), indent=2, allow_nan=False) + "\n")
     return path, dump
 
 
