@@ -15,7 +15,7 @@ from r2rec.data import movielens, recbole_atomic
 from r2rec.data.prepare import PrepareConfig, prepare
 from r2rec.data.sources import SourceOptions, get_source
 from r2rec.data.titles import read_u_item
-from r2rec.runs import sha256_file
+from r2rec.io import sha256_file
 
 INTER_HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
 ITEM_HEADER = "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from r2rec.config import build
-from r2rec.runs import sha256_file
+from r2rec.io import sha256_file
 from r2rec.train.sft import SFTConfig, load_traces, run_sft
 
 

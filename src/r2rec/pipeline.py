@@ -12,7 +12,6 @@ section reruns that stage and everything downstream of it, nothing else.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import load_yaml
+from .io import atomic_write_json, fingerprint
 from .runs import RunDir
 
 
@@ -143,7 +143,7 @@ def _key(stage: Stage, section: dict, prompt: dict, keys: dict[str, str]) -> str
     payload = {"stage": stage.name, "section": section, "deps": [keys[d] for d in stage.deps]}
     if stage.name in ("thoughts", "eval"):
         payload["prompt"] = prompt
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return fingerprint(payload)[:16]
 
 
 def run_pipeline(config_path: str | Path, run_root: str | Path | None = None, only: list[str] | None = None,
@@ -183,10 +183,10 @@ def run_pipeline(config_path: str | Path, run_root: str | Path | None = None, on
             raise PipelineError(f"stage {stage.name!r} failed (run {run.root}, config section "
                                 f"{stage.section!r} of {config_path}): {type(e).__name__}: {e}") from e
         state[stage.name] = key
-        state_path.write_text(json.dumps(state, indent=2))
+        atomic_write_json(state_path, state)
         seconds, rss = time.perf_counter() - t0, _peak_rss_gib()
         times[stage.name] = {"seconds": round(seconds, 1), "peak_rss_gib": round(rss, 2)}
-        times_path.write_text(json.dumps(times, indent=2))
+        atomic_write_json(times_path, times)
         print(f"{head}: done in {seconds:.1f}s (process peak RSS so far {rss:.1f} GiB)", flush=True)
         _release_memory()
     return run.root

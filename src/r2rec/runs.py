@@ -1,13 +1,13 @@
 """A run folder (``runs/<name>/``) and its per-stage manifests.
 
-Each stage writes ``manifests/<stage>.json`` holding the sha256 of its inputs, its config, its seed and the
-library versions. A stage whose manifest matches what it is about to do is skipped; a stage without a
-matching manifest runs (and stages that checkpoint, like SFT/RL, resume from their own checkpoints).
+Each stage writes ``manifests/<stage>.json`` (atomically, :mod:`r2rec.io`) holding the sha256 of its inputs, its
+config, its seed and the library versions. A stage whose manifest matches what it is about to do is skipped; a
+stage without a matching manifest runs (and stages that checkpoint, like SFT/RL, resume from their own
+checkpoints).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import time
@@ -15,13 +15,7 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+from r2rec.io import atomic_write_json, sha256_file
 
 
 def _versions() -> dict[str, str]:
@@ -87,8 +81,4 @@ class RunDir:
         m = self.fingerprint(inputs, config, seed)
         m.update(stage=stage, outputs=[str(p) for p in outputs], versions=_versions(),
                  finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {}))
-        path = self.manifest_path(stage)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(m, indent=2, default=str))
-        tmp.replace(path)
-        return path
+        return atomic_write_json(self.manifest_path(stage), m, default=str)

@@ -33,12 +33,14 @@ import numpy as np
 
 from r2rec.data.schema import PreparedData, Sample
 from r2rec.grammar import normalize_title
+from r2rec.llm.generate import DecodingConfig
 from r2rec.runs import RunDir
 
 MODEL_CHOICES = ("auto", "base", "sft", "sft-direct", "rl")
 AUTO_ORDER = ("rl", "sft")  # most trained first; sft-direct is an ablation, served only when asked for
 MAX_CANDIDATES = 50
 MAX_NEW_TOKENS_LIMIT = 1024  # a request may not ask for more reasoning tokens than this
+DEFAULT_MAX_NEW_TOKENS = DecodingConfig.max_new_tokens  # r2rec eval's reasoning budget
 _ID = re.compile(r"id:\s*(-?\d+)", re.I)
 # A request is not a user of the train graph: this split keeps the chain sampler from looking it up there.
 _SPLIT, _USER = "serve", "request"
@@ -82,8 +84,9 @@ class RecommendService:
     """
 
     def __init__(self, run_dir: str | Path, model: str = "auto", prompt=None, base_model: str = "",
-                 max_new_tokens: int = 256, max_candidates: int = MAX_CANDIDATES, num_candidates: int | None = None,
-                 rank: bool = True, precision: str = "auto", device: str = "auto", threads: int = 0):
+                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, max_candidates: int = MAX_CANDIDATES,
+                 num_candidates: int | None = None, rank: bool = True, precision: str = "auto", device: str = "auto",
+                 threads: int = 0):
         from r2rec.baselines.simple import TransitionRecommender
         from r2rec.eval.runner import EvalConfig, resolve_checkpoint
         from r2rec.graph.graph import graph_for_run
@@ -129,6 +132,10 @@ class RecommendService:
 
             torch.set_num_threads(int(threads))
         self.compute = resolve(precision, device, "serve")
+        # Decoded as r2rec eval decodes (greedy: the same request always gets the same answer), one request at
+        # a time; each request may set its own budget.
+        self.decoding = DecodingConfig(max_new_tokens=self.max_new_tokens, batch_size=1,
+                                       precision=self.compute.precision)
         print(f"[serve] compute: {self.compute.describe()}", file=sys.stderr, flush=True)
         self.model, self.tokenizer = load_model(model_name, adapter=adapter, device=self.compute.device)
         self._lock = threading.Lock()
@@ -272,12 +279,9 @@ class RecommendService:
         }
 
     def _generate(self, messages: list[dict], titles: list[str], budget: int):
-        from r2rec.llm.generate import GenerationConfig, Generator
+        from r2rec.llm.generate import Generator
 
-        # Greedy, as r2rec eval: the same request always gets the same answer.
-        gen = Generator(self.model, self.tokenizer, GenerationConfig(max_new_tokens=budget, batch_size=1,
-                                                                    precision=self.compute.precision,
-                                                                    progress=False))
+        gen = Generator(self.model, self.tokenizer, self.decoding.generation(max_new_tokens=budget, progress=False))
         with self._lock:
             return gen.generate([messages], [titles], mode="constrained", think=self.think, rank=self.rank)[0]
 
@@ -302,7 +306,8 @@ def add_service_arguments(p) -> None:
     p.add_argument("--model", choices=MODEL_CHOICES, default="auto",
                    help="which model: auto = rl, else sft, else base (default auto)")
     p.add_argument("--base-model", default="", help="base LLM override (registry name or local dir)")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="reasoning budget in tokens (default 256)")
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                   help=f"reasoning budget in tokens (default {DEFAULT_MAX_NEW_TOKENS}, as r2rec eval)")
     p.add_argument("--max-candidates", type=int, default=MAX_CANDIDATES,
                    help=f"most candidates a request may give (default {MAX_CANDIDATES})")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")

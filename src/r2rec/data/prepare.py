@@ -11,7 +11,6 @@ samples, optionally a seeded subsample) and ``meta.json``. The stage is skipped 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ..config import build, data_dirs
-from ..runs import RunDir, sha256_file
+from ..io import atomic_write_json, sha256_file
+from ..runs import RunDir
 from .candidates import freeze_candidates, rng_for
 from .raw import RawDataset
 from .schema import PreparedData, samples_path, write_jsonl
@@ -176,9 +176,7 @@ def prepare(config: PrepareConfig, run_dir: RunDir | str | Path, force: bool = F
         "seconds": {"load": round(t_load, 2), "samples": round(t_cands, 2),
                     "total": round(time.perf_counter() - t0, 2)},
     }
-    tmp = out / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False))
-    tmp.replace(out / "meta.json")
+    atomic_write_json(out / "meta.json", meta, ensure_ascii=False)
     written.append(out / "meta.json")
     run.write_manifest("prepare", inputs, config, seed0, outputs=written, extra={"data": data_from})
     print(_summary(meta))

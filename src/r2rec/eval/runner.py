@@ -20,6 +20,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from r2rec.hardware import check
+from r2rec.llm.generate import MODES, DecodingConfig
 from r2rec.runs import RunDir
 
 MODEL_KINDS = ("base", "sft", "sft-direct", "rl")
@@ -29,8 +31,11 @@ _TRAINED_BY = {"sft": "r2rec sft --run {run}", "sft-direct": "r2rec sft --run {r
 
 
 @dataclass
-class EvalConfig:
-    """Settings of ``r2rec eval`` (YAML section ``eval``; every field overridable as ``key=value``).
+class EvalConfig(DecodingConfig):
+    """Settings of ``r2rec eval`` (YAML section ``eval``; every field overridable as ``key=value``): the decoding
+    settings of :class:`r2rec.llm.generate.DecodingConfig` (``max_new_tokens``, ``batch_size``, ``do_sample``,
+    ``temperature``, ``top_k``, ``top_p``, ``seed``, ``precision``, ``length_norm``; greedy by default:
+    deterministic), plus:
 
     model: base model (registry name, local checkpoint or hub id). Empty = for ``base`` the default
         ``smollm2-135m``; for a LoRA checkpoint the base it was trained on (from its adapter config).
@@ -41,9 +46,6 @@ class EvalConfig:
         constrained mode only.
     split, seeds: the prepared split and candidate seeds (empty = every prepared seed).
     max_samples: evaluate only the first N samples of each seed (0 = all); for quick checks.
-    max_new_tokens: reasoning budget in tokens (the whole completion in unconstrained mode).
-    batch_size, do_sample, temperature, top_k, top_p, seed, precision, length_norm: see
-        :class:`r2rec.llm.generate.GenerationConfig` (greedy by default: deterministic).
     device: ``auto`` (CUDA when torch sees one, else the CPU), ``cpu`` or ``cuda``.
     answer_from: ``decode`` (the answer greedy/sampled constrained decoding writes: what the model says) or
         ``scores`` (the candidate whose whole title is most probable; hr1 then equals the ranking's top-1).
@@ -61,16 +63,7 @@ class EvalConfig:
     split: str = "test"
     seeds: list[int] = field(default_factory=list)
     max_samples: int = 0
-    max_new_tokens: int = 256
-    batch_size: int = 8
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int = 0
-    precision: str = "auto"
     device: str = "auto"
-    length_norm: bool = False
     answer_from: str = "decode"
     method: str = ""
     faithfulness: bool = True
@@ -79,10 +72,8 @@ class EvalConfig:
     force: bool = False
 
     def __post_init__(self):
-        from r2rec.hardware import check
-        from r2rec.llm.generate import MODES
-
         check(self.precision, self.device, "EvalConfig")
+        super().__post_init__()
         if self.mode not in MODES:
             raise ValueError(f"EvalConfig.mode must be one of {MODES}, got {self.mode!r}")
         if self.answer_from not in ("decode", "scores"):
@@ -201,20 +192,18 @@ class _SeedEvaluator:
 
     def _part_key(self, seed: int, samples, weights: list[Path]) -> str:
         """Hash of everything that determines a seed's predictions (not the other seeds, not bootstrap)."""
-        import hashlib
-
-        from r2rec.runs import sha256_file
+        from r2rec.io import fingerprint, sha256_file
 
         ident = {"eval": {k: v for k, v in asdict(self.cfg).items()
                           if k not in ("seeds", "force", "threads", "n_bootstrap", "method")},
                  "prompt": asdict(self.prompt), "model": self.described, "think": self.think,
                  "samples": [x.to_json() for x in samples], "weights": [sha256_file(p) for p in weights]}
-        blob = json.dumps(ident, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return fingerprint(ident)[:16]
 
     def seed(self, seed: int, samples, method: str, weights: list[Path]):
         from r2rec.data.schema import read_jsonl, write_jsonl
         from r2rec.eval import Prediction
+        from r2rec.io import atomic_write_json
 
         parts = self.run.results / ".parts"
         key = self._part_key(seed, samples, weights)
@@ -226,16 +215,14 @@ class _SeedEvaluator:
         preds, stats = self._generate(seed, samples)
         stats["wall_seconds"] = round(time.time() - t0, 2)
         write_jsonl(dump, (p.to_json() for p in preds))  # predictions first: the stats file marks completion
-        tmp = done.with_name(done.name + ".tmp")
-        tmp.write_text(json.dumps(stats, indent=2))
-        tmp.replace(done)
+        atomic_write_json(done, stats)
         return preds, stats
 
     def _load(self):
         import torch
 
         from r2rec.hardware import resolve
-        from r2rec.llm.generate import GenerationConfig, Generator
+        from r2rec.llm.generate import Generator
         from r2rec.llm.models import load_model
         from r2rec.prompting import PromptBuilder
 
@@ -246,11 +233,7 @@ class _SeedEvaluator:
         compute = resolve(cfg.precision, cfg.device, "eval")
         print(f"[eval] compute: {compute.describe()}", flush=True)
         model, tok = load_model(self.model_name, adapter=self.adapter, device=compute.device)
-        gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                                   do_sample=cfg.do_sample, temperature=cfg.temperature, top_k=cfg.top_k,
-                                   top_p=cfg.top_p, seed=cfg.seed, precision=compute.precision,
-                                   length_norm=cfg.length_norm)
-        self._gen = Generator(model, tok, gen_cfg)
+        self._gen = Generator(model, tok, cfg.generation(precision=compute.precision))
         self._checker = _faithfulness_checker(self.run, self._builder) if cfg.faithfulness else None
 
     def _generate(self, seed: int, samples):

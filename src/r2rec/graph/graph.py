@@ -19,7 +19,6 @@ look a val/test user up here).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -28,6 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from r2rec.data.schema import PreparedData, UserSequence
+from r2rec.io import atomic_open, atomic_write_json
 from r2rec.runs import RunDir
 
 GRAPH_FILE = "graph.npz"
@@ -243,11 +243,10 @@ class InteractionGraph:
     # -- persistence -----------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, users=self.users, n_items=np.int64(self.n_items), n_interactions=np.int64(self.n_interactions),
-                 ui_indptr=self.ui_indptr, ui_items=self.ui_items, ui_pos=self.ui_pos, ui_time=self.ui_time)
-        tmp.replace(path)
+        with atomic_open(path, "wb") as f:
+            np.savez(f, users=self.users, n_items=np.int64(self.n_items),
+                     n_interactions=np.int64(self.n_interactions), ui_indptr=self.ui_indptr, ui_items=self.ui_items,
+                     ui_pos=self.ui_pos, ui_time=self.ui_time)
         return path
 
     @classmethod
@@ -276,7 +275,7 @@ def build_graph(run_dir: str | Path, config: GraphConfig | None = None, force: b
     graph = InteractionGraph.from_sequences(prepared.train_sequences(), prepared.n_items,
                                             dense_lookup_max_cells=config.dense_lookup_max_cells)
     graph.save(out)
-    (out.parent / "stats.json").write_text(json.dumps(graph.stats(), indent=2))
+    atomic_write_json(out.parent / "stats.json", graph.stats())
     run.write_manifest("graph", _inputs(run), config, outputs=[out], extra={"stats": graph.stats()})
     return graph
 

@@ -9,6 +9,7 @@ from typing import Sequence
 from r2rec.data.schema import PreparedData, read_jsonl, samples_path, write_jsonl
 from r2rec.graph.chains import ChainConfig, ChainSampler
 from r2rec.graph.graph import GRAPH_FILE, build_graph
+from r2rec.io import atomic_write_json
 from r2rec.runs import RunDir
 
 SPLITS = ("train", "val", "test")
@@ -87,7 +88,6 @@ def run_chains(run_dir: str | Path, config: ChainConfig | None = None, splits: S
             # Stats only: how often some chain reaches the target (an upper bound for chain-based reasoning).
             entry["target_reached"] = reach
         stats["files"][f"{split}.seed{seed}"] = entry
-    stats_path.parent.mkdir(parents=True, exist_ok=True)
-    stats_path.write_text(json.dumps(stats, indent=2))
+    atomic_write_json(stats_path, stats)
     run.write_manifest("chains", inputs, stage_config, config.seed, outputs=outputs + [stats_path])
     return stats

@@ -30,7 +30,7 @@ given prompt (and given thoughts) without generating.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Sequence
 
 from r2rec.grammar import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, format_completion, \
@@ -46,8 +46,10 @@ _TAIL_TOKENS = 16  # stop strings are short: look for them in the decoded last t
 
 
 @dataclass
-class GenerationConfig:
-    """Decoding settings.
+class DecodingConfig:
+    """How completions are decoded: the settings ``r2rec eval`` (:class:`r2rec.eval.runner.EvalConfig`, whose
+    YAML keys they are), ``r2rec recommend``/``serve`` and the training val curves share. Greedy by default, so
+    the same prompt always gets the same completion.
 
     max_new_tokens: free tokens per completion (the reasoning in constrained mode; the whole completion in
         unconstrained mode). Forced tags and the constrained answer come on top.
@@ -59,8 +61,6 @@ class GenerationConfig:
         steps on the CPU run in the weights' dtype.
     length_norm: rank by mean token log-prob instead of the sum (the sum is the title's probability and
         favours short titles; the mean does not).
-    progress: show a progress bar over batches.
-    ignore_eos: keep generating through end-of-sequence (benchmarks: exactly ``max_new_tokens`` per row).
     """
 
     max_new_tokens: int = 256
@@ -72,8 +72,11 @@ class GenerationConfig:
     seed: int = 0
     precision: str = "auto"
     length_norm: bool = False
-    progress: bool = True
-    ignore_eos: bool = False
+
+    def generation(self, **changes) -> "GenerationConfig":
+        """The :class:`GenerationConfig` of these settings, with ``changes`` (e.g. ``progress=False``)."""
+        values = {f.name: getattr(self, f.name) for f in fields(DecodingConfig)}
+        return GenerationConfig(**{**values, **changes})
 
     def __post_init__(self):
         if self.max_new_tokens < 0:
@@ -88,6 +91,18 @@ class GenerationConfig:
 
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+
+@dataclass
+class GenerationConfig(DecodingConfig):
+    """The settings of one :class:`Generator`: the decoding settings of :class:`DecodingConfig`, plus how it runs.
+
+    progress: show a progress bar over batches.
+    ignore_eos: keep generating through end-of-sequence (benchmarks: exactly ``max_new_tokens`` per row).
+    """
+
+    progress: bool = True
+    ignore_eos: bool = False
 
 
 @dataclass

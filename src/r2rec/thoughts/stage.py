@@ -11,14 +11,13 @@ kept only if
 
 Outputs under ``<run>/thoughts/``: ``sft.jsonl.gz`` (one record per kept trace), ``stats.json`` (kept and
 dropped by reason), ``examples.md`` (a few readable traces) and the ``thoughts`` manifest. The stage is
-resumable: each decided sample is appended to ``partial/progress.jsonl`` (flushed per chunk), a rerun skips
+resumable: each decided sample is appended to ``partial/progress.jsonl`` (fsynced per chunk), a rerun skips
 decided samples, and LLM teachers keep their own response cache in ``cache/``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import time
@@ -31,6 +30,7 @@ import numpy as np
 from r2rec.config import build
 from r2rec.data.schema import PreparedData, Sample, samples_path, write_jsonl
 from r2rec.grammar import format_completion, format_direct, normalize_title
+from r2rec.io import JsonlLog, atomic_write_json, atomic_write_text
 from r2rec.prompting import PromptBuilder, PromptConfig
 from r2rec.runs import RunDir
 from r2rec.thoughts.faithfulness import CitationChecker
@@ -121,41 +121,25 @@ def judge(thoughts: list[str], sample: Sample, candidate_titles: list[str], chec
 
 
 class _Progress:
-    """``partial/progress.jsonl``: one line per decided sample; tolerant of a torn last line."""
+    """``partial/progress.jsonl``: one line per decided sample, appended and fsynced per chunk (a
+    :class:`r2rec.io.JsonlLog`: a torn last line is ignored and cut). ``partial/fingerprint.json`` names the
+    config and inputs it belongs to; other ones start it over."""
 
     def __init__(self, root: Path, fingerprint: dict):
-        self.root = root
-        self.path = root / "progress.jsonl"
         fp_path = root / "fingerprint.json"
         if root.exists() and (not fp_path.exists() or json.loads(fp_path.read_text()) != fingerprint):
             shutil.rmtree(root)  # a different config or input: start over
-        root.mkdir(parents=True, exist_ok=True)
-        fp_path.write_text(json.dumps(fingerprint, sort_keys=True))
-        self.rows: dict[int, dict] = {}
-        if self.path.exists():
-            raw = self.path.read_bytes()
-            good = 0
-            for line in raw.split(b"\n"):
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    break
-                self.rows[int(row["i"])] = row
-                good += len(line) + 1
-            if good < len(raw):
-                with open(self.path, "r+b") as f:
-                    f.truncate(min(good, len(raw)))
-        self._file = open(self.path, "a", encoding="utf-8")
+        atomic_write_json(fp_path, fingerprint, indent=None, sort_keys=True)
+        self._log = JsonlLog(root / "progress.jsonl")
+        self.rows: dict[int, dict] = {int(row["i"]): row for row in self._log.rows}
 
     def append(self, rows: list[dict]) -> None:
         for row in rows:
             self.rows[int(row["i"])] = row
-            self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        self._log.extend(rows)
 
     def close(self) -> None:
-        self._file.close()
+        self._log.close()
 
 
 def _chains_by_index(run_dir: Path, seed: int) -> dict[int, list[dict]]:
@@ -271,8 +255,8 @@ def run_thoughts(run_dir: str | Path, config: ThoughtsConfig | None = None, forc
         "unreal_citations_by_why": dict(unreal),
         "config": asdict(config), "wall_seconds": round(time.time() - t0, 2),
     }
-    stats_path.write_text(json.dumps(stats, indent=2))
-    (out_dir / "examples.md").write_text(_examples_md(decided, stats, config.examples))
+    atomic_write_json(stats_path, stats)
+    atomic_write_text(out_dir / "examples.md", _examples_md(decided, stats, config.examples))
     run.write_manifest("thoughts", inputs, config, config.seed, outputs=[sft_path, stats_path],
                        extra={"kept": stats["kept"], "attempted": attempted})
     shutil.rmtree(out_dir / "partial", ignore_errors=True)

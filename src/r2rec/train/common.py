@@ -1,4 +1,5 @@
-"""Pieces shared by the SFT and GRPO stages: LoRA config, CSV logging, the periodic val HR@1 callback, resume.
+"""Pieces shared by the SFT and GRPO stages: the course of a stage (up to date? resume? train, keep, record),
+LoRA config, CSV logging, the periodic val HR@1 callback. Their settings: :mod:`r2rec.train.config`.
 
 Heavy imports (torch, transformers, peft) stay inside functions so ``r2rec --help`` stays fast.
 """
@@ -9,10 +10,14 @@ import csv
 import json
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+from r2rec.io import append_log, atomic_open, atomic_write_json, read_log, sha256_file
+from r2rec.runs import RunDir
+
+from .config import TrainConfig
 
 
 def lora_config(r: int, alpha: int, dropout: float, target_modules, seed: int | None = None):
@@ -31,8 +36,6 @@ def training_state(config: dict, inputs) -> dict:
     """What a checkpoint was made from: the stage's settings plus the sha256 of each input file (traces, the
     adapter RL starts from). Written to ``config.json`` beside the checkpoints and compared by
     :func:`resume_point`."""
-    from r2rec.runs import sha256_file
-
     return {**config, "inputs": {Path(p).name: sha256_file(Path(p)) for p in inputs}}
 
 
@@ -131,25 +134,15 @@ def csv_log_callback(path: Path):
             cols: list[str] = []
             for r in self.rows:
                 cols += [k for k in r if k not in cols]
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            with open(tmp, "w", newline="") as f:
+            with atomic_open(self.path, "w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=cols)
                 w.writeheader()
                 w.writerows(self.rows)
-            tmp.replace(self.path)
 
     return CSVLog()
 
 
-KEEP = ("last", "best_val")
 BEST_DIR = "best-val"  # beside the checkpoints: the weights of the best val point so far
-
-
-def check_keep(keep: str, eval_every: int, where: str) -> None:
-    if keep not in KEEP:
-        raise ValueError(f"{where}.keep: expected one of {KEEP}, got {keep!r}")
-    if keep == "best_val" and eval_every <= 0:
-        raise ValueError(f"{where}.keep=best_val needs a val curve: set eval_every > 0")
 
 
 def keep_final(trainer, out: Path, final: Path, keep: str) -> dict:
@@ -180,7 +173,7 @@ def val_callback(evaluate: Callable[[object, object], dict], every: int, tokeniz
                  at_start: bool = True, best_dir: Path | None = None):
     """A ``TrainerCallback`` that runs ``evaluate(model, tokenizer) -> {"val_hr1": ..}`` every ``every`` steps
     (and at the end, and at step 0 unless ``at_start`` is off), logs the metrics through the trainer (so they
-    reach the CSV/TensorBoard) and appends them to ``log_path`` as JSON lines.
+    reach the CSV/TensorBoard) and appends them to ``log_path`` as JSON lines (:func:`r2rec.io.append_log`).
 
     ``best_dir``: also save the weights of the best val point so far there (``best.json`` says which step; the
     earliest step wins a tie), so a stage can keep the val-selected model instead of the last one, as the
@@ -201,7 +194,7 @@ def val_callback(evaluate: Callable[[object, object], dict], every: int, tokeniz
                 return
             self.best = metrics["val_hr1"]
             save_policy(model, best_dir)
-            (Path(best_dir) / "best.json").write_text(json.dumps({"step": step, **metrics}))
+            atomic_write_json(Path(best_dir) / "best.json", {"step": step, **metrics}, indent=None)
 
         def _run(self, state, model, control=None):
             if state.global_step in self.done or not state.is_world_process_zero:
@@ -216,8 +209,7 @@ def val_callback(evaluate: Callable[[object, object], dict], every: int, tokeniz
             if was_training:
                 model.train()
             if log_path is not None:
-                with open(log_path, "a") as f:
-                    f.write(json.dumps({"step": state.global_step, **metrics}) + "\n")
+                append_log(log_path, {"step": state.global_step, **metrics})
             self._keep_if_best(state.global_step, model, metrics)
             if self.trainer is not None:
                 # Trainer.log clears control.should_log; at a logging step that would drop the step's loss row.
@@ -229,14 +221,9 @@ def val_callback(evaluate: Callable[[object, object], dict], every: int, tokeniz
 
         def on_train_begin(self, args, state, control, model=None, **kw):
             # A resumed run keeps the val points it already has (one costs minutes on a CPU).
-            if log_path is not None and Path(log_path).exists():
-                for line in Path(log_path).read_text().splitlines():
-                    try:
-                        step = int(json.loads(line)["step"])
-                    except (ValueError, KeyError, TypeError):
-                        continue
-                    if step <= state.global_step:
-                        self.done.add(step)
+            if log_path is not None:
+                self.done.update(int(r["step"]) for r in read_log(log_path)
+                                 if "step" in r and int(r["step"]) <= state.global_step)
             if best_dir is not None:
                 saved = Path(best_dir) / "best.json"
                 best = json.loads(saved.read_text()) if saved.exists() else None
@@ -260,7 +247,27 @@ def val_callback(evaluate: Callable[[object, object], dict], every: int, tokeniz
     return ValHR1()
 
 
-def stage_compute(cfg, tag: str):
+def up_to_date(run: RunDir, cfg: TrainConfig, inputs, tag: str) -> Path | None:
+    """``<output>/final`` when the stage's manifest matches these settings and inputs (nothing to do), else None."""
+    final = run.root / cfg.output_dir / "final"
+    if run.manifest_matches(cfg.stage, inputs, cfg, cfg.seed) and final.exists():
+        print(f"[{tag}] {final} is up to date (manifest matches); nothing to do")
+        return final
+    return None
+
+
+def begin(run: RunDir, cfg: TrainConfig, inputs, tag: str, force: bool = False):
+    """Claim the output folder for a run of ``cfg`` on ``inputs``: clear it unless its checkpoints come from the
+    same settings and inputs (:func:`resume_point`), record those in its ``config.json`` (atomically), resolve
+    the compute. Returns ``(checkpoint to resume from or None, compute)``."""
+    out = run.root / cfg.output_dir
+    state = training_state(asdict(cfg), inputs)
+    resume = resume_point(out, state, force)
+    atomic_write_json(out / "config.json", state)
+    return resume, stage_compute(cfg, tag)
+
+
+def stage_compute(cfg: TrainConfig, tag: str):
     """The stage's :class:`r2rec.hardware.Compute` (device and precision resolved on this machine), printed."""
     from r2rec.hardware import resolve
 
@@ -269,8 +276,24 @@ def stage_compute(cfg, tag: str):
     return compute
 
 
-def shared_training_arguments(cfg, out: Path, compute) -> dict:
-    """The TrainingArguments both stages set the same way (SFT and GRPO configs share these field names)."""
+def setup(run: RunDir, cfg: TrainConfig, tag: str, compute=None):
+    """Before a trainer is built: the output folder (created), the compute (resolved unless given), torch's
+    threads and seed. Returns ``(output folder, compute)``."""
+    import torch
+
+    from r2rec.hardware import resolve
+
+    compute = compute or resolve(cfg.precision, cfg.device, tag)
+    out = run.root / cfg.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    return out, compute
+
+
+def shared_training_arguments(cfg: TrainConfig, out: Path, compute) -> dict:
+    """The TrainingArguments both stages set the same way, from the shared fields of :class:`TrainConfig`."""
     return dict(
         output_dir=str(out),
         learning_rate=cfg.learning_rate,
@@ -293,17 +316,17 @@ def shared_training_arguments(cfg, out: Path, compute) -> dict:
     )
 
 
-def stage_val_callback(evaluate, cfg, tokenizer, out: Path):
+def stage_val_callback(evaluate, cfg: TrainConfig, tokenizer, out: Path):
     """The stage's val HR@1 callback (``None`` without an evaluator), keeping the best point when
-    ``cfg.keep == 'best_val'``; SFT and GRPO configs share the field names it reads."""
+    ``cfg.keep == 'best_val'``."""
     if evaluate is None:
         return None
     return val_callback(evaluate, cfg.eval_every, tokenizer, out / "val.jsonl", at_start=cfg.eval_at_start,
                         best_dir=out / BEST_DIR if cfg.keep == "best_val" else None)
 
 
-def train_and_save(trainer, run, cfg, out: Path, inputs, resume: str | None, tag: str, compute,
-                   verify: Callable[[Path], dict] | None = None, **summary) -> Path:
+def train_and_save(trainer, run: RunDir, cfg: TrainConfig, out: Path, inputs, resume: str | None, tag: str,
+                   compute, verify: Callable[[Path], dict] | None = None, **summary) -> Path:
     """Train (resuming from ``resume``), write ``<out>/final`` (the weights ``cfg.keep`` selects, plus the
     tokenizer), its ``train_summary.json`` (``summary`` adds stage-specific fields) and the stage manifest.
     Returns ``<out>/final``. ``tag`` prefixes the log lines (``sft``, ``rl``); ``compute`` (the resolved device
@@ -328,7 +351,7 @@ def train_and_save(trainer, run, cfg, out: Path, inputs, resume: str | None, tag
         summary.update(getattr(e, "facts", {}))
         raise
     finally:
-        (final / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        atomic_write_json(final / "train_summary.json", summary)
     run.write_manifest(cfg.stage, inputs, cfg, cfg.seed, outputs=[final], extra=summary)
     print(f"[{tag}] saved {final} (step {kept['step']}, {cfg.keep}) after {trainer.state.global_step} steps "
           f"in {wall:.0f}s")

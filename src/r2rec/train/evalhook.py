@@ -13,9 +13,12 @@ from __future__ import annotations
 
 from r2rec.runs import RunDir
 
+from .config import TrainConfig
 
-def make_val_evaluator(run: RunDir, cfg, variant: str):
-    """``evaluate(model, tokenizer) -> metrics`` on the first ``cfg.eval_samples`` val samples of ``cfg.eval_seed``.
+
+def make_val_evaluator(run: RunDir, cfg: TrainConfig, variant: str):
+    """``evaluate(model, tokenizer) -> metrics`` on the first ``cfg.eval_samples`` val samples of ``cfg.eval_seed``,
+    decoded with ``cfg.val_generation()``.
 
     Metrics: ``val_hr1`` (answer = target), ``val_top_first`` (share of answers that are the prompt's first
     candidate, the top of the train-only heuristic that orders it: how much the model just follows it), and
@@ -33,7 +36,7 @@ def make_val_evaluator(run: RunDir, cfg, variant: str):
         return None
     if not samples:
         return None
-    pcfg = prompt_config(run, getattr(cfg, "prompt", None))
+    pcfg = prompt_config(run, cfg.prompt)
     builder = PromptBuilder(run.root, pcfg, prepared=prepared)
     prompts = builder.build(samples)
     messages = [p.messages for p in prompts]
@@ -43,11 +46,9 @@ def make_val_evaluator(run: RunDir, cfg, variant: str):
     think = variant == "iot"
 
     def evaluate(model, tokenizer) -> dict:
-        from r2rec.llm.generate import GenerationConfig, Generator
+        from r2rec.llm.generate import Generator
 
-        gen = Generator(model, tokenizer, GenerationConfig(
-            max_new_tokens=getattr(cfg, "eval_max_new_tokens", 128), batch_size=getattr(cfg, "eval_batch_size", 8),
-            precision=cfg.precision, progress=False))
+        gen = Generator(model, tokenizer, cfg.val_generation())
         outs = gen.generate(messages, titles, mode="constrained", think=think)
         n = len(outs)
         return {

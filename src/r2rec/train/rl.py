@@ -18,30 +18,27 @@ total reward and its std, completion length, KL, loss, val HR@1), ``val.jsonl``,
 
 from __future__ import annotations
 
-import json
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from r2rec.data.schema import PreparedData, Sample, read_jsonl
-from r2rec.hardware import check as check_compute
-from r2rec.hardware import resolve
 from r2rec.runs import RunDir
 
-from .common import DEFAULT_LORA_TARGETS, check_keep, csv_log_callback, lora_config, resume_point, \
-    shared_training_arguments, stage_compute, stage_val_callback, train_and_save, trainable_parameters, \
-    training_state
+from .common import begin, csv_log_callback, lora_config, setup, shared_training_arguments, stage_val_callback, \
+    train_and_save, trainable_parameters, up_to_date
+from .config import TrainConfig
 from .rewards import check_weights, trl_reward_funcs
 from .sft import config_from_args
 
 
 @dataclass
-class RLConfig:
-    """Settings of the GRPO stage (YAML section ``rl``; every field overridable as ``key=value``).
+class RLConfig(TrainConfig):
+    """Settings of the GRPO stage (YAML section ``rl``; every field overridable as ``key=value``): the shared
+    training settings of :class:`r2rec.train.config.TrainConfig`, plus:
 
-    model: the base LLM the SFT adapter was trained on.
-    init: the starting point relative to the run: a LoRA adapter (trained further) or a full checkpoint.
-    traces: the records whose (train-split) prompts RL samples from.
+    init: the starting point relative to the run: a LoRA adapter (trained further) or a full checkpoint (then
+        a fresh LoRA adapter, ``lora_*``, is put on it; with an adapter the ``lora_*`` settings are unused).
     max_prompts: use at most this many prompts (0 = all), after a seeded shuffle.
     num_generations: completions per prompt (the GRPO group).
     prompts_per_step: distinct prompts per optimiser step; batch = prompts_per_step * num_generations.
@@ -54,26 +51,14 @@ class RLConfig:
     epsilon: PPO clip range.
     loss_type: TRL loss aggregation (``dapo``, ``dr_grpo``, ``grpo``, ``bnpo``).
     scale_rewards: ``group`` (divide advantages by the group std), ``batch`` or ``none``.
-    learning_rate, lr_scheduler, warmup_ratio: the optimiser schedule.
-    max_steps: optimiser steps.
     reward_weights: reward name -> weight (names from ``r2rec.train.rewards.REWARDS``).
-    lora_r, lora_alpha, lora_dropout, lora_target_modules: used only when ``init`` is a full checkpoint.
-    seed: seeds prompt order, sampling and dropout.
-    eval_every, eval_samples, eval_seed, eval_max_new_tokens, eval_batch_size: the val HR@1 curve (as in SFT).
-    prompt: ``PromptConfig`` overrides; must match the SFT stage's (empty = the trace prompts as stored).
-    threads: torch CPU threads (0 = torch's default).
-    save_every, save_total_limit: checkpoints (resume points).
-    logging_steps: log interval.
-    precision: ``auto`` (bf16 autocast with fp32 master weights where the machine runs bf16 natively, else
-        fp32; see :mod:`r2rec.hardware`), ``bf16``, ``fp16`` (CUDA) or ``fp32``.
-    device: ``auto`` (CUDA when torch sees one, else the CPU), ``cpu`` or ``cuda``.
-    output: output folder relative to the run.
-    keep: ``last`` or ``best_val`` (the val-selected step, as in SFT; needs ``eval_every`` > 0).
+
+    Defaults that differ from the shared ones (GRPO takes few, costly steps from a trained policy): a small
+    constant learning rate without warmup, 100 steps (``max_steps`` must be >= 1), no LoRA dropout, a val
+    point and a checkpoint every 25 steps, a log row every step, output ``checkpoints/rl``.
     """
 
-    model: str = "smollm2-135m"
     init: str = "checkpoints/sft/final"
-    traces: str = "thoughts/sft.jsonl.gz"
     max_prompts: int = 0
     num_generations: int = 4
     prompts_per_step: int = 1
@@ -85,42 +70,27 @@ class RLConfig:
     epsilon: float = 0.2
     loss_type: str = "dapo"
     scale_rewards: str = "group"
+    reward_weights: dict = field(default_factory=lambda: {"format": 0.2, "valid": 0.2, "correct": 1.0})
+    # overridden defaults
     learning_rate: float = 1e-5
     lr_scheduler: str = "constant"
     warmup_ratio: float = 0.0
     max_steps: int = 100
-    reward_weights: dict = field(default_factory=lambda: {"format": 0.2, "valid": 0.2, "correct": 1.0})
-    lora_r: int = 16
-    lora_alpha: int = 32
     lora_dropout: float = 0.0
-    lora_target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
-    seed: int = 0
     eval_every: int = 25
-    eval_samples: int = 60
-    eval_seed: int = 0
-    eval_max_new_tokens: int = 128
-    eval_at_start: bool = True
-    eval_batch_size: int = 8
-    prompt: dict = field(default_factory=dict)
-    threads: int = 0
     save_every: int = 25
-    save_total_limit: int = 2
     logging_steps: int = 1
-    precision: str = "auto"
-    device: str = "auto"
     output: str = "checkpoints/rl"
-    keep: str = "last"
 
     @property
     def stage(self) -> str:
         """Manifest name: ``rl`` for the default output, ``rl-<folder>`` for experiments."""
-        name = Path(self.output).name
+        name = Path(self.output_dir).name
         return "rl" if name == "rl" else f"rl-{name}"
 
     def __post_init__(self):
-        check_compute(self.precision, self.device, "RLConfig")
+        super().__post_init__()
         check_weights(self.reward_weights)
-        check_keep(self.keep, self.eval_every, "RLConfig")
         if self.num_generations < 2:
             raise ValueError(f"RLConfig.num_generations must be >= 2 (GRPO compares a group), got "
                              f"{self.num_generations}")
@@ -185,16 +155,10 @@ def load_policy(run: RunDir, cfg: RLConfig):
 
 
 def make_trainer(run: RunDir, cfg: RLConfig, compute=None):
-    import torch
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    compute = compute or resolve(cfg.precision, cfg.device, "rl")
-    out = run.root / cfg.output
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+    out, compute = setup(run, cfg, "rl", compute)
     model, tok, peft_config = load_policy(run, cfg)
     tok.padding_side = "left"  # GRPO generates: prompts are left-padded
     ds = Dataset.from_list(load_prompts(run, cfg))
@@ -297,18 +261,13 @@ def verify_update(init: Path, log_csv: Path, tag: str = "rl"):
 def run_rl(run_dir: str | Path, cfg: RLConfig, force: bool = False) -> Path:
     """Train (or resume) GRPO and save the final adapter; returns ``<output>/final``."""
     run = RunDir(run_dir)
-    out = run.root / cfg.output
-    final = out / "final"
+    out = run.root / cfg.output_dir
     init = run.root / cfg.init
     inputs = [run.root / cfg.traces] + sorted(p for p in init.glob("*.safetensors"))
-    if not force and run.manifest_matches(cfg.stage, inputs, cfg, cfg.seed) and final.exists():
-        print(f"[rl] {final} is up to date (manifest matches); nothing to do")
+    if not force and (final := up_to_date(run, cfg, inputs, "rl")):
         return final
-    state = training_state(asdict(cfg), inputs)
-    resume = resume_point(out, state, force)
-    compute = stage_compute(cfg, "rl")
+    resume, compute = begin(run, cfg, inputs, "rl", force)
     trainer = make_trainer(run, cfg, compute)
-    (out / "config.json").write_text(json.dumps(state, indent=2))
     n_train, n_total = trainable_parameters(trainer.model)
     print(f"[rl] prompts={len(trainer.train_dataset)} group={cfg.num_generations} steps={cfg.max_steps} "
           f"trainable={n_train:,}/{n_total:,} from {init} -> {out}")

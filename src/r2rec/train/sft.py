@@ -16,19 +16,16 @@ automatically), ``log.csv`` (loss, lr, val HR@1, seconds per step), ``val.jsonl`
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from r2rec.config import build, load_yaml
 from r2rec.data.schema import Sample, read_jsonl
-from r2rec.hardware import check as check_compute
-from r2rec.hardware import resolve
 from r2rec.runs import RunDir
 
-from .common import DEFAULT_LORA_TARGETS, check_keep, csv_log_callback, lora_config, resume_point, \
-    shared_training_arguments, stage_compute, stage_val_callback, train_and_save, trainable_parameters, \
-    training_state
+from .common import begin, csv_log_callback, lora_config, setup, shared_training_arguments, stage_val_callback, \
+    train_and_save, trainable_parameters, up_to_date
+from .config import TrainConfig
 
 VARIANTS = ("iot", "direct")
 TRACE_FILTERS = ("all", "in_context")
@@ -36,96 +33,48 @@ CONTEXT_HEADER = "Interaction chains from other users"
 
 
 @dataclass
-class SFTConfig:
-    """Settings of the SFT stage (YAML section ``sft``; every field overridable as ``key=value``).
+class SFTConfig(TrainConfig):
+    """Settings of the SFT stage (YAML section ``sft``; every field overridable as ``key=value``): the shared
+    training settings of :class:`r2rec.train.config.TrainConfig` (defaults as there), plus:
 
-    model: registry name or local checkpoint of the base LLM.
     variant: ``iot`` trains on thoughts + answer, ``direct`` on the answer alone (the ablation).
-    traces: the SFT records, relative to the run folder.
     full_finetune: train every weight instead of a LoRA adapter (``final/`` is then a full checkpoint).
-    lora_r, lora_alpha, lora_dropout, lora_target_modules: the LoRA adapter.
-    learning_rate, lr_scheduler, warmup_ratio, weight_decay: the AdamW schedule.
-    epochs: passes over the traces; ``max_steps`` > 0 overrides it.
+    weight_decay: AdamW weight decay.
+    epochs: passes over the traces; ``max_steps`` > 0 overrides it (the default -1 leaves it to ``epochs``).
     batch_size, grad_accum: examples per optimiser step = batch_size * grad_accum.
     max_length: examples longer than this (prompt + completion tokens) are dropped, never truncated (a cut
         completion would teach a missing answer); the count dropped is printed and logged.
     max_train_samples: use at most this many traces (0 = all), taken in file order after a seeded shuffle.
-    seed: seeds the data order, LoRA init and dropout.
-    eval_every: val HR@1 every N optimiser steps (0 = never); also at the start and the end.
-    eval_samples: size of the fixed val subset for that curve (the first N val samples of ``eval_seed``).
-    eval_seed: candidate seed of the val subset.
-    eval_max_new_tokens, eval_batch_size: reasoning budget and batch of the val generation.
-    prompt: ``PromptConfig`` overrides. Empty: train on the trace prompts as stored, and render val prompts
-        with the settings the thoughts stage recorded. Non-empty: rebuild every train prompt from its sample
-        with those settings (e.g. ``{context_chains: 0}``), and val prompts the same way.
+    num_candidates: curriculum lever: keep only the target and the first ``num_candidates - 1`` negatives
+        (frozen order) of each *train* sample and rebuild its prompt (0 = all). Val always uses all.
     trace_filter: ``all`` keeps every trace; ``in_context`` keeps the traces whose thoughts restate an
         interaction chain shown in the prompt's context, i.e. whose reasoning can be learned as reading the
         prompt rather than recalling chains the prompt never showed (the direct variant keeps the same samples).
-    num_candidates: curriculum lever: keep only the target and the first ``num_candidates - 1`` negatives
-        (frozen order) of each *train* sample and rebuild its prompt (0 = all). Val always uses all.
-    save_every: checkpoint every N steps (resume point); ``save_total_limit`` checkpoints are kept.
-    logging_steps: loss/lr log interval.
-    threads: torch CPU threads (0 = torch's default). On a CPU shared with other jobs, 1 thread is often
-        faster than 2: OpenMP threads that wait on each other lose their time slices.
-    precision: ``auto`` (bf16 autocast with fp32 master weights where the machine runs bf16 natively, else
-        fp32; see :mod:`r2rec.hardware`), ``bf16``, ``fp16`` (CUDA) or ``fp32``.
-    device: ``auto`` (CUDA when torch sees one, else the CPU), ``cpu`` or ``cuda``.
     gradient_checkpointing: recompute activations in backward (TRL's default is on; off is faster for a
         135M model, whose activations fit in memory easily).
-    output: output folder relative to the run (default ``checkpoints/sft`` or ``checkpoints/sft-direct``).
-    keep: which weights become ``final/``: ``last`` (the last step) or ``best_val`` (the step with the best val
-        HR@1 on the curve above, earliest on a tie; needs ``eval_every`` > 0), i.e. early stopping on val, as
-        the classical baselines do.
+
+    ``output`` empty (the default) writes to ``checkpoints/sft`` or ``checkpoints/sft-direct``.
     """
 
-    model: str = "smollm2-135m"
     variant: str = "iot"
-    traces: str = "thoughts/sft.jsonl.gz"
     full_finetune: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
-    learning_rate: float = 5e-4
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.05
     weight_decay: float = 0.0
     epochs: float = 1.0
-    max_steps: int = -1
     batch_size: int = 4
     grad_accum: int = 1
     max_length: int = 1024
     max_train_samples: int = 0
-    seed: int = 0
-    eval_every: int = 50
-    eval_samples: int = 60
-    eval_seed: int = 0
-    eval_max_new_tokens: int = 128
-    eval_at_start: bool = True
-    eval_batch_size: int = 8
-    prompt: dict = field(default_factory=dict)
     num_candidates: int = 0
     trace_filter: str = "all"
-    save_every: int = 50
-    save_total_limit: int = 2
-    logging_steps: int = 5
-    threads: int = 0
-    precision: str = "auto"
-    device: str = "auto"
     gradient_checkpointing: bool = False
-    output: str = ""
-    keep: str = "last"
 
     def __post_init__(self):
-        check_compute(self.precision, self.device, "SFTConfig")
-        check_keep(self.keep, self.eval_every, "SFTConfig")
+        super().__post_init__()
         if self.variant not in VARIANTS:
             raise ValueError(f"SFTConfig.variant: expected one of {VARIANTS}, got {self.variant!r}")
-        for name in ("batch_size", "grad_accum", "max_length", "lora_r"):
+        for name in ("batch_size", "grad_accum", "max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SFTConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"SFTConfig.learning_rate must be > 0, got {self.learning_rate}")
         if self.trace_filter not in TRACE_FILTERS:
             raise ValueError(f"SFTConfig.trace_filter: expected one of {TRACE_FILTERS}, got {self.trace_filter!r}")
         if self.max_steps <= 0 and self.epochs <= 0:
@@ -248,18 +197,12 @@ def val_evaluator(run: RunDir, cfg, variant: str):
 
 def make_trainer(run: RunDir, cfg: SFTConfig, compute=None):
     """The configured ``SFTTrainer`` (model, LoRA, data, callbacks) and the number of dropped examples."""
-    import torch
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
     from r2rec.llm.models import load_model
 
-    compute = compute or resolve(cfg.precision, cfg.device, "sft")
-    out = run.root / cfg.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+    out, compute = setup(run, cfg, "sft", compute)
     model, tok = load_model(cfg.model)
     tok.padding_side = "right"  # training pads on the right; generation (val) switches to left itself
     examples = load_traces(run.root / cfg.traces, cfg.variant)
@@ -307,20 +250,15 @@ def run_sft(run_dir: str | Path, cfg: SFTConfig, force: bool = False) -> Path:
     """Train (or resume) and save the final adapter; returns ``<output>/final``."""
     run = RunDir(run_dir)
     out = run.root / cfg.output_dir
-    final = out / "final"
-    traces = run.root / cfg.traces
-    if not force and run.manifest_matches(cfg.stage, [traces], cfg, cfg.seed) and final.exists():
-        print(f"[sft] {final} is up to date (manifest matches); nothing to do")
+    inputs = [run.root / cfg.traces]
+    if not force and (final := up_to_date(run, cfg, inputs, "sft")):
         return final
-    state = training_state(asdict(cfg), [traces])
-    resume = resume_point(out, state, force)
-    compute = stage_compute(cfg, "sft")
+    resume, compute = begin(run, cfg, inputs, "sft", force)
     trainer, dropped = make_trainer(run, cfg, compute)
-    (out / "config.json").write_text(json.dumps(state, indent=2))
     n_train, n_total = trainable_parameters(trainer.model)
     print(f"[sft] variant={cfg.variant} examples={len(trainer.train_dataset)} trainable={n_train:,}/{n_total:,} "
           f"max_steps={trainer.args.max_steps} epochs={cfg.epochs} -> {out}")
-    return train_and_save(trainer, run, cfg, out, [traces], resume, "sft", compute,
+    return train_and_save(trainer, run, cfg, out, inputs, resume, "sft", compute,
                           examples=len(trainer.train_dataset),
                           dropped_too_long=dropped, full_finetune=cfg.full_finetune)
 

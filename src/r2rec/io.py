@@ -1,0 +1,213 @@
+"""Files that survive a crash: atomic writes, an append-only JSON-lines log that resumes, content fingerprints.
+
+The stages write their files through these few functions, so a run killed at any instant leaves each file as it
+was or complete, never half written:
+
+- :func:`atomic_open` (and :func:`atomic_write_text`, :func:`atomic_write_bytes`, :func:`atomic_write_json`,
+  :func:`atomic_dir`): write to a temporary file (folder) beside the target, fsync it, then ``os.replace`` it
+  over the target. An exception while writing (a failing serializer, Ctrl-C) removes the temporary file and
+  leaves the old content in place.
+- :class:`JsonlLog`: an append-only JSON-lines file (the teacher's response cache, the thoughts progress, the
+  val curve). Each append is flushed and fsynced; on open the complete lines are read back and a torn last
+  line (a run killed mid-append) is ignored and cut, so the next append starts on a fresh line.
+- :func:`sha256_file`, :func:`fingerprint`: content hashes of a file and of a JSON-able object (sorted keys),
+  which manifests, resume keys and caches compare.
+
+Bottom layer: imports nothing of r2rec.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable
+
+
+# -- atomic writes ---------------------------------------------------------------------------------------
+def _tmp_name(path: Path) -> Path:
+    """A fresh temporary name beside ``path`` (same folder, so ``os.replace`` is a rename); ends in ``.tmp``."""
+    return path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str = "utf-8", newline: str | None = None):
+    """``with atomic_open(path) as f: ...``: ``f`` writes a temporary file beside ``path`` that replaces it when
+    the block ends without an exception (after an fsync); on an exception the temporary file is removed and
+    ``path`` keeps its old content (or stays absent). ``mode``: ``"w"`` (text) or ``"wb"`` (bytes). The folder
+    is created when missing."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open: mode must be 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    f = open(tmp, "xb") if mode == "wb" else open(tmp, "x", encoding=encoding, newline=newline)
+    try:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        os.replace(tmp, path)
+    except BaseException:
+        f.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    with atomic_open(path, "w", encoding=encoding) as f:
+        f.write(text)
+    return Path(path)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2, **dumps) -> Path:
+    """Write ``obj`` as JSON (``dumps``: further ``json.dump`` options, e.g. ``ensure_ascii=False``), atomically.
+    The JSON is streamed into the temporary file, so a value that fails to serialize halfway leaves ``path``
+    untouched."""
+    with atomic_open(path, "w") as f:
+        json.dump(obj, f, indent=indent, **dumps)
+    return Path(path)
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike, marker: str | None = None):
+    """``with atomic_dir(out) as tmp: ...``: fill the temporary folder ``tmp`` (beside ``out``), which becomes
+    ``out`` by one rename when the block ends without an exception; it is removed in every case.
+
+    When ``out`` appeared meanwhile (another process finished first), its copy is kept if it holds ``marker``
+    (a file it writes last; no marker = any content), else the rename error is raised.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    tmp.mkdir()
+    try:
+        yield tmp
+        try:
+            tmp.rename(path)
+        except OSError:
+            theirs = (path / marker).exists() if marker else path.is_dir() and any(path.iterdir())
+            if not theirs:
+                raise
+        else:
+            _fsync_dir(path.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- the append-only JSON-lines log ----------------------------------------------------------------------
+def _complete_rows(path: Path, raw: bytes) -> tuple[list[dict], int]:
+    """The rows of the complete (newline-ended) lines of ``raw`` and their length in bytes; blank lines are
+    skipped. A complete line that is not JSON is corruption, not a torn append: ValueError naming it."""
+    end = raw.rfind(b"\n") + 1  # what follows the last newline is a torn append
+    rows = []
+    for lineno, line in enumerate(raw[:end].split(b"\n")[:-1], 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise ValueError(f"{path}:{lineno}: malformed line in an append-only log") from None
+    return rows, end
+
+
+def read_log(path: str | os.PathLike) -> list[dict]:
+    """The rows of the JSON-lines log at ``path`` (none when it does not exist); a torn last line is ignored.
+    Reads only: the file is not changed (:class:`JsonlLog` cuts the torn line when it appends)."""
+    path = Path(path)
+    return _complete_rows(path, path.read_bytes())[0] if path.exists() else []
+
+
+class JsonlLog:
+    """An append-only JSON-lines file that resumes.
+
+    ``JsonlLog(path)`` reads the complete rows back into :attr:`rows`, cuts a torn last line (a run killed
+    mid-append) so the next append starts on a fresh line, and opens the file for appending (the folder is
+    created when missing). :meth:`append` writes one row per line, flushed and fsynced before it returns: a row
+    that :meth:`append` returned for is on disk. Not thread-safe: callers sharing one log hold their own lock.
+
+        with JsonlLog(run / "progress.jsonl") as log:
+            done = {r["i"] for r in log.rows}
+            log.append({"i": 7, "outcome": "kept"})
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        raw = self.path.read_bytes() if self.path.exists() else b""
+        self.rows, end = _complete_rows(self.path, raw)
+        if end < len(raw):
+            with open(self.path, "r+b") as f:
+                f.truncate(end)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def append(self, *rows: dict) -> None:
+        """Append ``rows`` (one line each) and make them durable."""
+        self.extend(rows)
+
+    def extend(self, rows: Iterable[dict]) -> None:
+        if self._file is None:
+            raise ValueError(f"{self.path}: the log is closed")
+        self._file.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> "JsonlLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def append_log(path: str | os.PathLike, *rows: dict) -> None:
+    """Append ``rows`` to the JSON-lines log at ``path`` (one open, cut a torn line, append, fsync, close)."""
+    with JsonlLog(path) as log:
+        log.extend(rows)
+
+
+# -- fingerprints ----------------------------------------------------------------------------------------
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(obj: Any, ensure_ascii: bool = True) -> str:
+    """Hex sha256 of a JSON-able object: its JSON with sorted keys (values JSON cannot hold, such as paths,
+    as ``str``), so two equal objects hash alike whatever their key order. ``ensure_ascii=False`` hashes
+    non-ASCII text as UTF-8 instead of ``\\u`` escapes (the teacher cache keys were made that way)."""
+    blob = json.dumps(obj, sort_keys=True, ensure_ascii=ensure_ascii, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
