@@ -42,10 +42,9 @@ browser:
 	  || echo "chromium not installed: the browser test will skip")
 
 # The package holds SmolLM2: a real_model test that cannot find it fails here rather than skipping.
-test: $(VENV)/.installed-test browser
+test: lint browser
 	$(PY) -m pytest tests --require-real-model
 
-# Not yet part of `test`: the current tree has findings to fix first.
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check src tests bench
 

@@ -91,7 +91,6 @@ def one_case(args) -> dict:
     """Runs inside the subprocess of one case; prints its JSON."""
     import tracemalloc
 
-
     from r2rec.graph.chains import ChainConfig, ChainSampler
     from r2rec.graph.graph import InteractionGraph
 

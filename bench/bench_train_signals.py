@@ -29,7 +29,6 @@ def main(argv=None) -> int:
     from r2rec.baselines import make_recommender
     from r2rec.data.schema import PreparedData
     from r2rec.prompting import PromptBuilder, prompt_config
-
     from r2rec.runs import RunDir
 
     data = PreparedData(os.path.join(args.run, "prepared"))

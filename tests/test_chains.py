@@ -174,7 +174,8 @@ def test_val_user_id_colliding_with_a_train_user_is_not_excluded(prepared, graph
     as_val = replace(s, split="val")
     _, chains = brute_force(as_val, seqs, 0.8)
     own = {c for c in chains if c[0] == s.user}
-    got = {c["u1"] for c in ChainSampler(graph, ChainConfig(max_users_per_item=0)).sample(as_val, "candidates", k=10_000)}
+    sampler = ChainSampler(graph, ChainConfig(max_users_per_item=0))
+    got = {c["u1"] for c in sampler.sample(as_val, "candidates", k=10_000)}
     assert own and s.user in got
     got_train = {c["u1"] for c in ChainSampler(graph).sample(s, "candidates", k=10_000)}
     assert s.user not in got_train

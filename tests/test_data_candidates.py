@@ -43,7 +43,7 @@ def test_deterministic_per_dataset_split_seed():
     # Stable across processes: the seed comes from sha256, not Python's salted hash.
     assert rng_for("syn", "test", 0).integers(0, 2**31, size=3).tolist() == \
         np.random.default_rng(int.from_bytes(__import__("hashlib").sha256(
-            "r2rec-candidates\x1fsyn\x1ftest\x1f0".encode()).digest()[:16], "little")).integers(0, 2**31, size=3).tolist()
+            b"r2rec-candidates\x1fsyn\x1ftest\x1f0").digest()[:16], "little")).integers(0, 2**31, size=3).tolist()
 
 
 def test_target_position_is_shuffled():

@@ -144,4 +144,5 @@ def test_real_llara_movielens_prepare(tmp_path):
     assert (c["train"], c["train_rows"], c["val"], c["test"]) == (500, 66_126, 94, 95)
     assert data.titles[11] == "The Usual Suspects" and data.titles[266] == "Untitled item 266"
     for s in data.samples("test", 0):
-        assert len(s.candidates) == 20 and s.target in s.candidates and not set(s.history) & (set(s.candidates) - {s.target})
+        assert len(s.candidates) == 20 and s.target in s.candidates
+        assert not set(s.history) & (set(s.candidates) - {s.target})

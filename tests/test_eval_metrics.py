@@ -8,8 +8,17 @@ import math
 import numpy as np
 import pytest
 
-from r2rec.eval.metrics import (Prediction, hr1, hr_at_5, metric_arrays, mrr, ndcg_at_5, ndcg_at_10,
-                                sample_metrics, valid)
+from r2rec.eval.metrics import (
+    Prediction,
+    hr1,
+    hr_at_5,
+    metric_arrays,
+    mrr,
+    ndcg_at_5,
+    ndcg_at_10,
+    sample_metrics,
+    valid,
+)
 
 CANDS = tuple(range(100, 120))  # 20 candidates
 L2 = math.log2

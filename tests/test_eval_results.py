@@ -8,8 +8,16 @@ import json
 import pytest
 
 from r2rec.eval import EvalProtocol, Prediction, evaluate
-from r2rec.eval.results import (CONTRACT_KEYS, format_cell, format_ratio, headline_ratios, load_predictions,
-                                load_results, markdown_table, write_result)
+from r2rec.eval.results import (
+    CONTRACT_KEYS,
+    format_cell,
+    format_ratio,
+    headline_ratios,
+    load_predictions,
+    load_results,
+    markdown_table,
+    write_result,
+)
 
 SEEDS = (0, 1)
 N = 20

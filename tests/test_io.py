@@ -8,8 +8,18 @@ import json
 
 import pytest
 
-from r2rec.io import JsonlLog, append_log, atomic_dir, atomic_open, atomic_write_bytes, atomic_write_json, \
-    atomic_write_text, fingerprint, read_log, sha256_file
+from r2rec.io import (
+    JsonlLog,
+    append_log,
+    atomic_dir,
+    atomic_open,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    fingerprint,
+    read_log,
+    sha256_file,
+)
 
 
 class Unserializable:

@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from r2rec.grammar import format_completion, format_direct, match_answer, parse_completion
-from r2rec.llm.constrained import AnswerTrie, TrieLogitsProcessor, greedy_walk, split_common_prefix, \
-    tokenize_answers
+from r2rec.llm.constrained import AnswerTrie, TrieLogitsProcessor, greedy_walk, split_common_prefix, tokenize_answers
 from r2rec.llm.generate import GenerationConfig, Generator
 
 # Shared long prefixes, titles inside titles, and characters that byte-level BPE splits oddly.

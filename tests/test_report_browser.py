@@ -16,7 +16,6 @@ import pytest
 
 from r2rec.report import write_report
 from r2rec.report.plots import R2REC_COLOR
-
 from test_report import NASTY, make_run
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)

@@ -8,9 +8,9 @@ import shutil
 import pytest
 
 from r2rec.data.schema import PreparedData, Sample, read_jsonl, write_jsonl
+from r2rec.grammar import cite
 from r2rec.graph.chains import ChainConfig, ChainSampler
 from r2rec.graph.graph import build_graph
-from r2rec.grammar import cite
 from r2rec.graph.synthetic import write_synthetic_run
 from r2rec.prompting import PromptBuilder
 from r2rec.serve import RecommendService, format_text, resolve_kind

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from r2rec.data.schema import PreparedData, read_jsonl
+from r2rec.grammar import format_direct, match_answer, parse_completion
 from r2rec.graph.graph import build_graph
 from r2rec.graph.synthetic import write_synthetic_run
-from r2rec.grammar import format_direct, match_answer, parse_completion
 from r2rec.thoughts import stage as stage_mod
 from r2rec.thoughts.faithfulness import CitationChecker
 from r2rec.thoughts.progressive import MASK, TraceContext, masked_view, request, revealed_fields

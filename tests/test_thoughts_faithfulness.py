@@ -7,8 +7,14 @@ import pytest
 from r2rec.data.schema import UserSequence
 from r2rec.grammar import cite
 from r2rec.graph.graph import InteractionGraph
-from r2rec.thoughts.faithfulness import CitationChecker, PositionClaims, extract_citations, faithfulness, \
-    position_claims, position_words
+from r2rec.thoughts.faithfulness import (
+    CitationChecker,
+    PositionClaims,
+    extract_citations,
+    faithfulness,
+    position_claims,
+    position_words,
+)
 
 TITLES = {0: 'Lee "Scratch" Perry', 1: "Heat", 2: "Heat and Dust", 3: "Ronin", 4: "Royce da 5'9\"", 5: "Casino",
           6: "Fargo"}

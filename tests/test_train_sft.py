@@ -28,7 +28,7 @@ def test_sft_step_changes_adapter_and_logs_loss(tiny_model_dir, synthetic_train_
     assert b and any(torch.count_nonzero(v) > 0 for v in b)
     rows = list(csv.DictReader(open(synthetic_train_run / "checkpoints/sft/log.csv")))
     losses = [float(r["loss"]) for r in rows if r.get("loss")]
-    assert losses and all(l > 0 for l in losses)
+    assert losses and all(loss > 0 for loss in losses)
     summary = json.loads((final / "train_summary.json").read_text())
     assert summary["global_step"] == 2
 
@@ -47,11 +47,7 @@ def test_loss_mask_covers_only_the_completion(tiny_model_dir, synthetic_train_ru
 
     cfg = _cfg(tiny_model_dir, variant=variant, max_train_samples=0)
     trainer, _ = make_trainer(RunDir(synthetic_train_run), cfg)
-    # Expected completions, in the trainer's (seeded, shuffled) order.
-    key = "completion" if variant == "iot" else "completion_direct"
-    texts = _label_texts(trainer)
-    for text, ex in zip(texts, trainer.train_dataset):
-        completion = ex["completion"][0]["content"] if "completion" in ex else None
+    for text in _label_texts(trainer):
         assert "You are a recommender" not in text and "Candidates:" not in text  # no prompt token
         assert text.strip().startswith("<think>" if variant == "iot" else "<answer>")
         assert "</answer>" in text
@@ -67,7 +63,7 @@ def test_direct_variant_trains_and_logs_val_hr1(tiny_model_dir, synthetic_train_
                                                prompt={"context_chains": 0}))
     assert final == synthetic_train_run / "checkpoints/sft-direct/final"
     assert (final / "adapter_config.json").exists()
-    val = [json.loads(l) for l in open(synthetic_train_run / "checkpoints/sft-direct/val.jsonl")]
+    val = [json.loads(line) for line in open(synthetic_train_run / "checkpoints/sft-direct/val.jsonl")]
     assert [v["step"] for v in val] == [0, 1, 2]  # before training, every eval_every steps
     for v in val:
         assert 0.0 <= v["val_hr1"] <= 1.0 and 0.0 <= v["val_top_first"] <= 1.0
@@ -86,7 +82,7 @@ def test_curriculum_rebuilds_prompts_with_fewer_candidates(tiny_model_dir, synth
     for ex in trainer.train_dataset:
         user = ex["prompt"][-1]["content"]
         listed = user.split("chose next:")[1].strip().splitlines()
-        listed = [l for l in listed if l.startswith("- ")]
+        listed = [x for x in listed if x.startswith("- ")]
         assert len(listed) == 3
         answer = ex["completion"][0]["content"].split("<answer>")[1].split("</answer>")[0]
         assert f"- {answer}" in listed  # the target always stays
@@ -193,7 +189,9 @@ def test_in_context_filter_keeps_traces_that_restate_a_shown_chain():
     assert context_citations(msgs) == [shown]
     cites_shown = format_completion([f"Then {shown}, so Fargo."], "Fargo (1996)")
     cites_other = format_completion(['Then user 9 watched "Heat (1995)" and later "Fargo (1996)".'], "Fargo (1996)")
-    ex = lambda c: {"prompt": msgs, "completion": [{"role": "assistant", "content": c}]}
+    def ex(c):
+        return {"prompt": msgs, "completion": [{"role": "assistant", "content": c}]}
+
     assert restates_context(ex(cites_shown)) and not restates_context(ex(cites_other))
     # The direct ablation is filtered on its record's reasoning, so it keeps the same samples.
     direct = {"prompt": msgs, "completion": [{"role": "assistant", "content": "<answer>Fargo (1996)</answer>"}],

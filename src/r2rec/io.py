@@ -182,7 +182,7 @@ class JsonlLog:
             self._file.close()
             self._file = None
 
-    def __enter__(self) -> "JsonlLog":
+    def __enter__(self) -> JsonlLog:
         return self
 
     def __exit__(self, *exc) -> None:

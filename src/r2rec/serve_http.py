@@ -25,7 +25,6 @@ import ipaddress
 import json
 import logging
 import socket
-from typing import Optional, Union
 
 MAX_BODY_BYTES = 64 * 1024
 log = logging.getLogger("r2rec.serve")
@@ -42,9 +41,9 @@ def create_app(service, max_body_bytes: int = MAX_BODY_BYTES):
     class RecommendRequest(BaseModel):
         # Strict types: a float, a bool or a nested list is an error, not silently coerced into an id.
         model_config = ConfigDict(extra="forbid")
-        history: list[Union[StrictStr, StrictInt]]
-        candidates: Optional[list[Union[StrictStr, StrictInt]]] = None
-        max_new_tokens: Optional[StrictInt] = None
+        history: list[StrictStr | StrictInt]
+        candidates: list[StrictStr | StrictInt] | None = None
+        max_new_tokens: StrictInt | None = None
 
     app = FastAPI(title="r2rec", description="R2Rec: pick the next item among candidates, with reasoning.")
 

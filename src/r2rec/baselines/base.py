@@ -30,7 +30,7 @@ class Recommender:
         # Filled by ``fit``: small facts worth putting in the result file (epochs run, best val HR@1, ...).
         self.fit_info: dict = {}
 
-    def fit(self, prepared: PreparedData, seed: int = 0) -> "Recommender":
+    def fit(self, prepared: PreparedData, seed: int = 0) -> Recommender:
         raise NotImplementedError
 
     def score(self, samples: Sequence[Sample]) -> np.ndarray:

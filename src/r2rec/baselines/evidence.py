@@ -37,7 +37,7 @@ class EvidenceRecommender(Recommender):
     name = "evidence"
     config_cls = EvidenceConfig
 
-    def fit(self, prepared: PreparedData, seed: int = 0) -> "EvidenceRecommender":
+    def fit(self, prepared: PreparedData, seed: int = 0) -> EvidenceRecommender:
         graph = InteractionGraph.from_sequences(prepared.train_sequences(), prepared.n_items)
         c = self.config
         self.sampler = ChainSampler(graph, ChainConfig(

@@ -37,7 +37,7 @@ class RandomRecommender(Recommender):
     name = "random"
     config_cls = RandomConfig
 
-    def fit(self, prepared: PreparedData, seed: int = 0) -> "RandomRecommender":
+    def fit(self, prepared: PreparedData, seed: int = 0) -> RandomRecommender:
         self.seed = seed
         return self
 
@@ -58,7 +58,7 @@ class PopRecommender(Recommender):
     name = "pop"
     config_cls = PopConfig
 
-    def fit(self, prepared: PreparedData, seed: int = 0) -> "PopRecommender":
+    def fit(self, prepared: PreparedData, seed: int = 0) -> PopRecommender:
         self.counts_ = item_counts(prepared.train_sequences(), prepared.n_items)
         self.seed = seed
         self.fit_info = {"train_interactions": int(self.counts_.sum())}
@@ -101,7 +101,7 @@ class TransitionRecommender(Recommender):
     name = "transition"
     config_cls = TransitionConfig
 
-    def fit(self, prepared: PreparedData, seed: int = 0) -> "TransitionRecommender":
+    def fit(self, prepared: PreparedData, seed: int = 0) -> TransitionRecommender:
         c = self.config
         seqs = prepared.train_sequences()
         self.matrix_ = transition_matrix((s.items for s in seqs), prepared.n_items, c.window, c.gap_decay,

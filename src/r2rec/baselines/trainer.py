@@ -118,7 +118,7 @@ class NeuralRecommender(Recommender):
         raise NotImplementedError
 
     # -- fit -------------------------------------------------------------------------------------------
-    def fit(self, prepared: PreparedData, seed: int = 0) -> "NeuralRecommender":
+    def fit(self, prepared: PreparedData, seed: int = 0) -> NeuralRecommender:
         import torch
 
         self.n_items = prepared.n_items

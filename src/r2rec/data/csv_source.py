@@ -91,7 +91,8 @@ def load(interactions: Path, titles_path: Path, *, min_history: int = 3, max_his
             except ValueError:
                 if lineno == 1 and not seen:
                     continue  # header
-                raise ValueError(f"{interactions}:{lineno}: malformed line (timestamp {ts!r} is not an integer)") from None
+                raise ValueError(f"{interactions}:{lineno}: malformed line "
+                                 f"(timestamp {ts!r} is not an integer)") from None
             if not user or not item:
                 raise ValueError(f"{interactions}:{lineno}: malformed line (empty user or item)")
             if item not in index:

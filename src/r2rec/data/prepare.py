@@ -64,7 +64,8 @@ class PrepareConfig:
         if self.num_candidates < 2:
             raise ValueError(f"prepare.num_candidates must be >= 2, got {self.num_candidates}")
         if not 1 <= self.min_history <= self.max_history:
-            raise ValueError(f"prepare: need 1 <= min_history <= max_history, got {self.min_history}, {self.max_history}")
+            raise ValueError(f"prepare: need 1 <= min_history <= max_history, "
+                             f"got {self.min_history}, {self.max_history}")
         if self.max_train_samples is not None and self.max_train_samples < 1:
             raise ValueError(f"prepare.max_train_samples must be >= 1, got {self.max_train_samples}")
         if self.max_test_samples is not None and self.max_test_samples < 1:
@@ -90,7 +91,8 @@ def _summary(meta: dict) -> str:
     c = meta["counts"]
     lines = [f"{meta['dataset']}: {meta['n_items']:,} items, {c['train_users']:,} train users "
              f"({c['train_interactions']:,} train interactions)",
-             f"  samples: train {c['train']:,}" + (f" (of {c['train_rows']:,})" if c['train'] != c['train_rows'] else "")
+             f"  samples: train {c['train']:,}"
+             + (f" (of {c['train_rows']:,})" if c['train'] != c['train_rows'] else "")
              + f" / val {c['val']:,} / test {c['test']:,}"
              + (f" (of {c['test_rows']:,})" if c.get('test_rows', c['test']) != c['test'] else "")
              + f"; seeds {meta['seeds']}, {meta['num_candidates']} candidates"]
@@ -165,7 +167,8 @@ def prepare(config: PrepareConfig, run_dir: RunDir | str | Path, force: bool = F
         "num_candidates": config.num_candidates,
         "max_history": config.max_history,
         "min_history": config.min_history,
-        "counts": {**counts, "train_rows": len(ds.train), "test_rows": test_rows, "train_users": len(ds.train_sequences),
+        "counts": {**counts, "train_rows": len(ds.train), "test_rows": test_rows,
+                   "train_users": len(ds.train_sequences),
                    "train_interactions": sum(len(s.items) for s in ds.train_sequences)},
         "dropped": ds.dropped,
         "duplicate_titles": len(titles) - len(set(titles)),

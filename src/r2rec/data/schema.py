@@ -47,7 +47,7 @@ class Sample:
                 "candidates": list(self.candidates), "split": self.split, "seed": self.seed}
 
     @classmethod
-    def from_json(cls, d: dict) -> "Sample":
+    def from_json(cls, d: dict) -> Sample:
         return cls(
             user=str(d["user"]),
             history=tuple(int(i) for i in d["history"]),

@@ -85,7 +85,8 @@ def locate_folder(name: str, layout: Layout, data_dirs: Sequence[tuple[str, Path
         missing = [p for p in layout.files(root) if not p.exists()]
         if missing:
             raise FileNotFoundError(f"{missing[0]}: missing input for dataset {name!r} ({root}, from "
-                                    f"{_SET_BY.get(label, 'default ' + label)}, must hold {layout.needs}; complete or remove the folder)")
+                                    f"{_SET_BY.get(label, 'default ' + label)}, must hold {layout.needs}; "
+                                    "complete or remove the folder)")
         return Located(label, root, layout.files(root), lambda o, root=root: layout.load(root, o))
     if embedded is not None:
         found = embedded.locate()

@@ -9,9 +9,9 @@ when it named no single candidate). The metrics below turn one prediction into n
   ``1/(t+1)``. A method that cannot separate the candidates (popularity with all-zero scores) therefore gets
   exactly chance, whatever the candidate order.
 * ``valid``: the answer names one of the candidates. A scores-only prediction is always valid.
-* ``hr@1``, ``hr@5``, ``ndcg@5``, ``ndcg@10``, ``mrr`` (scores only): the expectation over a uniformly random order among
-  candidates tied with the target. With ``a`` candidates strictly above the target and ``t`` tied with it, the
-  target's rank ``r`` is uniform on ``a+1 .. a+t+1``, so each metric is the mean of its value over those ranks
+* ``hr@1``, ``hr@5``, ``ndcg@5``, ``ndcg@10``, ``mrr`` (scores only): the expectation over a uniformly random
+  order among candidates tied with the target. With ``a`` candidates strictly above the target and ``t`` tied with
+  it, the target's rank ``r`` is uniform on ``a+1 .. a+t+1``, so each metric is the mean of its value over those ranks
   (closed forms via cumulative sums; see :func:`rank_metrics`). MRR has no cut-off. ``hr@1`` is the top of
   the score ranking: for a ranker it equals ``hr1``; for an LLM, which answers by decoding and also scores every
   candidate title after its reasoning, it is what the model would score if it answered with its most
@@ -99,13 +99,13 @@ class Prediction:
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> "Prediction":
+    def from_json(cls, d: dict) -> Prediction:
         return cls(user=d["user"], seed=d["seed"], target=d["target"], candidates=d["candidates"],
                    scores=d.get("scores"), answer=d.get("answer"), raw=d.get("raw"),
                    reasoning=d.get("reasoning"), faithfulness=d.get("faithfulness"), extra=d.get("extra") or {})
 
     @classmethod
-    def from_sample(cls, sample, **kwargs) -> "Prediction":
+    def from_sample(cls, sample, **kwargs) -> Prediction:
         """A prediction for a :class:`r2rec.data.schema.Sample` (user, seed, target, candidates copied)."""
         return cls(user=sample.user, seed=sample.seed, target=sample.target, candidates=sample.candidates,
                    **kwargs)

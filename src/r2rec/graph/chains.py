@@ -22,8 +22,9 @@ so the cost per sample is bounded on any graph; evidence counts are reweighted b
 Strength of a chain: ``recency(i_a) * closeness * overlap``, where recency = ``decay ** (steps from the end
 of the history)`` (the most recent item scores 1), closeness = ``1 / (pos(u1, i_b) - pos(u1, i_a))`` (1 when
 u1 met ``i_b`` right after ``i_a``) and overlap = shared items / distinct history items. For each
-``(u1, i_b)`` one chain is kept, through the *most recent* history item that u1 met before ``i_b``. ``k`` chains per sample are drawn
-without replacement with probability ~ strength (Gumbel top-k with ``temperature``; 0 = strongest first).
+``(u1, i_b)`` one chain is kept, through the *most recent* history item that u1 met before ``i_b``. ``k`` chains
+per sample are drawn without replacement with probability ~ strength (Gumbel top-k with ``temperature``; 0 =
+strongest first).
 
 All randomness is a counter-based hash of (seed, sample key, user, item), so a sample's chains do not depend
 on which batch it was processed in, and the sample key never includes the target.

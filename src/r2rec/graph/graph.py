@@ -106,7 +106,7 @@ class InteractionGraph:
     # -- construction ----------------------------------------------------------------------------------
     @classmethod
     def from_arrays(cls, users: Sequence[str], n_items: int, edge_user: np.ndarray, edge_item: np.ndarray,
-                    edge_pos: np.ndarray, edge_time: np.ndarray | None = None, **kw) -> "InteractionGraph":
+                    edge_pos: np.ndarray, edge_time: np.ndarray | None = None, **kw) -> InteractionGraph:
         """Build from one row per interaction (repeats allowed); keeps each (user, item)'s first position."""
         edge_user = np.asarray(edge_user, dtype=np.int64)
         edge_item = np.asarray(edge_item, dtype=np.int64)
@@ -127,7 +127,7 @@ class InteractionGraph:
         return cls(users, n_items, indptr, edge_item[keep], edge_pos[keep], time, len(edge_item), **kw)
 
     @classmethod
-    def from_sequences(cls, sequences: Sequence[UserSequence], n_items: int, **kw) -> "InteractionGraph":
+    def from_sequences(cls, sequences: Sequence[UserSequence], n_items: int, **kw) -> InteractionGraph:
         users = [s.user for s in sequences]
         lengths = np.fromiter((len(s.items) for s in sequences), dtype=np.int64, count=len(sequences))
         edge_user = np.repeat(np.arange(len(sequences)), lengths)
@@ -250,7 +250,7 @@ class InteractionGraph:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, **kw) -> "InteractionGraph":
+    def load(cls, path: str | Path, **kw) -> InteractionGraph:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"{path}: no graph (run `r2rec graph --run DIR` first)")

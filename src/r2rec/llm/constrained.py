@@ -20,7 +20,7 @@ from typing import Sequence
 
 @dataclass
 class TrieNode:
-    children: dict[int, "TrieNode"] = field(default_factory=dict)
+    children: dict[int, TrieNode] = field(default_factory=dict)
     ends: list[int] = field(default_factory=list)  # candidate indices whose suffix ends here (a leaf)
 
 

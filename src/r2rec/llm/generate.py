@@ -33,8 +33,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Sequence
 
-from r2rec.grammar import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, format_completion, \
-    format_direct, match_answer, parse_completion
+from r2rec.grammar import (
+    ANSWER_CLOSE,
+    ANSWER_OPEN,
+    THINK_CLOSE,
+    THINK_OPEN,
+    format_completion,
+    format_direct,
+    match_answer,
+    parse_completion,
+)
 
 from .constrained import AnswerTrie, TrieNode, tokenize_answers
 
@@ -73,7 +81,7 @@ class DecodingConfig:
     precision: str = "auto"
     length_norm: bool = False
 
-    def generation(self, **changes) -> "GenerationConfig":
+    def generation(self, **changes) -> GenerationConfig:
         """The :class:`GenerationConfig` of these settings, with ``changes`` (e.g. ``progress=False``)."""
         values = {f.name: getattr(self, f.name) for f in fields(DecodingConfig)}
         return GenerationConfig(**{**values, **changes})

@@ -140,9 +140,7 @@ def make_tiny_model(out_dir: str | os.PathLike, seed: int = 0, num_layers: int =
     instead of disappearing in near-uniform logits.
     """
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
     out_dir = Path(out_dir)
     if (out_dir / "config.json").exists():

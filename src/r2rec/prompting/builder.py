@@ -6,7 +6,8 @@ chain evidence, or in the frozen order) and, optionally, interaction chains reac
 as checkable citations such as ``user 254 watched "Heat" and later "Ronin" (shares 4 of the user's movies)``.
 
 Why rank at all: a 135M model did not learn to compare 20 candidates from scratch on a CPU budget
-(docs/notebook.md), so the prompt starts it from a cheap heuristic and the model learns, from the chains, when to depart from it.
+(docs/notebook.md), so the prompt starts it from a cheap heuristic and the model learns, from the chains, when to
+depart from it.
 ``transition`` is the strongest such heuristic measured here (top-1 0.39-0.48 vs 0.19-0.25 for evidence).
 
 Only the train graph and the sample's own history are used, so a val/test prompt never sees a val/test

@@ -7,11 +7,11 @@ Chat templating is applied by the model code; this module returns plain messages
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 
-@lru_cache(maxsize=None)
+@cache
 def template(name: str) -> str:
     return resources.files("r2rec.prompting").joinpath("templates", f"{name}.txt").read_text(encoding="utf-8")
 

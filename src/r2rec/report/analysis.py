@@ -90,7 +90,8 @@ def position_bias(preds_by_seed: Mapping[int, Sequence[Prediction]]) -> Position
                 hits[p.answer == order[0]].append(float(p.answer == p.target))
     if not shares:
         return None
-    mean = lambda xs: float(np.mean(xs)) if xs else None
+    def mean(xs):
+        return float(np.mean(xs)) if xs else None
     return PositionBias(len(shares), float(np.mean(shares)), float(np.mean(targets)), 1.0 / k, invalid, recorded,
                         mean(hits[True]), len(hits[False]), mean(hits[False]))
 

@@ -11,7 +11,7 @@ import base64
 import html
 import re
 from dataclasses import dataclass, field
-from typing import Sequence, Union
+from typing import Sequence
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class Span:
     style: str | None = None
 
 
-Inline = Union[str, Span, Sequence[Union[str, Span]]]
+Inline = str | Span | Sequence[str | Span]
 
 
 def code(text: str) -> list[Span]:
@@ -93,7 +93,7 @@ class Details:
     blocks: list = field(default_factory=list)
 
 
-Block = Union[Heading, Para, Note, Bullets, Table, Image, Pre, Details]
+Block = Heading | Para | Note | Bullets | Table | Image | Pre | Details
 
 
 # -- Markdown ----------------------------------------------------------------------------------------------

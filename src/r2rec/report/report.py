@@ -26,8 +26,7 @@ from ..io import atomic_write_bytes, atomic_write_text
 from . import analysis, plots
 from .citations import mark_citations, sample_history
 from .collect import Curve, RunData, load_run
-from .doc import Block, Bullets, Details, Heading, Image, Note, Para, Pre, Span, Table, code, to_html_body, \
-    to_markdown
+from .doc import Block, Bullets, Details, Heading, Image, Note, Para, Pre, Span, Table, code, to_html_body, to_markdown
 
 R2REC_METHOD, BASE_LLM_METHOD = "rl", "base"
 EXTRA_METRICS = ("hr@1", "hr@5", "ndcg@5", "ndcg@10", "mrr", "faithfulness")

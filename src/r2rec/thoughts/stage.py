@@ -103,7 +103,8 @@ def _named_candidate(text: str, titles: list[str]) -> int | None:
     return j if len(same) == 1 else None
 
 
-def judge(thoughts: list[str], sample: Sample, candidate_titles: list[str], checker: CitationChecker) -> tuple[str, dict]:
+def judge(thoughts: list[str], sample: Sample, candidate_titles: list[str],
+          checker: CitationChecker) -> tuple[str, dict]:
     """Filter one trace: (reason, faithfulness info). ``candidate_titles`` in the sample's candidate order."""
     if len(thoughts) != HOPS or not all(t.strip() for t in thoughts):
         return "empty_thought", {}
@@ -263,6 +264,9 @@ def run_thoughts(run_dir: str | Path, config: ThoughtsConfig | None = None, forc
     return stats
 
 
+CHAIN_FIELDS = ("u1", "i_a", "i_b", "n_shared", "pos_a", "pos_b", "strength")  # shown in examples.md
+
+
 def _examples_md(decided: list[dict], stats: dict, n: int) -> str:
     lines = [f"# Interaction-of-thought traces: {stats['dataset']} (teacher `{stats['teacher']}`)", "",
              f"Kept {stats['kept']} of {stats['attempted']} attempted train samples "
@@ -274,7 +278,8 @@ def _examples_md(decided: list[dict], stats: dict, n: int) -> str:
         user_msg = next(m["content"] for m in rec["messages"] if m["role"] == "user")
         ch = rec["chains"][0]
         lines += [f"## Kept trace {k} ({rec['id']})", "", "Prompt (user message):", "", "```text", user_msg.strip(),
-                  "```", "", f"Chain: `{json.dumps({x: ch[x] for x in ('u1', 'i_a', 'i_b', 'n_shared', 'pos_a', 'pos_b', 'strength')})}`",
+                  "```", "",
+                  f"Chain: `{json.dumps({x: ch[x] for x in CHAIN_FIELDS})}`",
                   "", "Completion:", "", "```text", rec["completion"], "```", "",
                   f"Citations: {rec['faithfulness']['real']} of {rec['faithfulness']['cited']} real.", ""]
     dropped = [r for r in decided if r["outcome"] not in ("kept", "no_chain")][:n]

@@ -25,8 +25,17 @@ from pathlib import Path
 from r2rec.data.schema import PreparedData, Sample, read_jsonl
 from r2rec.runs import RunDir
 
-from .common import begin, csv_log_callback, lora_config, setup, shared_training_arguments, stage_val_callback, \
-    train_and_save, trainable_parameters, up_to_date
+from .common import (
+    begin,
+    csv_log_callback,
+    lora_config,
+    setup,
+    shared_training_arguments,
+    stage_val_callback,
+    train_and_save,
+    trainable_parameters,
+    up_to_date,
+)
 from .config import TrainConfig
 from .rewards import check_weights, trl_reward_funcs
 from .sft import config_from_args

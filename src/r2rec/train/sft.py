@@ -23,8 +23,17 @@ from r2rec.config import build, load_yaml
 from r2rec.data.schema import Sample, read_jsonl
 from r2rec.runs import RunDir
 
-from .common import begin, csv_log_callback, lora_config, setup, shared_training_arguments, stage_val_callback, \
-    train_and_save, trainable_parameters, up_to_date
+from .common import (
+    begin,
+    csv_log_callback,
+    lora_config,
+    setup,
+    shared_training_arguments,
+    stage_val_callback,
+    train_and_save,
+    trainable_parameters,
+    up_to_date,
+)
 from .config import TrainConfig
 
 VARIANTS = ("iot", "direct")
