@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install browser demo test lint clean
+.PHONY: install browser demo test lint typecheck clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -42,11 +42,15 @@ browser:
 	  || echo "chromium not installed: the browser test will skip")
 
 # The package holds SmolLM2: a real_model test that cannot find it fails here rather than skipping.
-test: lint browser
+test: lint typecheck browser
 	$(PY) -m pytest tests --require-real-model
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check src tests bench
+
+# src/r2rec only: the files and settings are in pyproject.toml's [tool.mypy].
+typecheck: $(VENV)/.installed-test
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) runs

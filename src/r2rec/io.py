@@ -25,7 +25,7 @@ import secrets
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, TextIO
 
 
 # -- atomic writes ---------------------------------------------------------------------------------------
@@ -164,7 +164,7 @@ class JsonlLog:
         if end < len(raw):
             with open(self.path, "r+b") as f:
                 f.truncate(end)
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._file: TextIO | None = open(self.path, "a", encoding="utf-8")
 
     def append(self, *rows: dict) -> None:
         """Append ``rows`` (one line each) and make them durable."""

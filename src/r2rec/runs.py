@@ -31,7 +31,7 @@ def _versions() -> dict[str, str]:
 
 
 def _plain(config: Any) -> Any:
-    return asdict(config) if is_dataclass(config) else config
+    return asdict(config) if is_dataclass(config) and not isinstance(config, type) else config
 
 
 class RunDir:

@@ -210,6 +210,7 @@ class RecommendService:
         if len(pool) < 2:
             raise ValueError(f"history: covers all but {len(pool)} catalogue items; give the candidates instead")
         probe = Sample(_USER, tuple(map(int, history)), int(pool[0]), tuple(map(int, pool)), _SPLIT, 0)
+        assert self.builder.sampler is not None  # the service always loads the graph
         evidence = self.builder.sampler.candidate_evidence_batch([probe])[0][:len(pool)]
         transition = self._transition.score([probe])[0][:len(pool)]
         order = np.lexsort((pool, -transition, -evidence))  # last key is the primary one
@@ -361,6 +362,7 @@ def run(args) -> int:
     import json
 
     history, candidates = split_items(args.history), split_items(args.candidates)
+    assert history is not None  # --history is required
     service = service_from_args(args)
     res = service.recommend(history, candidates)
     print(json.dumps(res, indent=2, ensure_ascii=False) if args.json else format_text(res))

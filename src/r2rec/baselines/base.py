@@ -36,9 +36,11 @@ class Recommender:
     def score(self, samples: Sequence[Sample]) -> np.ndarray:
         raise NotImplementedError
 
-    def _check_fitted(self) -> None:
+    def _check_fitted(self) -> int:
+        """The fit seed; an error before :meth:`fit`."""
         if self.seed is None:
             raise RuntimeError(f"{type(self).__name__}.score called before fit")
+        return self.seed
 
 
 # -- registry ------------------------------------------------------------------------------------------

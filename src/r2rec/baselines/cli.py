@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="config overrides key=value (see the model's config dataclass)")
     # Two positionals (NAME, then overrides after the options) need intermixed parsing: plain parse_args
     # would bind the empty override list right after NAME and reject `--run DIR key=value`.
-    p.parse_args = p.parse_intermixed_args
+    p.parse_args = p.parse_intermixed_args  # type: ignore[method-assign]  # on purpose, for this parser only
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown baseline {args.name!r}; known: {', '.join(BASELINES)} (or 'all')")
     if args.name == "all" and (args.overrides or args.method):
         raise ValueError("'all' takes no key=value overrides and no --as; run each baseline by name instead")
-    section = {}
+    section: dict = {}
     if args.config:
         from r2rec.config import load_yaml
 

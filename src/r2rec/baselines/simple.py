@@ -42,8 +42,8 @@ class RandomRecommender(Recommender):
         return self
 
     def score(self, samples: Sequence[Sample]) -> np.ndarray:
-        self._check_fitted()
-        return _uniform_scores(samples, self.seed, candidate_matrix(samples).shape[1])
+        seed = self._check_fitted()
+        return _uniform_scores(samples, seed, candidate_matrix(samples).shape[1])
 
 
 # -- pop -----------------------------------------------------------------------------------------------

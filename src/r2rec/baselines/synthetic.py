@@ -44,14 +44,14 @@ def write_synthetic_prepared(root: str | Path, n_users: int = 40, n_pattern_item
         for split, cut in (("val", -2), ("test", -1)):
             split_rng = np.random.default_rng([seed, k, 0 if split == "val" else 1])
             rows = []
-            for u, s in zip(users, full):
+            for user, s in zip(users, full):
                 history, target = s[:cut][-max_history:], s[cut]
                 seen = set(s)
                 pool = np.array([i for i in range(n_items) if i not in seen])
                 negs = split_rng.choice(pool, size=n_candidates - 1, replace=False)
                 cands = [target, *map(int, negs)]
                 split_rng.shuffle(cands)
-                rows.append(Sample(u, tuple(history), target, tuple(cands), split, k).to_json())
+                rows.append(Sample(user, tuple(history), target, tuple(cands), split, k).to_json())
             write_jsonl(root / f"{split}.seed{k}.jsonl.gz", rows)
     meta = {"dataset": "synthetic", "n_items": n_items, "n_users": n_users, "seeds": list(seeds),
             "num_candidates": n_candidates, "max_history": max_history}

@@ -188,10 +188,10 @@ class NeuralRecommender(Recommender):
 
         t_wall, t_cpu = time.time(), time.process_time()
         self.net.train()
-        order = torch.from_numpy(order)
+        perm = torch.from_numpy(order)
         total = 0.0
-        for i in range(0, len(order), self.config.batch_size):
-            idx = order[i:i + self.config.batch_size]
+        for i in range(0, len(perm), self.config.batch_size):
+            idx = perm[i:i + self.config.batch_size]
             loss = torch.nn.functional.cross_entropy(self.net(Xt[idx]), yt[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

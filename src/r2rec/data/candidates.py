@@ -53,8 +53,8 @@ def draw_negatives(rows: Sequence[Row], n_items: int, k: int, rng: np.random.Gen
     groups, keys, sizes = _known_index(rows, n_items)
     free = n_items - sizes[groups]
     if (free < k).any():
-        r = int(np.argmax(free < k))
-        raise ValueError(f"row {r} (user {rows[r].user}): only {free[r]} items outside known_items, "
+        bad = int(np.argmax(free < k))
+        raise ValueError(f"row {bad} (user {rows[bad].user}): only {free[bad]} items outside known_items, "
                          f"cannot draw {k} negatives from a catalogue of {n_items}")
     # Block width: about 1.5x the expected number of draws for a typical row, plus slack for repeats.
     typical_free = float(np.median(free)) / n_items

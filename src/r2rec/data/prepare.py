@@ -14,6 +14,7 @@ import argparse
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -160,7 +161,7 @@ def prepare(config: PrepareConfig, run_dir: RunDir | str | Path, force: bool = F
     t_cands = time.perf_counter() - t1
 
     titles = list(ds.titles.values())
-    meta = {
+    meta: dict[str, Any] = {
         "dataset": ds.name,
         "n_items": ds.n_items,
         "seeds": config.seeds,

@@ -11,6 +11,7 @@ silently gives way to another one. Whichever place is used is recorded in the ru
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -87,7 +88,7 @@ def locate_folder(name: str, layout: Layout, data_dirs: Sequence[tuple[str, Path
             raise FileNotFoundError(f"{missing[0]}: missing input for dataset {name!r} ({root}, from "
                                     f"{_SET_BY.get(label, 'default ' + label)}, must hold {layout.needs}; "
                                     "complete or remove the folder)")
-        return Located(label, root, layout.files(root), lambda o, root=root: layout.load(root, o))
+        return Located(label, root, layout.files(root), partial(layout.load, root))
     if embedded is not None:
         found = embedded.locate()
         if found is not None:

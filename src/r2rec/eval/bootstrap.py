@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -47,7 +47,7 @@ def _none_if_nan(v: float) -> float | None:
     return None if v is None or not math.isfinite(v) else float(v)
 
 
-def _std(per_seed: list[float | None]) -> float | None:
+def _std(per_seed: Sequence[float | None]) -> float | None:
     """Sample std (ddof=1) over the defined per-seed values; undefined (None) with fewer than two."""
     vals = [v for v in per_seed if v is not None]
     return float(np.std(vals, ddof=1)) if len(vals) >= 2 else None
@@ -118,11 +118,11 @@ def summarize(
         out[m] = Summary(float(A[k].mean()), _interval(np.concatenate(boots[m]), ci), _std(per_seed),
                          tuple(per_seed))
     for m, (k, d) in ratios.items():
-        per_seed = [_none_if_nan(A[k][s].sum() / A[d][s].sum()) if A[d][s].sum() > 0 else None
-                    for s in range(n_seeds)]
+        per_seed_r = [_none_if_nan(A[k][s].sum() / A[d][s].sum()) if A[d][s].sum() > 0 else None
+                      for s in range(n_seeds)]
         total = A[d].sum()
         point = float(A[k].sum() / total) if total > 0 else None
-        out[m] = Summary(point, _interval(np.concatenate(boots[m]), ci), _std(per_seed), tuple(per_seed))
+        out[m] = Summary(point, _interval(np.concatenate(boots[m]), ci), _std(per_seed_r), tuple(per_seed_r))
     return out
 
 

@@ -137,9 +137,9 @@ def markdown_table(results: Sequence[Mapping[str, Any]],
         return "_no results_\n"
     multi = len({(r.get("dataset"), r.get("split")) for r in results}) > 1
     head = ["method", *(["dataset", "split"] if multi else []), "n", "seeds", *metrics]
-    best = {}
+    best: dict[str, Any] = {}
     for m in metrics:
-        vals = [r.get(m) for r in results if r.get(m) is not None]
+        vals = [v for r in results if (v := r.get(m)) is not None]
         best[m] = max(vals) if vals else None
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for r in results:

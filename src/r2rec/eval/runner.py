@@ -19,10 +19,16 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from r2rec.hardware import check
 from r2rec.llm.generate import MODES, DecodingConfig
 from r2rec.runs import RunDir
+
+if TYPE_CHECKING:
+    from r2rec.llm.generate import Generator
+    from r2rec.prompting import PromptBuilder
+    from r2rec.thoughts.faithfulness import CitationChecker
 
 MODEL_KINDS = ("base", "sft", "sft-direct", "rl")
 # Which training command writes each checkpoint, for the error message when it is missing.
@@ -188,7 +194,9 @@ class _SeedEvaluator:
         self.model_name, self.adapter, self.described = model_name, adapter, described
         self.think = cfg.think if cfg.think is not None else kind != "sft-direct"
         self.rank = cfg.rank and cfg.mode == "constrained"
-        self._gen = self._builder = self._checker = None
+        self._gen: Generator | None = None
+        self._builder: PromptBuilder | None = None
+        self._checker: CitationChecker | None = None
 
     def _part_key(self, seed: int, samples, weights: list[Path]) -> str:
         """Hash of everything that determines a seed's predictions (not the other seeds, not bootstrap)."""
@@ -241,6 +249,7 @@ class _SeedEvaluator:
 
         if self._gen is None:
             self._load()
+        assert self._gen is not None and self._builder is not None  # set by _load
         cfg, builder = self.cfg, self._builder
         prompts = builder.build(samples)
         titles = [[builder.title(c) for c in p.candidates] for p in prompts]

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, Sequence, cast
 
 import numpy as np
 
@@ -343,7 +343,7 @@ _WEIGHT_SUM: dict[float, np.ndarray] = {}
 def _pack(bits: np.ndarray) -> np.ndarray:
     """[R, L] bool -> [R] uint32 code (bit j = slot j) when L <= 16, else the bool matrix itself."""
     if bits.shape[1] > _TABLE_BITS:
-        return bits.any(1)  # only used as a non-zero test on this path
+        return cast(np.ndarray, bits.any(1))  # only used as a non-zero test on this path
     packed = np.packbits(bits, axis=1, bitorder="little")
     code = packed[:, 0].astype(np.uint32)
     if packed.shape[1] > 1:

@@ -95,7 +95,8 @@ class InteractionGraph:
         self.pos_dtype = np.int16 if max_pos < np.iinfo(np.int16).max else np.int32
         self.absent = int(np.iinfo(self.pos_dtype).max)
         self._ui_keys: np.ndarray | None = None
-        self._dense = self._hash = None
+        self._dense: np.ndarray | None = None
+        self._hash: _HashTable | None = None
         if self.n_users * (self.n_items + 1) <= dense_lookup_max_cells:
             self._dense = np.full((self.n_users, self.n_items + 1), self.absent, dtype=self.pos_dtype)
             self._dense[edge_user, self.ui_items] = self.ui_pos
@@ -167,6 +168,7 @@ class InteractionGraph:
         if self._dense is not None:
             # Padding (-1) indexes the extra last column, which is all ``absent``.
             return self._dense[users[:, None], items]
+        assert self._hash is not None  # built whenever the dense table is not
         out = np.full(items.shape, self.absent, dtype=self.pos_dtype)
         ok = items >= 0
         rows = np.broadcast_to(users[:, None], items.shape)[ok]
@@ -227,8 +229,8 @@ class InteractionGraph:
     def overlap_counts(self, items: Sequence[int]) -> np.ndarray:
         """Number of distinct ``items`` each user met: one sparse mat-vec ``user_item @ x`` (x = item indicator)."""
         x = np.zeros(self.n_items, dtype=np.int32)
-        items = np.asarray([i for i in set(map(int, items)) if 0 <= i < self.n_items], dtype=np.int64)
-        x[items] = 1
+        idx = np.asarray([i for i in set(map(int, items)) if 0 <= i < self.n_items], dtype=np.int64)
+        x[idx] = 1
         binary = sp.csr_matrix((np.ones(self.n_edges, dtype=np.int32), self.ui_items, self.ui_indptr),
                                shape=(self.n_users, self.n_items))
         return binary @ x

@@ -84,9 +84,10 @@ def write_synthetic_run(run_dir: str | Path, n_train_users: int = 60, n_val_user
             counts[split] = len(rows)
     split_rng = np.random.default_rng([seed, seeds[0], 7])
     rows = []
-    for u, s in train.items():
+    for user, s in train.items():
         for t in range(min_history, len(s)):
-            rows.append(Sample(u, tuple(s[:t][-max_history:]), s[t], candidates(split_rng, s, s[t]), "train", seeds[0]))
+            rows.append(Sample(user, tuple(s[:t][-max_history:]), s[t], candidates(split_rng, s, s[t]), "train",
+                               seeds[0]))
     write_jsonl(root / f"train.seed{seeds[0]}.jsonl.gz", (r.to_json() for r in rows))
     counts["train"] = len(rows)
     meta = {"dataset": "synthetic-movies", "n_items": total_items, "seeds": list(seeds),

@@ -45,9 +45,10 @@ class AnswerTrie:
         """The node reached by ``tokens`` from the root, or ``None`` if they leave the trie."""
         node = self.root
         for t in tokens:
-            node = node.children.get(int(t))
-            if node is None:
+            child = node.children.get(int(t))
+            if child is None:
                 return None
+            node = child
         return node
 
 

@@ -31,7 +31,7 @@ given prompt (and given thoughts) without generating.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Sequence
+from typing import Sequence, cast
 
 from r2rec.grammar import (
     ANSWER_CLOSE,
@@ -237,7 +237,7 @@ class Generator:
         with torch.inference_mode():
             for batch in bar:
                 self._run_batch([ids[i] for i in batch], [rows[i] for i in batch], rank, decode, gen)
-        return [r.out for r in rows]
+        return cast("list[Completion]", [r.out for r in rows])  # every row is finished here
 
     # -- the decode loop ---------------------------------------------------------------------------------
     def _forward(self, input_ids, mask, position_ids, cache, keep_last: bool):
@@ -269,6 +269,7 @@ class Generator:
         return prefix
 
     def _completions(self, row: _Row, thoughts: list[str]) -> list[str]:
+        assert row.titles is not None  # only constrained rows (which have titles) build completions
         if row.think:
             return [format_completion(thoughts, t) for t in row.titles]
         return [format_direct(t) for t in row.titles]
@@ -362,6 +363,7 @@ class Generator:
                 # (tested against it), without one decode step per answer token.
                 self._finish_from_scores(row)
                 return None
+            assert row.node is not None and row.out is not None  # set when the row entered _TRIE
             children = list(row.node.children)
             if len(children) == 1:
                 tok = children[0]
@@ -403,7 +405,7 @@ class Generator:
         parsed = parse_completion(text)
         idx = match_answer(parsed.answer, row.titles) if row.titles is not None else None
         row.out = Completion(text=text, thoughts=parsed.thoughts, answer=idx,
-                             answer_title=None if idx is None else row.titles[idx], stop=stop,
+                             answer_title=None if idx is None or row.titles is None else row.titles[idx], stop=stop,
                              n_generated=len(row.free), well_formed=parsed.well_formed)
         row.phase = _DONE
 
@@ -413,6 +415,7 @@ class Generator:
         cut = min((i for i in (text.find(s) for s in THINK_STOPS) if i >= 0), default=len(text))
         thoughts = [line.strip() for line in text[:cut].splitlines() if line.strip()]
         prefix = self._build_trie(row, thoughts)
+        assert row.out is not None  # _build_trie made it
         row.out.stop, row.out.n_generated = stop, len(row.free)
         # Keep the fed tokens that agree with the canonical prefix; mask out the rest of the cache entries.
         fed = [t for t, _ in row.fed]
@@ -431,6 +434,7 @@ class Generator:
         row.phase = _FORCE
 
     def _finish_constrained(self, row: _Row) -> None:
+        assert row.node is not None and row.out is not None and row.titles is not None  # a constrained row
         ends = row.node.ends
         out = row.out
         out.ambiguous = len(ends) > 1
@@ -443,6 +447,7 @@ class Generator:
     def _finish_from_scores(self, row: _Row) -> None:
         from .constrained import greedy_walk
 
+        assert row.trie is not None and row.out is not None and row.out.token_logprobs is not None  # scored
         ends, _ = greedy_walk(row.trie, row.out.token_logprobs)
         row.node = row.trie.walk(row.trie.sequences[ends[0]])
         self._finish_constrained(row)
@@ -460,14 +465,20 @@ class Generator:
         from transformers import DynamicCache
 
         trie = row.trie
-        tokens, depth, parent, index = [], [], [], {}
-        stack = [(t, c, 1, -1) for t, c in reversed(row.trie.root.children.items())]
+        assert trie is not None and row.out is not None  # a row in _TRIE has both
+        tokens: list[int] = []
+        depth: list[int] = []
+        parent: list[int] = []
+        index: dict[int, int] = {}
+        stack = [(t, c, 1, -1) for t, c in reversed(trie.root.children.items())]
         while stack:  # depth-first, so ancestors come before descendants
             tok, node, d, par = stack.pop()
             if not node.children:
                 continue  # a leaf's output would predict nothing
             index[id(node)] = len(tokens)
-            tokens.append(tok), depth.append(d), parent.append(par)
+            tokens.append(tok)
+            depth.append(d)
+            parent.append(par)
             stack.extend((t, c, d + 1, index[id(node)]) for t, c in reversed(node.children.items()))
         root_lp = torch.log_softmax(root_logits.float(), -1)
         lp = None
@@ -494,7 +505,11 @@ class Generator:
         for seq in trie.sequences:
             node, at, vals = trie.root, None, []
             for t in seq:
-                vals.append(float(root_lp[t] if at is None else lp[at, t]))
+                if at is None:
+                    vals.append(float(root_lp[t]))
+                else:  # ``at`` indexes a fed node: there were tokens, so ``lp`` was computed
+                    assert lp is not None
+                    vals.append(float(lp[at, t]))
                 node = node.children[t]
                 at = index.get(id(node))
             token_lp.append(vals)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
+from typing import Any
 
 from r2rec.io import atomic_dir
 
@@ -60,8 +61,9 @@ def _convert_smollm2(out_dir: Path) -> None:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
         # The weights are already dequantised to float; without this the saved config would claim GGUF
         # quantisation and reloading would look for a .gguf file.
-        if getattr(model, "hf_quantizer", None) is not None:
-            model.hf_quantizer.remove_quantization_config(model)
+        quantizer = getattr(model, "hf_quantizer", None)
+        if quantizer is not None:
+            quantizer.remove_quantization_config(model)
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
 
@@ -112,7 +114,8 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, adapter: str | o
     dtype = dtype or torch.float32
     path = resolve_model(name_or_path)
     tok = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    # Any: a PreTrainedModel, or a PeftModel around it when an adapter is given.
+    model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
     if model.config.pad_token_id is None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from r2rec.config import build
 from r2rec.data.schema import PreparedData, Sample
 from r2rec.grammar import VERBS, cite, verb_for
 from r2rec.prompting.messages import build_messages
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 from r2rec.runs import RunDir
 from r2rec.signals.transition import leave_user_out_scores, row_normalize, transition_matrix, transition_scores
 
@@ -119,7 +122,7 @@ class PromptBuilder:
             self.sampler = ChainSampler(self.graph, ChainConfig(
                 k=self.config.context_chains, temperature=0.0, seed=self.config.chain_seed,
                 max_users_per_item=self.config.max_users_per_item))
-        self._transition = None
+        self._transition: tuple[dict[str, list[int]], sp.csr_array, sp.csr_array] | None = None
 
     def transition_scores(self, samples: Sequence[Sample]) -> np.ndarray:
         """The ``transition`` baseline's scores, fit once on the train sequences only.
@@ -175,6 +178,7 @@ class PromptBuilder:
         for b, (s, ev) in enumerate(zip(samples, evidence)):
             ev, n = ev[:len(s.candidates)], len(s.candidates)
             if self.config.candidate_order == "transition":
+                assert trans is not None  # computed above for this order
                 order = np.lexsort((np.arange(n), -ev, -trans[b, :n]))
             elif self.config.candidate_order == "evidence":
                 order = np.argsort(-ev, kind="stable")
@@ -200,9 +204,10 @@ class PromptBuilder:
         from dataclasses import replace
 
         m = 4 * self.config.context_chains
-        heads = [replace(s, candidates=r[:m]) for s, r in zip(samples, ranked)]
+        heads = [replace(s, candidates=tuple(r[:m])) for s, r in zip(samples, ranked)]
         out: list[list[dict]] = [[] for _ in samples]
         # k = m * users: enough records that every head candidate's strongest chain is among them.
+        assert self.sampler is not None  # the caller checks
         for start, cb in self.sampler.iter_batches(heads, "candidates", k=m * 64):
             for b in range(cb.evidence.shape[0]):
                 best = {int(c["i_b"]): c for c in cb.records(b, best_per_item=True)}

@@ -13,7 +13,7 @@ from importlib import resources
 
 @cache
 def template(name: str) -> str:
-    return resources.files("r2rec.prompting").joinpath("templates", f"{name}.txt").read_text(encoding="utf-8")
+    return resources.files("r2rec.prompting").joinpath("templates").joinpath(f"{name}.txt").read_text(encoding="utf-8")
 
 
 def build_user_prompt(history_titles: list[str], candidate_titles: list[str],

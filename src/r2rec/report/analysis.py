@@ -72,8 +72,11 @@ class PositionBias:
 
 def position_bias(preds_by_seed: Mapping[int, Sequence[Prediction]]) -> PositionBias | None:
     """How often the method answers with the first candidate shown, against how often that is the target."""
-    shares, targets, k, invalid, recorded = [], [], None, 0, True
-    hits = {True: [], False: []}  # answered predictions, by "answer is the first listed": hit or not
+    shares: list[float] = []
+    targets: list[float] = []
+    k, invalid, recorded = 0, 0, True  # k: the number of candidates, set by every prediction
+    # Answered predictions, by "answer is the first listed": hit or not.
+    hits: dict[bool, list[float]] = {True: [], False: []}
     for preds in preds_by_seed.values():
         for p in preds:
             order, rec = shown_order(p)
@@ -102,8 +105,9 @@ def faithfulness_values(preds_by_seed: Mapping[int, Sequence[Prediction]]) -> li
 
 def has_reasoning(preds_by_seed: Mapping[int, Sequence[Prediction]] | None, raw_ok: bool = False) -> bool:
     """Whether any prediction carries reasoning (or, with ``raw_ok``, at least a raw model output)."""
-    return bool(preds_by_seed) and any(p.reasoning or (raw_ok and p.raw) for ps in preds_by_seed.values()
-                                       for p in ps)
+    if not preds_by_seed:
+        return False
+    return any(p.reasoning or (raw_ok and p.raw) for ps in preds_by_seed.values() for p in ps)
 
 
 def pick_traces(preds_by_seed: Mapping[int, Sequence[Prediction]], k: int = 3) -> list[Prediction]:

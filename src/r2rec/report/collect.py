@@ -96,7 +96,9 @@ def _load_results(run: RunData) -> None:
             run.problems.append(str(e) if str(path) in str(e) else f"{path}: {e}")
 
 
-def _num(x: str) -> float | None:
+def _num(x: str | None) -> float | None:
+    if x is None:
+        return None
     try:
         v = float(x)
     except (TypeError, ValueError):

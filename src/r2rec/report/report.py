@@ -19,7 +19,7 @@ import string
 from collections import defaultdict
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..eval.results import PAPER_VS_BASE_LLM, PAPER_VS_BEST_BASELINE, format_cell, format_ratio, headline_ratios
 from ..io import atomic_write_bytes, atomic_write_text
@@ -27,6 +27,9 @@ from . import analysis, plots
 from .citations import mark_citations, sample_history
 from .collect import Curve, RunData, load_run
 from .doc import Block, Bullets, Details, Heading, Image, Note, Para, Pre, Span, Table, code, to_html_body, to_markdown
+
+if TYPE_CHECKING:
+    from .doc import Inline
 
 R2REC_METHOD, BASE_LLM_METHOD = "rl", "base"
 EXTRA_METRICS = ("hr@1", "hr@5", "ndcg@5", "ndcg@10", "mrr", "faithfulness")
@@ -133,14 +136,14 @@ class _Builder:
     def results_table(self, results: list[dict]) -> None:
         metrics = ["hr1", "hr1_valid", "valid_ratio"]
         metrics += [m for m in EXTRA_METRICS if any(r.get(m) is not None for r in results)]
-        best = {}
+        best: dict[str, Any] = {}
         for m in metrics:
             vals = [r[m] for r in results if r.get(m) is not None]
             # Bold marks a winner; when every row ties (valid_ratio 1.0 everywhere) there is none to mark.
             best[m] = max(vals) if len(vals) > 1 and not math.isclose(min(vals), max(vals), abs_tol=1e-12) else None
-        rows = []
+        rows: list[list[Inline]] = []
         for r in results:
-            row = [Span(str(r["method"]), "code"), str(r.get("n", "—")), str(len(r.get("seeds") or []))]
+            row: list[Inline] = [Span(str(r["method"]), "code"), str(r.get("n", "—")), str(len(r.get("seeds") or []))]
             for m in metrics:
                 cell = format_cell(r, m)
                 top = r.get(m) is not None and best[m] is not None and math.isclose(r[m], best[m], abs_tol=1e-12)
@@ -168,7 +171,7 @@ class _Builder:
         others = [m for m in methods if m != R2REC_METHOD]
         h = headline_ratios(results, R2REC_METHOD, others, BASE_LLM_METHOD if BASE_LLM_METHOD in methods else None,
                             results_dir=run.results_dir, n_boot=self.n_boot, seed=self.seed)
-        rows = []
+        rows: list[list[Inline]] = []
         for key, label, paper in (("vs_best_baseline", "R2Rec vs best other method", PAPER_VS_BEST_BASELINE),
                                   ("vs_base_llm", "R2Rec vs untuned LLM", PAPER_VS_BASE_LLM)):
             v = h.get(key)
@@ -188,7 +191,7 @@ class _Builder:
 
     def position_bias(self, run: RunData, results: list[dict], level: int) -> None:
         self.add(Heading(level, "Valid answers and position bias"))
-        rows = []
+        rows: list[list[Inline]] = []
         for r in results:
             preds = run.predictions(r["method"])
             pb = analysis.position_bias(preds) if preds else None
@@ -214,7 +217,8 @@ class _Builder:
     def faithfulness(self, run: RunData, results: list[dict], dataset: str, split: str, key: tuple,
                      level: int) -> None:
         self.add(Heading(level, "Faithfulness of generated reasoning"))
-        values, rows = {}, []
+        values: dict[str, list[float]] = {}
+        rows: list[list[Inline]] = []
         for r in results:
             preds = run.predictions(r["method"])
             v = analysis.faithfulness_values(preds) if preds else []
@@ -243,13 +247,13 @@ class _Builder:
         if method is None:
             self.add(Note("No prediction carries reasoning or raw output."))
             return
-        picked = analysis.pick_traces(run.predictions(method), self.n_traces)
+        picked = analysis.pick_traces(run.predictions(method) or {}, self.n_traces)  # has_reasoning: not empty
         self.add(Para(["From ", Span(method, "code"), f": {len(picked)} predictions (first seed first; a correct "
                        "and a wrong one when both exist)."]))
         for i, p in enumerate(picked, 1):
             verdict = "correct" if p.answer == p.target else "wrong" if p.answer is not None else "invalid"
             hist = sample_history(run, split, p)
-            items = [["history (oldest first): ", "; ".join(run.title(i) for i in hist)]] if hist else []
+            items: list[Inline] = [["history (oldest first): ", "; ".join(run.title(i) for i in hist)]] if hist else []
             items += [["target: ", Span(run.title(p.target), "b")],
                      ["answer: ", Span(run.title(p.answer), "b"), f" ({verdict})"]]
             if p.faithfulness is not None:

@@ -105,7 +105,7 @@ def transition_scores(matrix: sp.csr_array, histories: Sequence[Sequence[int]],
     return np.where(ok_c, out, 0.0)
 
 
-def leave_user_out_scores(counts: sp.csr_array, history: Sequence[int], candidates: Sequence[int],
+def leave_user_out_scores(counts: sp.csr_array, history: Sequence[int], candidates: Sequence[int] | np.ndarray,
                           own_sequence: Sequence[int], window: int = 10, decay: float = 0.8) -> np.ndarray:
     """``transition_scores`` of one sample with its own user's train sequence taken out of the counts.
 

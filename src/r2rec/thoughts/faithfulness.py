@@ -65,7 +65,8 @@ class CitationChecker:
     # -- extraction ------------------------------------------------------------------------------------
     def _title_at(self, text: str, start: int) -> tuple[str, int]:
         """The quoted title opening at ``start`` (just after the quote): the longest known, else the shortest."""
-        ends, pos = [], start
+        ends: list[int] = []
+        pos = start
         while len(ends) < _MAX_QUOTES:
             q = text.find('"', pos)
             if q < 0 or "\n" in text[pos:q]:
@@ -89,8 +90,8 @@ class CitationChecker:
         for _, title_start, user in sorted(found):
             title, end = self._title_at(text, title_start)
             out.append(Citation(user, title, self.title_items.get(normalize_title(title), ())))
-            while (m := _LATER.match(text, end)) is not None:
-                title, end = self._title_at(text, m.end())
+            while (later := _LATER.match(text, end)) is not None:
+                title, end = self._title_at(text, later.end())
                 out.append(Citation(user, title, self.title_items.get(normalize_title(title), ()),
                                     after=len(out) - 1))
         return out

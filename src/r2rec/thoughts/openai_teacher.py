@@ -20,7 +20,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, cast
 
 import httpx
 
@@ -101,10 +101,10 @@ class OpenAIChat:
             workers = max(1, min(self.options.concurrency, len(todo)))
             with ThreadPoolExecutor(workers, thread_name_prefix="openai") as pool:
                 futures = [pool.submit(self._fetch, k, p) for k, p in todo.items()]
-                errors = [f.exception() for f in futures if f.exception() is not None]
+                errors = [e for f in futures if (e := f.exception()) is not None]
             if errors:
                 raise errors[0]
-        return [self.cache.get(k) for k in keys]
+        return cast("list[str]", [self.cache.get(k) for k in keys])  # every key is cached by now
 
     def _fetch(self, key: str, payload: dict) -> None:
         self.cache.put(key, self._post(payload))

@@ -195,8 +195,8 @@ def run_thoughts(run_dir: str | Path, config: ThoughtsConfig | None = None, forc
             for start in range(0, len(todo), max(1, config.chunk_size)):
                 idx = todo[start:start + config.chunk_size]
                 rows, contexts, ctx_rows = [], [], []
-                with_chain = [i for i in idx if chains.get(i)]
-                prompts = dict(zip(with_chain, builder.build([samples[i] for i in with_chain])))
+                chained = [i for i in idx if chains.get(i)]
+                prompts = dict(zip(chained, builder.build([samples[i] for i in chained])))
                 for i in idx:
                     s = samples[i]
                     if not chains.get(i):

@@ -105,7 +105,7 @@ def csv_log_callback(path: Path):
     from transformers import TrainerCallback
 
     class CSVLog(TrainerCallback):
-        def __init__(self):
+        def __init__(self) -> None:
             self.path = Path(path)
             self.rows: list[dict] = []
             self._t0 = time.time()
@@ -130,7 +130,7 @@ def csv_log_callback(path: Path):
             self.rows.append(row)
             self._write()
 
-        def _write(self):
+        def _write(self) -> None:
             cols: list[str] = []
             for r in self.rows:
                 cols += [k for k in r if k not in cols]
@@ -182,7 +182,7 @@ def val_callback(evaluate: Callable[[object, object], dict], every: int, tokeniz
     from transformers import TrainerCallback
 
     class ValHR1(TrainerCallback):
-        def __init__(self):
+        def __init__(self) -> None:
             self.trainer = None  # set by the stage after the trainer exists (to log through it)
             self.done: set[int] = set()
             self.best: float | None = None

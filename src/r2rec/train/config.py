@@ -100,6 +100,11 @@ class TrainConfig:
             raise ValueError(f"{where}.learning_rate must be > 0, got {self.learning_rate}")
 
     @property
+    def stage(self) -> str:
+        """The stage's name in the run manifest: each stage's config defines it."""
+        raise NotImplementedError
+
+    @property
     def output_dir(self) -> str:
         """The output folder relative to the run."""
         return self.output

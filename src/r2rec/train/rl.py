@@ -199,7 +199,9 @@ def make_trainer(run: RunDir, cfg: RLConfig, compute=None):
         val_cb = stage_val_callback(evaluate, cfg, tok, out)
         if val_cb is not None:
             callbacks.append(val_cb)
-    trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=ds, processing_class=tok,
+    # TRL types reward_funcs as a list of a union (invariant): our list of reward callables is one of its cases.
+    trainer = GRPOTrainer(model=model, reward_funcs=funcs,  # type: ignore[arg-type]
+                          args=args, train_dataset=ds, processing_class=tok,
                           peft_config=peft_config, callbacks=callbacks)
     if val_cb is not None:
         val_cb.trainer = trainer
