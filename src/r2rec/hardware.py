@@ -1,7 +1,7 @@
 """Precision and device from the machine: ``precision: auto`` and ``device: auto`` in every stage that runs the LLM.
 
 Why: bf16 halves the cost of a matmul on a CPU that does it natively (AVX-512 BF16 or AMX) and multiplies it by
-30-100 on one that emulates it (AVX2 only), so no single setting is right everywhere. The choice is made here,
+34-115 on one that emulates it (AVX2 only), so no single setting is right everywhere. The choice is made here,
 once per process, from what torch can do on this machine:
 
 - CUDA: ``bf16`` where ``torch.cuda.is_bf16_supported()``, else ``fp32``.
@@ -28,7 +28,7 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 # A probe ratio (bf16 time / fp32 time) above this means bf16 is emulated. Native bf16 measures 0.1-0.5 and
-# emulated 30-100 at the probe's size, so the threshold sits far from both.
+# emulated ~100 at the probe's size (256^3; 34-55 at 512x576x1536), so the threshold sits far from both.
 EMULATED_RATIO = 2.0
 
 
@@ -91,7 +91,7 @@ def torch_cpu_capability() -> str:
 def bf16_probe_ratio(size: int = 256, repeats: int = 5) -> float:
     """Best-of-``repeats`` time of a ``size``-cubed bf16 matmul over the same in fp32 (after one warm-up each).
 
-    Best-of, not mean, so a busy machine cannot make native bf16 look emulated: emulation is 30-100x slower,
+    Best-of, not mean, so a busy machine cannot make native bf16 look emulated: emulation is 34-115x slower,
     far beyond any noise."""
     import torch
 
