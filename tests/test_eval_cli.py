@@ -83,7 +83,7 @@ def test_eval_is_deterministic_and_skips_when_done(synthetic_train_run, tiny_mod
     run = synthetic_train_run
     first = run_eval(run, "base", _cfg(tiny_model_dir, think=False))
     again = run_eval(run, "base", _cfg(tiny_model_dir, think=False))
-    assert "up to date" in capsys.readouterr().out
+    assert "up to date" in capsys.readouterr().err
     forced = run_eval(run, "base", _cfg(tiny_model_dir, think=False, force=True))
     for m in ("hr1", "mrr", "ndcg@5"):
         assert first[m] == again[m] == forced[m]
@@ -164,15 +164,15 @@ def test_seeds_resume_from_finished_parts(synthetic_train_run, tiny_model_dir, c
     run = synthetic_train_run
     one = run_eval(run, "base", _cfg(tiny_model_dir, think=False, seeds=[1], method="parts"))
     both = run_eval(run, "base", _cfg(tiny_model_dir, think=False, seeds=[0, 1], method="parts"))
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "seed 1: reusing" in out and "seed 0: reusing" not in out
     assert both["per_seed"]["hr1"][1] == one["hr1"]
     fresh = run_eval(run, "base", _cfg(tiny_model_dir, think=False, seeds=[0, 1], method="parts", force=True))
-    assert "reusing" not in capsys.readouterr().out
+    assert "reusing" not in capsys.readouterr().err
     assert fresh["hr1"] == both["hr1"] and fresh["mrr"] == both["mrr"]
     # A different setting is a different part: nothing is reused.
     run_eval(run, "base", _cfg(tiny_model_dir, think=False, seeds=[1], method="parts", length_norm=True))
-    assert "reusing" not in capsys.readouterr().out
+    assert "reusing" not in capsys.readouterr().err
 
 
 def test_answer_from_scores_is_the_top_ranked_candidate(synthetic_train_run, tiny_model_dir):

@@ -41,12 +41,12 @@ def test_stages_run_once_then_skip_and_a_changed_section_reruns(tmp_path, capsys
     first = json.loads((root / "manifests" / "pipeline.json").read_text())
     capsys.readouterr()
     run_pipeline(cfg, only=["prepare", "baselines"])
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert out.count("up to date, skipped") == 2
     # A changed baselines section reruns baselines only; prepare's key is unchanged.
     cfg.write_text(cfg.read_text().replace('["random", "pop"]', '["random", "pop", "transition"]'))
     run_pipeline(cfg, only=["prepare", "baselines"])
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     second = json.loads((root / "manifests" / "pipeline.json").read_text())
     assert second["prepare"] == first["prepare"] and second["baselines"] != first["baselines"]
     assert "[1/2] prepare: up to date, skipped" in out and (root / "results" / "transition.json").exists()

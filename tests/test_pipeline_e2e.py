@@ -98,7 +98,7 @@ def test_pipeline_runs_every_stage_on_a_tiny_model_then_skips_them_all(tmp_path,
     # prepare and graph alone first: later stages build a missing graph themselves, so only a run that stops
     # here shows that the graph stage did its own work.
     assert main(["pipeline", "--config", str(config), "--only", "prepare,graph", "--quiet"]) == 0
-    assert capsys.readouterr().out.count(" ...\n") == 2
+    assert capsys.readouterr().err.count(" ...\n") == 2
     prepared = run / "prepared"
     assert len(_lines(prepared / "train.seed0.jsonl.gz")) > 0 and len(_lines(prepared / "val.seed0.jsonl.gz")) > 0
     assert len(_lines(prepared / "test.seed0.jsonl.gz")) == N_TEST  # the subset asked for
@@ -109,7 +109,8 @@ def test_pipeline_runs_every_stage_on_a_tiny_model_then_skips_them_all(tmp_path,
     # Then the whole pipeline: the two finished stages are skipped, the eight others run.
     command = ["pipeline", "--config", str(config)]
     assert main(command) == 0
-    out = capsys.readouterr().out
+    printed = capsys.readouterr()
+    out = printed.err  # progress logs
     assert out.count(" ...\n") == len(STAGE_NAMES) - 2 and out.count("up to date, skipped") == 2
 
     # chains: for every split (the thoughts stage would only draw train chains, with its default k).
@@ -145,14 +146,14 @@ def test_pipeline_runs_every_stage_on_a_tiny_model_then_skips_them_all(tmp_path,
         assert f"| `{name}` | {N_TEST} | 1 | " in md, name  # method, n, seeds, then its metrics
     html = (run / "report" / "report.html").read_text()
     assert "<table" in html and "rl-no-chains" in html
-    assert "## Results" in out  # the end-of-run table `make demo` prints
+    assert "## Results" in printed.out and "## Results" not in out  # the end-of-run table `make demo` prints
 
     # A second run of the same command skips every stage and rewrites nothing.
     before = _outputs(run)
     keys = json.loads((run / "manifests" / "pipeline.json").read_text())
     assert sorted(keys) == sorted(STAGE_NAMES)
     assert main(command) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert out.count("up to date, skipped") == len(STAGE_NAMES) and " ...\n" not in out
     assert json.loads((run / "manifests" / "pipeline.json").read_text()) == keys
     assert _outputs(run) == before

@@ -403,7 +403,7 @@ def test_load_run_reads_titles(run):
 
 def test_cli_writes_the_report_and_a_manifest(run, capsys):
     assert main(["report", "--run", str(run), "--n-boot", "50"]) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "report.md" in out and "report.html" in out
     manifest = json.loads((run / "manifests" / "report.json").read_text())
     assert any(k.endswith("rl.json") for k in manifest["inputs"])

@@ -151,7 +151,7 @@ def test_new_traces_start_over_instead_of_resuming(tiny_model_dir, synthetic_tra
         f.write("\n".join(lines[::-1]) + "\n")
     capsys.readouterr()
     final = run_sft(synthetic_train_run, cfg)
-    assert "settings or inputs changed; starting over" in capsys.readouterr().out
+    assert "settings or inputs changed; starting over" in capsys.readouterr().err
     summary = json.loads((final / "train_summary.json").read_text())
     assert summary["resumed_from"] is None and summary["global_step"] == 2
     assert [json.loads(line)["step"] for line in open(out / "val.jsonl")] == [0, 2]  # no point of the old run
@@ -175,7 +175,7 @@ def test_manifest_skips_a_finished_stage(tiny_model_dir, synthetic_train_run, ca
     run_sft(synthetic_train_run, cfg)
     capsys.readouterr()
     run_sft(synthetic_train_run, cfg)
-    assert "up to date" in capsys.readouterr().out
+    assert "up to date" in capsys.readouterr().err
 
 
 def test_in_context_filter_keeps_traces_that_restate_a_shown_chain():

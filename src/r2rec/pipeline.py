@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,6 +22,8 @@ from typing import Callable
 from .config import load_yaml
 from .io import atomic_write_json, fingerprint
 from .runs import RunDir
+
+log = logging.getLogger(__name__)
 
 
 class PipelineError(RuntimeError):
@@ -120,7 +122,7 @@ def _report(run: RunDir, section: dict, cfg: dict, force: bool) -> None:
     from .report.report import write_report
 
     out = write_report(run.root, **section)
-    print(f"  wrote {out['markdown']} and {out['html']}")
+    log.info(f"  wrote {out['markdown']} and {out['html']}")
 
 
 STAGES: list[Stage] = [
@@ -169,15 +171,15 @@ def run_pipeline(config_path: str | Path, run_root: str | Path | None = None, on
         key = keys[stage.name]
         head = f"[{i}/{len(todo)}] {stage.name}"
         if state.get(stage.name) == key and stage.name not in (force or []):
-            print(f"{head}: up to date, skipped", flush=True)
+            log.info(f"{head}: up to date, skipped")
             continue
-        print(f"{head} ...", flush=True)
+        log.info(f"{head} ...")
         t0 = time.perf_counter()
         try:
             # --force reaches the stage itself, so its own manifest or checkpoints do not skip the work.
             stage.fn(run, section, cfg, stage.name in (force or []))
         except KeyboardInterrupt:
-            print(f"{head}: interrupted; rerun the same command to resume", flush=True)
+            log.info(f"{head}: interrupted; rerun the same command to resume")
             raise
         except Exception as e:
             raise PipelineError(f"stage {stage.name!r} failed (run {run.root}, config section "
@@ -187,7 +189,7 @@ def run_pipeline(config_path: str | Path, run_root: str | Path | None = None, on
         seconds, rss = time.perf_counter() - t0, _peak_rss_gib()
         times[stage.name] = {"seconds": round(seconds, 1), "peak_rss_gib": round(rss, 2)}
         atomic_write_json(times_path, times)
-        print(f"{head}: done in {seconds:.1f}s (process peak RSS so far {rss:.1f} GiB)", flush=True)
+        log.info(f"{head}: done in {seconds:.1f}s (process peak RSS so far {rss:.1f} GiB)")
         _release_memory()
     return run.root
 
@@ -231,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         root = run_pipeline(args.config, args.run, split(args.only), split(args.force))
     except PipelineError as e:
-        print(f"r2rec pipeline: {e}", file=sys.stderr)
+        log.error(f"r2rec pipeline: {e}")
         return 1
     if not args.quiet:
         show_results(root)

@@ -21,9 +21,9 @@ interaction it cites is marked real or invented.
 from __future__ import annotations
 
 import difflib
+import logging
 import math
 import re
-import sys
 import threading
 import time
 from pathlib import Path
@@ -35,6 +35,8 @@ from r2rec.data.schema import PreparedData, Sample
 from r2rec.grammar import normalize_title
 from r2rec.llm.generate import DecodingConfig
 from r2rec.runs import RunDir
+
+log = logging.getLogger(__name__)
 
 MODEL_CHOICES = ("auto", "base", "sft", "sft-direct", "rl")
 AUTO_ORDER = ("rl", "sft")  # most trained first; sft-direct is an ablation, served only when asked for
@@ -136,7 +138,7 @@ class RecommendService:
         # a time; each request may set its own budget.
         self.decoding = DecodingConfig(max_new_tokens=self.max_new_tokens, batch_size=1,
                                        precision=self.compute.precision)
-        print(f"[serve] compute: {self.compute.describe()}", file=sys.stderr, flush=True)
+        log.info(f"[serve] compute: {self.compute.describe()}")
         self.model, self.tokenizer = load_model(model_name, adapter=adapter, device=self.compute.device)
         self._lock = threading.Lock()
 

@@ -26,6 +26,8 @@ import json
 import logging
 import socket
 
+log = logging.getLogger(__name__)
+
 MAX_BODY_BYTES = 64 * 1024
 log = logging.getLogger("r2rec.serve")
 
@@ -186,8 +188,8 @@ def run(args) -> int:
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in [0, 65535], got {args.port}")
     service = service_from_args(args)
-    print(f"[serve] {json.dumps(service.info())}", flush=True)
-    print(f"[serve] POST http://{args.host}:{args.port}/recommend  GET /health", flush=True)
+    log.info(f"[serve] {json.dumps(service.info())}")
+    log.info(f"[serve] POST http://{args.host}:{args.port}/recommend  GET /health")
     uvicorn.run(create_app(service, args.max_body_bytes), host=args.host, port=args.port,
                 log_level=args.log_level)
     return 0

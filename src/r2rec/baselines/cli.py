@@ -8,10 +8,13 @@ Markdown table of every result in the run.
 from __future__ import annotations
 
 import argparse
+import logging
 
 from r2rec.baselines.base import BASELINES
 from r2rec.baselines.stage import run_baseline
 from r2rec.runs import RunDir
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         result = run_baseline(args.run, name, args.overrides, args.seeds, section.get(name), args.method,
                               args.split, args.force)
-        print(f"[baseline] {result['method']}: hr1 {result['hr1']:.4f} (n={result['n']}, "
+        log.info(f"[baseline] {result['method']}: hr1 {result['hr1']:.4f} (n={result['n']}, "
               f"seeds {result['seeds']}, {result['wall_seconds']:.1f}s)")
     results = [r for r in load_results(RunDir(args.run).results) if r.get("split") == args.split]
     print()

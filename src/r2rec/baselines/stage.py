@@ -9,6 +9,7 @@ Called by ``r2rec baseline`` (:mod:`r2rec.baselines.cli`) and by the pipeline.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Sequence
 from r2rec.baselines.base import make_recommender
 from r2rec.data.schema import PreparedData, samples_path
 from r2rec.runs import RunDir
+
+log = logging.getLogger(__name__)
 
 
 def run_baseline(run_dir: str | Path, name: str, overrides: Sequence[str] | None = None,
@@ -50,7 +53,7 @@ def run_baseline(run_dir: str | Path, name: str, overrides: Sequence[str] | None
     stage_config = {"baseline": name, "model": asdict(model.config), "split": split, "seeds": seeds}
     out = result_path(run.results, method)
     if not force and out.exists() and run.manifest_matches(stage, inputs, stage_config, seeds[0]):
-        print(f"[baseline] {method}: up to date ({out}), skipped")
+        log.info(f"[baseline] {method}: up to date ({out}), skipped")
         return load_result(out)
 
     start = time.time()

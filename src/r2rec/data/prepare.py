@@ -11,6 +11,7 @@ samples, optionally a seeded subsample) and ``meta.json``. The stage is skipped 
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ from .candidates import freeze_candidates, rng_for
 from .raw import RawDataset
 from .schema import PreparedData, samples_path, write_jsonl
 from .sources import SOURCES, SourceOptions, get_source
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -118,10 +121,10 @@ def prepare(config: PrepareConfig, run_dir: RunDir | str | Path, force: bool = F
     seed0 = config.seeds[0]
     out = run.prepared
     if not force and (out / "meta.json").exists() and run.manifest_matches("prepare", inputs, config, seed0):
-        print(f"prepare: {out} is up to date (manifest matches), skipped")
+        log.info(f"prepare: {out} is up to date (manifest matches), skipped")
         return PreparedData(out)
 
-    print(f"prepare: {config.dataset} from {located.label}" + (f" ({data_from['path']})" if located.root else ""))
+    log.info(f"prepare: {config.dataset} from {located.label}" + (f" ({data_from['path']})" if located.root else ""))
     t0 = time.perf_counter()
     ds: RawDataset = located.load(options)
     ds.validate()
@@ -183,8 +186,9 @@ def prepare(config: PrepareConfig, run_dir: RunDir | str | Path, force: bool = F
     atomic_write_json(out / "meta.json", meta, ensure_ascii=False)
     written.append(out / "meta.json")
     run.write_manifest("prepare", inputs, config, seed0, outputs=written, extra={"data": data_from})
-    print(_summary(meta))
-    print(f"  wrote {out} in {meta['seconds']['total']:.1f}s (load {t_load:.1f}s, candidates + samples {t_cands:.1f}s)")
+    log.info(_summary(meta))
+    log.info(f"  wrote {out} in {meta['seconds']['total']:.1f}s (load {t_load:.1f}s, "
+             f"candidates + samples {t_cands:.1f}s)")
     return PreparedData(out)
 
 

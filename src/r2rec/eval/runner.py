@@ -16,6 +16,7 @@ checkpoint on disk and the prompt settings, which :mod:`r2rec.prompting` resolve
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ from typing import TYPE_CHECKING
 from r2rec.hardware import check
 from r2rec.llm.generate import MODES, DecodingConfig
 from r2rec.runs import RunDir
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from r2rec.llm.generate import Generator
@@ -146,7 +149,7 @@ def run_eval(run_dir: str | Path, model_kind: str, config: EvalConfig | None = N
                     "method": method}
     if not cfg.force and run.manifest_matches(f"eval-{method}", inputs, stage_config) \
             and result_path(run.results, method).exists():
-        print(f"[eval] {result_path(run.results, method)} is up to date (manifest matches); nothing to do")
+        log.info(f"[eval] {result_path(run.results, method)} is up to date (manifest matches); nothing to do")
         return load_result(result_path(run.results, method))
 
     samples = {s: prepared.samples(cfg.split, s) for s in seeds}
@@ -217,7 +220,7 @@ class _SeedEvaluator:
         key = self._part_key(seed, samples, weights)
         dump, done = parts / f"{method}.seed{seed}.{key}.jsonl.gz", parts / f"{method}.seed{seed}.{key}.json"
         if done.exists() and dump.exists() and not self.cfg.force:
-            print(f"[eval] seed {seed}: reusing {dump.name} (finished earlier)")
+            log.info(f"[eval] seed {seed}: reusing {dump.name} (finished earlier)")
             return [Prediction.from_json(r) for r in read_jsonl(dump)], json.loads(done.read_text())
         t0 = time.time()
         preds, stats = self._generate(seed, samples)
@@ -239,7 +242,7 @@ class _SeedEvaluator:
             torch.set_num_threads(cfg.threads)
         self._builder = PromptBuilder(self.run.root, self.prompt, prepared=self.prepared)
         compute = resolve(cfg.precision, cfg.device, "eval")
-        print(f"[eval] compute: {compute.describe()}", flush=True)
+        log.info(f"[eval] compute: {compute.describe()}")
         model, tok = load_model(self.model_name, adapter=self.adapter, device=compute.device)
         self._gen = Generator(model, tok, cfg.generation(precision=compute.precision))
         self._checker = _faithfulness_checker(self.run, self._builder) if cfg.faithfulness else None
@@ -253,7 +256,7 @@ class _SeedEvaluator:
         cfg, builder = self.cfg, self._builder
         prompts = builder.build(samples)
         titles = [[builder.title(c) for c in p.candidates] for p in prompts]
-        print(f"[eval] {self.kind} ({self.described}) on {self.run.root.name}/{cfg.split} seed {seed}: "
+        log.info(f"[eval] {self.kind} ({self.described}) on {self.run.root.name}/{cfg.split} seed {seed}: "
               f"{len(prompts)} prompts, mode={cfg.mode} think={self.think} rank={self.rank}")
         t0 = time.time()
         outs = self._gen.generate([p.messages for p in prompts], titles, mode=cfg.mode, think=self.think,
@@ -267,10 +270,11 @@ class _SeedEvaluator:
                 faith = self._checker.check(reasoning, sample.history).score
             scores = None
             if out.scores is not None:
-                by_item = dict(zip(p.candidates, out.scores))
-                scores = [by_item[c] for c in sample.candidates]  # the evaluator wants the stored order
+                # The evaluator wants the stored order; candidates the prompt does not show (show_candidates)
+                # rank below the shown ones, in prior order.
+                scores = p.scores_for(sample.candidates, out.scores)
             answer = None if out.answer is None else p.candidates[out.answer]
-            extra = {"shown_candidates": p.candidates, "stop": out.stop, "n_generated": out.n_generated,
+            extra = {"shown_candidates": p.ranking, "stop": out.stop, "n_generated": out.n_generated,
                      "well_formed": out.well_formed}
             if out.ambiguous:
                 extra["ambiguous_title"] = True
@@ -301,4 +305,4 @@ def _print_summary(result: dict, path: Path) -> None:
         v, ci = result.get(m), result.get(f"{m}_ci95") or [None, None]
         if v is not None:
             parts.append(f"{m}={v:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci[0] is not None else ""))
-    print(f"[eval] {result['method']}: " + " ".join(parts) + f"  ({result['wall_seconds']:.0f}s) -> {path}")
+    log.info(f"[eval] {result['method']}: " + " ".join(parts) + f"  ({result['wall_seconds']:.0f}s) -> {path}")

@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +29,8 @@ def run(args: argparse.Namespace) -> int:
     if args.n_boot < 1:
         raise ValueError(f"--n-boot must be >= 1, got {args.n_boot}")
     paths = write_report(args.run, out_dir=args.out, n_traces=args.traces, n_boot=args.n_boot, seed=args.seed)
-    print(f"wrote {paths['markdown']}")
-    print(f"wrote {paths['html']} ({len(paths['plots'])} plots)")
+    log.info(f"wrote {paths['markdown']}")
+    log.info(f"wrote {paths['html']} ({len(paths['plots'])} plots)")
     for p in paths["problems"]:
-        print(f"warning: {p}", file=sys.stderr)
+        log.warning(f"warning: {p}")
     return 0

@@ -14,12 +14,15 @@ that invents interactions only costs kept traces, never faithfulness.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Sequence
 
 from r2rec.grammar import cite
 from r2rec.thoughts.faithfulness import position_words
 from r2rec.thoughts.progressive import HopRequest, teacher_messages
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -84,7 +87,7 @@ class HFTeacher(Teacher):
         self.model_name = model or DEFAULT_MODEL
         self.name = f"hf:{self.model_name}"
         compute = resolve("auto", "auto", "thoughts")
-        print(f"[thoughts] {self.name} compute: {compute.describe()}", flush=True)
+        log.info(f"[thoughts] {self.name} compute: {compute.describe()}")
         lm, tok = load_model(self.model_name, device=compute.device)
         self.generator = Generator(lm, tok, GenerationConfig(
             max_new_tokens=options.max_tokens, batch_size=options.batch_size, do_sample=options.temperature > 0,

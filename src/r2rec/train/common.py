@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import time
 from dataclasses import asdict
@@ -18,6 +19,8 @@ from r2rec.io import append_log, atomic_open, atomic_write_json, read_log, sha25
 from r2rec.runs import RunDir
 
 from .config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 def lora_config(r: int, alpha: int, dropout: float, target_modules, seed: int | None = None):
@@ -57,7 +60,7 @@ def resume_point(output_dir: Path, config: dict, force: bool = False) -> str | N
                                        if k not in _RESUME_NEUTRAL)
         if force or not same:
             if last_checkpoint(output_dir) or force:
-                print(f"[train] {output_dir}: {'--force' if force else 'settings or inputs changed'}; "
+                log.info(f"[train] {output_dir}: {'--force' if force else 'settings or inputs changed'}; "
                       "starting over")
             shutil.rmtree(output_dir)
             return None
@@ -217,7 +220,7 @@ def val_callback(evaluate: Callable[[object, object], dict], every: int, tokeniz
                 self.trainer.log(metrics)
                 if control is not None:
                     control.should_log = should_log
-            print(f"[val] step {state.global_step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            log.info(f"[val] step {state.global_step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
         def on_train_begin(self, args, state, control, model=None, **kw):
             # A resumed run keeps the val points it already has (one costs minutes on a CPU).
@@ -251,7 +254,7 @@ def up_to_date(run: RunDir, cfg: TrainConfig, inputs, tag: str) -> Path | None:
     """``<output>/final`` when the stage's manifest matches these settings and inputs (nothing to do), else None."""
     final = run.root / cfg.output_dir / "final"
     if run.manifest_matches(cfg.stage, inputs, cfg, cfg.seed) and final.exists():
-        print(f"[{tag}] {final} is up to date (manifest matches); nothing to do")
+        log.info(f"[{tag}] {final} is up to date (manifest matches); nothing to do")
         return final
     return None
 
@@ -272,7 +275,7 @@ def stage_compute(cfg: TrainConfig, tag: str):
     from r2rec.hardware import resolve
 
     compute = resolve(cfg.precision, cfg.device, tag)
-    print(f"[{tag}] compute: {compute.describe()}", flush=True)
+    log.info(f"[{tag}] compute: {compute.describe()}")
     return compute
 
 
@@ -336,7 +339,7 @@ def train_and_save(trainer, run: RunDir, cfg: TrainConfig, out: Path, inputs, re
     final = Path(out) / "final"
     n_train, _ = trainable_parameters(trainer.model)
     if resume:
-        print(f"[{tag}] resuming from {resume}")
+        log.info(f"[{tag}] resuming from {resume}")
     t0 = time.time()
     trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - t0
@@ -353,6 +356,6 @@ def train_and_save(trainer, run: RunDir, cfg: TrainConfig, out: Path, inputs, re
     finally:
         atomic_write_json(final / "train_summary.json", summary)
     run.write_manifest(cfg.stage, inputs, cfg, cfg.seed, outputs=[final], extra=summary)
-    print(f"[{tag}] saved {final} (step {kept['step']}, {cfg.keep}) after {trainer.state.global_step} steps "
+    log.info(f"[{tag}] saved {final} (step {kept['step']}, {cfg.keep}) after {trainer.state.global_step} steps "
           f"in {wall:.0f}s")
     return final

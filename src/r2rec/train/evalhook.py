@@ -11,9 +11,13 @@ reasoning (``iot``) or none (``direct``), then the answer inside the trie of can
 
 from __future__ import annotations
 
+import logging
+
 from r2rec.runs import RunDir
 
 from .config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 def make_val_evaluator(run: RunDir, cfg: TrainConfig, variant: str):
@@ -32,7 +36,7 @@ def make_val_evaluator(run: RunDir, cfg: TrainConfig, variant: str):
     try:
         samples = prepared.samples("val", cfg.eval_seed)[: cfg.eval_samples]
     except FileNotFoundError:
-        print(f"[val] no val samples for seed {cfg.eval_seed}: no val HR@1 curve")
+        log.warning(f"[val] no val samples for seed {cfg.eval_seed}: no val HR@1 curve")
         return None
     if not samples:
         return None
@@ -41,7 +45,8 @@ def make_val_evaluator(run: RunDir, cfg: TrainConfig, variant: str):
     prompts = builder.build(samples)
     messages = [p.messages for p in prompts]
     titles = [[builder.title(c) for c in p.candidates] for p in prompts]
-    targets = [p.candidates.index(s.target) for p, s in zip(prompts, samples)]
+    # -1: the target is not among the candidates shown (show_candidates), so no answer can hit it.
+    targets = [p.candidates.index(s.target) if s.target in p.candidates else -1 for p, s in zip(prompts, samples)]
     first_hr1 = sum(t == 0 for t in targets) / len(samples)
     think = variant == "iot"
 

@@ -18,6 +18,7 @@ total reward and its std, completion length, KL, loss, val HR@1), ``val.jsonl``,
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,8 @@ from .common import (
 from .config import TrainConfig
 from .rewards import check_weights, trl_reward_funcs
 from .sft import config_from_args
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -255,9 +258,9 @@ def verify_update(init: Path, log_csv: Path, tag: str = "rl"):
 
     def verify(final: Path) -> dict:
         facts = {**learning_signal(log_csv), "max_abs_update": adapter_update(init, final)}
-        print(f"[{tag}] learning signal: groups with reward spread {facts.get('groups_with_spread', 0):.0%}, "
+        log.info(f"[{tag}] learning signal: groups with reward spread {facts.get('groups_with_spread', 0):.0%}, "
               f"completions clipped {facts.get('clipped_ratio', 0):.0%}, entropy {facts.get('entropy', 0):.3f}, "
-              f"adapter max |update| {facts['max_abs_update']:.3g}", flush=True)
+              f"adapter max |update| {facts['max_abs_update']:.3g}")
         if facts["max_abs_update"] == 0:
             raise NoLearningSignal(
                 f"{final}: GRPO did not change the adapter (zero gradient at every step: groups with reward "
@@ -280,7 +283,7 @@ def run_rl(run_dir: str | Path, cfg: RLConfig, force: bool = False) -> Path:
     resume, compute = begin(run, cfg, inputs, "rl", force)
     trainer = make_trainer(run, cfg, compute)
     n_train, n_total = trainable_parameters(trainer.model)
-    print(f"[rl] prompts={len(trainer.train_dataset)} group={cfg.num_generations} steps={cfg.max_steps} "
+    log.info(f"[rl] prompts={len(trainer.train_dataset)} group={cfg.num_generations} steps={cfg.max_steps} "
           f"trainable={n_train:,}/{n_total:,} from {init} -> {out}")
     return train_and_save(trainer, run, cfg, out, inputs, resume, "rl", compute,
                           verify=verify_update(init, out / "log.csv"), prompts=len(trainer.train_dataset))

@@ -16,6 +16,7 @@ automatically), ``log.csv`` (loss, lr, val HR@1, seconds per step), ``val.jsonl`
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -35,6 +36,8 @@ from .common import (
     up_to_date,
 )
 from .config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 VARIANTS = ("iot", "direct")
 TRACE_FILTERS = ("all", "in_context")
@@ -186,7 +189,7 @@ def build_dataset(examples: list[dict], tok, cfg: SFTConfig):
     kept = [ex for ex in examples if _token_length(tok, ex) <= cfg.max_length]
     dropped = len(examples) - len(kept)
     if dropped:
-        print(f"[sft] dropped {dropped}/{len(examples)} examples longer than max_length={cfg.max_length}")
+        log.warning(f"[sft] dropped {dropped}/{len(examples)} examples longer than max_length={cfg.max_length}")
     if not kept:
         raise ValueError(f"every SFT example is longer than max_length={cfg.max_length}")
     # The sample column only served prompt rebuilding; TRL would otherwise try to collate it.
@@ -220,7 +223,7 @@ def make_trainer(run: RunDir, cfg: SFTConfig, compute=None):
     if cfg.trace_filter == "in_context":
         n = len(examples)
         examples = [ex for ex in examples if restates_context(ex)]
-        print(f"[sft] trace_filter=in_context kept {len(examples)}/{n} traces")
+        log.info(f"[sft] trace_filter=in_context kept {len(examples)}/{n} traces")
         if not examples:
             raise ValueError("trace_filter=in_context: no trace restates a chain shown in its prompt")
     ds, dropped = build_dataset(examples, tok, cfg)
@@ -265,7 +268,7 @@ def run_sft(run_dir: str | Path, cfg: SFTConfig, force: bool = False) -> Path:
     resume, compute = begin(run, cfg, inputs, "sft", force)
     trainer, dropped = make_trainer(run, cfg, compute)
     n_train, n_total = trainable_parameters(trainer.model)
-    print(f"[sft] variant={cfg.variant} examples={len(trainer.train_dataset)} trainable={n_train:,}/{n_total:,} "
+    log.info(f"[sft] variant={cfg.variant} examples={len(trainer.train_dataset)} trainable={n_train:,}/{n_total:,} "
           f"max_steps={trainer.args.max_steps} epochs={cfg.epochs} -> {out}")
     return train_and_save(trainer, run, cfg, out, inputs, resume, "sft", compute,
                           examples=len(trainer.train_dataset),
