@@ -28,7 +28,7 @@ LAYERS: dict[str, int] = {
     # leaves every layer may use: the package root, typed configs, crash-safe files (atomic writes, logs,
     # fingerprints), run folders and manifests, device and precision, and the completion grammar (answer
     # format + citation form, read by prompts, model and checks)
-    "r2rec": 0, "config": 0, "io": 0, "log": 0, "runs": 0, "hardware": 0, "grammar": 0,
+    "r2rec": 0, "errors": 0, "config": 0, "io": 0, "log": 0, "runs": 0, "hardware": 0, "grammar": 0,
     "data": 1,  # loaders, the Sample schema, splits, frozen candidates
     "signals": 2,  # classical scores from the train sequences (transition, co-occurrence, popularity)
     "graph": 3,  # the train-only interaction graph, the chain sampler, chain evidence
