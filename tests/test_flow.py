@@ -39,7 +39,7 @@ LAYERS: dict[str, int] = {
     "eval": 7,  # metrics, bootstrap CIs, the evaluator, result files, the LLM evaluation runner
     "baselines": 8,  # classical rankers, fitted and evaluated with eval's own metric definitions
     "report": 8,  # tables, plots, HTML from the result files
-    "pipeline": 9, "serve": 9, "serve_http": 9, "cli": 9,  # on top: they call the stage runners
+    "pipeline": 9, "serve": 9, "serve_http": 9, "export": 9, "cli": 9,  # on top: they call the stage runners
 }
 
 # Imports the layer order allows but the design does not.

@@ -69,6 +69,10 @@ class DecodingConfig:
         steps on the CPU run in the weights' dtype.
     length_norm: rank by mean token log-prob instead of the sum (the sum is the title's probability and
         favours short titles; the mean does not).
+    engine: what computes the logits (:mod:`r2rec.llm.engines`): ``auto`` (llama.cpp on a CPU where
+        llama-cpp-python is installed and the model is a Llama, else torch), ``torch`` (the reference loop) or
+        ``llama.cpp``. Training-time val curves always use torch (the model being trained).
+    quant: the llama.cpp engine's weights: ``q8_0`` (8-bit, fastest), ``f16`` or ``f32`` (bit-exact).
     """
 
     max_new_tokens: int = 256
@@ -80,6 +84,8 @@ class DecodingConfig:
     seed: int = 0
     precision: str = "auto"
     length_norm: bool = False
+    engine: str = "auto"
+    quant: str = "q8_0"
 
     def generation(self, **changes) -> GenerationConfig:
         """The :class:`GenerationConfig` of these settings, with ``changes`` (e.g. ``progress=False``)."""
@@ -97,8 +103,11 @@ class DecodingConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         from r2rec.hardware import PRECISIONS
 
+        from .engines import check_engine
+
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        check_engine(self.engine, self.quant, type(self).__name__)
 
 
 @dataclass
@@ -164,6 +173,13 @@ class Generator:
 
     def __init__(self, model, tokenizer, config: GenerationConfig | None = None):
         self.model = model
+        self._init_tokens(tokenizer, config)
+        self.device = next(model.parameters()).device
+        from r2rec.hardware import resolve
+
+        self.compute = resolve(self.config.precision, self.device.type, "generation")
+
+    def _init_tokens(self, tokenizer, config: GenerationConfig | None) -> None:
         self.tok = tokenizer
         self.config = config or GenerationConfig()
         self.eos = tokenizer.eos_token_id
@@ -172,10 +188,6 @@ class Generator:
         # Every stop string ends with ">": only a token containing one can complete it, so the decoded tail is
         # looked at only then (byte-level BPE keeps ASCII characters as they are in the vocabulary).
         self._may_close = {i for t, i in tokenizer.get_vocab().items() if ">" in t}
-        self.device = next(model.parameters()).device
-        from r2rec.hardware import resolve
-
-        self.compute = resolve(self.config.precision, self.device.type, "generation")
 
     # -- public API --------------------------------------------------------------------------------------
     def prompt_ids(self, messages: list[dict]) -> list[int]:
@@ -409,20 +421,26 @@ class Generator:
                              n_generated=len(row.free), well_formed=parsed.well_formed)
         row.phase = _DONE
 
-    def _close_thoughts(self, b: int, row: _Row, stop: str, mask, pos) -> None:
-        """End the reasoning: canonical thoughts, answer trie, and the forced tokens up to the answer span."""
+    def _canonical_prefix(self, row: _Row, stop: str) -> tuple[list[int], int]:
+        """End the reasoning: canonical thoughts and answer trie. Returns the completion tokens up to the answer
+        span (the canonical prefix) and how many of the tokens fed so far agree with it (those stay cached)."""
         text = self.tok.decode(row.free, skip_special_tokens=True)
         cut = min((i for i in (text.find(s) for s in THINK_STOPS) if i >= 0), default=len(text))
         thoughts = [line.strip() for line in text[:cut].splitlines() if line.strip()]
         prefix = self._build_trie(row, thoughts)
         assert row.out is not None  # _build_trie made it
         row.out.stop, row.out.n_generated = stop, len(row.free)
-        # Keep the fed tokens that agree with the canonical prefix; mask out the rest of the cache entries.
         fed = [t for t, _ in row.fed]
         c = 0
         while c < min(len(fed), len(prefix)) and fed[c] == prefix[c]:
             c += 1
-        if c == len(fed) == len(prefix):
+        return prefix, c
+
+    def _close_thoughts(self, b: int, row: _Row, stop: str, mask, pos) -> None:
+        """End the reasoning and queue the forced tokens up to the answer span (:meth:`_canonical_prefix`)."""
+        prefix, c = self._canonical_prefix(row, stop)
+        # Keep the fed tokens that agree with the canonical prefix; mask out the rest of the cache entries.
+        if c == len(row.fed) == len(prefix):
             row.phase = _TRIE  # the current logits are already those after the full prefix
             return
         c = min(c, len(prefix) - 1)  # re-feed at least one token so the next logits follow the prefix
