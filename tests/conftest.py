@@ -12,9 +12,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True)
 def _r2rec_logging():
-    """Progress logs go to stderr as under the CLI, so tests read them with ``capsys.readouterr().err``."""
+    """Progress logs go to stderr as under the CLI, so tests read them with ``capsys.readouterr().err``; reset
+    before every test (a CLI call under a changed ``R2REC_LOG_LEVEL`` must not leak into the next test)."""
     from r2rec.log import setup
 
     setup("INFO")

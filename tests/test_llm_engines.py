@@ -135,3 +135,35 @@ def test_torch_generator_is_the_reference_type(engines):
     torch_gen, llama_gen = engines
     assert type(torch_gen) is Generator and isinstance(llama_gen, Generator)
     assert llama_gen.compute.precision == "gguf-f32"
+
+
+def test_export_command_writes_a_gguf_of_the_run_model(tiny_model_dir, tmp_path, monkeypatch):
+    """``r2rec export --run R --model sft``: the run's adapter merged into its base, readable as a Llama GGUF."""
+    import gguf
+    from peft import LoraConfig, get_peft_model
+
+    from r2rec.cli import main
+
+    monkeypatch.setenv("R2REC_CACHE", str(tmp_path / "cache"))
+    model, _ = load_model(tiny_model_dir)
+    adapter = tmp_path / "run" / "checkpoints" / "sft" / "final"
+    get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(adapter)
+    out = tmp_path / "sft.gguf"
+    assert main(["export", "--run", str(tmp_path / "run"), "--model", "sft", "--quant", "f16", "--out", str(out)]) == 0
+    reader = gguf.GGUFReader(out)
+    arch = reader.fields["general.architecture"]
+    assert bytes(arch.parts[arch.data[0]]).decode() == "llama"
+    names = {t.name for t in reader.tensors}
+    assert {"token_embd.weight", "blk.0.attn_q.weight", "blk.1.ffn_down.weight"} <= names
+    assert main(["export", "--run", str(tmp_path / "run"), "--model", "rl"]) == 2  # no rl checkpoint: one line
+
+
+def test_configured_generators_share_one_context(engines):
+    _, llama_gen = engines
+    prompts, cands = _prompts(2, seed=2)
+    short = llama_gen.configured(GenerationConfig(max_new_tokens=3, progress=False, precision="fp32", quant="f32"))
+    outs = short.generate(prompts, cands, mode="constrained", think=True)
+    assert all(o.n_generated <= 3 + 10 for o in outs) and short.llm is llama_gen.llm
+    short.close()  # not the owner: the shared context stays open
+    assert llama_gen.llm is not None and llama_gen.config.max_new_tokens == 24
+    assert len(llama_gen.generate(prompts, cands, mode="constrained", think=True)) == 2

@@ -64,10 +64,21 @@ def test_force_reruns_the_stage_itself_not_only_its_pipeline_entry(tmp_path):
     assert result.stat().st_mtime_ns > before  # the baseline's own manifest did not stop it
 
 
-def test_a_failing_stage_is_named_with_its_section(tmp_path):
+def test_a_failing_stage_is_named_with_its_section(tmp_path, monkeypatch):
+    from r2rec.baselines import stage as baseline_stage
+
     _write_csv(tmp_path)
     cfg = _config(tmp_path, methods=("no-such-baseline",))
-    with pytest.raises(PipelineError, match="stage 'baselines' failed .*section 'baselines'"):
+    with pytest.raises(ValueError, match="baselines.methods: unknown name 'no-such-baseline'"):
+        run_pipeline(cfg, only=["prepare", "baselines"])  # refused up front: no stage ran
+    assert not (tmp_path / "run" / "manifests" / "pipeline.json").exists()
+
+    def fail(*a, **k):
+        raise RuntimeError("the fit diverged")
+
+    monkeypatch.setattr(baseline_stage, "run_baseline", fail)
+    cfg = _config(tmp_path)
+    with pytest.raises(PipelineError, match="stage 'baselines' failed .*section 'baselines'.*diverged"):
         run_pipeline(cfg, only=["prepare", "baselines"])
     state = json.loads((tmp_path / "run" / "manifests" / "pipeline.json").read_text())
     assert "prepare" in state and "baselines" not in state  # the failed stage is not marked done

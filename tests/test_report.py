@@ -410,7 +410,7 @@ def test_cli_writes_the_report_and_a_manifest(run, capsys):
 
 
 def test_cli_errors_cleanly_on_a_missing_run(tmp_path, capsys):
-    assert main(["report", "--run", str(tmp_path / "nope")]) == 1
+    assert main(["report", "--run", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert "r2rec report: error:" in err and "nope" in err and "no such run folder" in err
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -13,7 +16,7 @@ from r2rec.graph.chains import ChainConfig, ChainSampler
 from r2rec.graph.graph import build_graph
 from r2rec.graph.synthetic import write_synthetic_run
 from r2rec.prompting import PromptBuilder
-from r2rec.serve import RecommendService, format_text, resolve_kind
+from r2rec.serve import MicroBatcher, NothingToRecommend, RecommendService, ServiceBusy, format_text, resolve_kind
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +28,10 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def service(run, tiny_model_dir):
-    return RecommendService(run, model="base", base_model=str(tiny_model_dir), max_new_tokens=8, threads=1)
+    svc = RecommendService(run, model="base", base_model=str(tiny_model_dir), max_new_tokens=8, threads=1,
+                           batch_wait_ms=50)  # a wide window: the concurrency test's threads all make one batch
+    yield svc
+    svc.close()
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +123,7 @@ def test_faithfulness_marks_real_and_invented_citations(service, sample):
     ([5], ["Item 8", ""], {}, "candidates[1]: empty title"),
     ([5], None, {"max_new_tokens": -1}, "max_new_tokens must be an integer in [0, 1024]"),
     ([5], None, {"max_new_tokens": 10 ** 6}, "max_new_tokens must be an integer in [0, 1024]"),
+    ([5] * 1001, None, {}, "history: got 1001 items, at most 1000 are accepted"),
 ])
 def test_bad_inputs_are_clear_value_errors(service, history, candidates, kw, message):
     with pytest.raises(ValueError) as e:
@@ -152,6 +159,7 @@ def test_duplicate_titles_need_ids_and_never_share_a_prompt(dup_run, tiny_model_
     # The generator keeps at most one of the two, so the answer can always be told apart.
     cands = svc.generate_candidates([1, 2, 3], n=90)
     assert len(cands) == 90 and not {6, 7} <= set(cands) and len({svc.titles[c] for c in cands}) == 90
+    svc.close()
 
 
 def test_auto_picks_the_most_trained_checkpoint(tmp_path):
@@ -187,7 +195,10 @@ def test_auto_serves_a_lora_adapter_and_direct_answers(run, tiny_model_dir, tmp_
     assert svc.kind == "sft" and svc.described["adapter"].endswith("checkpoints/sft/final")
     assert svc.described["model"] == str(tiny_model_dir)  # the base the adapter records
     assert svc.recommend(list(sample.history), list(sample.candidates))["item"] in sample.candidates
-    direct = RecommendService(copy, model="sft-direct").recommend(list(sample.history), list(sample.candidates))
+    svc.close()
+    direct_service = RecommendService(copy, model="sft-direct")
+    direct = direct_service.recommend(list(sample.history), list(sample.candidates))
+    direct_service.close()
     assert direct["reasoning"] == [] and direct["raw"] == f"<answer>{direct['title']}</answer>"
     assert direct["faithfulness"]["score"] is None
 
@@ -204,7 +215,139 @@ def test_cli_recommend_text_json_and_errors(run, tiny_model_dir, sample, service
     assert main(base) == 0
     out = capsys.readouterr().out
     assert "candidates (generated" in out and "reasoning:" in out and "answer: " in out
-    assert main(base[:-1] + ["Item 5|Nope"]) == 1
+    assert main(base[:-1] + ["Item 5|Nope"]) == 2
     assert "r2rec recommend: error: history[1]: unknown title 'Nope'" in capsys.readouterr().err
-    assert main(["recommend", "--run", str(run.parent / "missing"), "--history", "Item 5"]) == 1
+    assert main(["recommend", "--run", str(run.parent / "missing"), "--history", "Item 5"]) == 2
     assert "not a prepared run" in capsys.readouterr().err
+
+
+# -- the history is not recommended back ------------------------------------------------------------------
+def test_given_candidates_in_the_whole_history_are_left_out(service):
+    # 14 items: the prompt shows the last 10, but the 4 older ones were consumed too.
+    history = [f"Item {i}" for i in range(10, 24)]
+    res = service.recommend(history, ["Item 10", "Item 40", "Item 23", "Item 41"])
+    assert res["history_dropped"] == 4
+    assert [c["title"] for c in res["candidates_removed"]] == ["Item 10", "Item 23"]
+    assert sorted(c["title"] for c in res["candidates"]) == ["Item 40", "Item 41"]
+    assert res["title"] in ("Item 40", "Item 41") and res["allow_history"] is False
+    assert "left out, already in the history: Item 10 | Item 23" in format_text(res)
+    # Asked for: kept, and the model may pick them.
+    kept = service.recommend(history, ["Item 10", "Item 40", "Item 23", "Item 41"], allow_history=True)
+    assert kept["candidates_removed"] == [] and len(kept["candidates"]) == 4 and kept["allow_history"] is True
+    # One left: it is the answer.
+    one = service.recommend(history, ["Item 10", "Item 40", "Item 23"])
+    assert [c["title"] for c in one["candidates"]] == ["Item 40"] and one["title"] == "Item 40"
+
+
+def test_candidates_all_in_the_history_are_a_clear_error(service):
+    history = [f"Item {i}" for i in range(10, 24)]
+    with pytest.raises(NothingToRecommend, match=r"candidates: all 2 given candidates are in the history.*"
+                                                 r"allow_history=true"):
+        service.recommend(history, ["Item 11", "item 12"])
+
+
+def test_generated_candidates_avoid_the_whole_history(service):
+    history = list(range(0, 30))  # far more than the 10 the prompt shows
+    res = service.recommend(history, max_new_tokens=0)
+    items = {c["item"] for c in res["candidates"]}
+    assert res["history_dropped"] == 20 and len(items) == 20 and not items & set(history)
+    # allow_history: only the shown history is kept out (older items may come back).
+    again = service.recommend(history, max_new_tokens=0, allow_history=True)
+    assert not {c["item"] for c in again["candidates"]} & set(history[-10:])
+    with pytest.raises(NothingToRecommend, match="covers the whole catalogue"):
+        service.recommend(sorted(service.titles), max_new_tokens=0)
+
+
+# -- micro-batching ----------------------------------------------------------------------------------------
+def test_concurrent_requests_share_one_generation_call_and_get_the_sequential_answer(service, run):
+    samples = PreparedData(run / "prepared").samples("val", 0)[:6]
+    requests = [(list(s.history), list(s.candidates)) for s in samples]
+    alone = [service.recommend(h, c) for h, c in requests]
+    calls = []
+    generate = service._generate
+
+    def counting(prompts, titles, budget):
+        calls.append(len(prompts))
+        return generate(prompts, titles, budget)
+
+    service._generate = counting
+    try:
+        with ThreadPoolExecutor(len(requests)) as pool:
+            together = list(pool.map(lambda r: service.recommend(*r), requests))
+    finally:
+        del service._generate
+    assert calls == [len(requests)]  # one batched call (batch_size 8, a 50 ms window)
+    assert service.info()["generation_calls"] >= len(requests) + 1
+    for a, b in zip(alone, together):
+        assert (a["item"], a["raw"], a["stop"], a["generated_tokens"]) == (b["item"], b["raw"], b["stop"],
+                                                                           b["generated_tokens"])
+        # Scores go through bf16 autocast where the CPU has it: a padded batch rounds a little differently.
+        assert [c["logprob"] for c in a["candidates"]] == pytest.approx([c["logprob"] for c in b["candidates"]],
+                                                                        rel=1e-3)
+
+
+def test_micro_batcher_groups_by_key_up_to_the_batch_size():
+    batches = []
+    gate = threading.Event()
+
+    def run(key, items):
+        gate.wait(5)
+        batches.append((key, list(items)))
+        if key == "bad":
+            raise RuntimeError("model failed")
+        return [f"{key}:{i}" for i in items]
+
+    batcher = MicroBatcher(run, max_batch=3, max_wait_s=0.2, max_pending=100)
+    jobs = [("a", 0), ("a", 1), ("b", 2), ("a", 3), ("a", 4), ("bad", 5)]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futures = []
+        for key, item in jobs:
+            futures.append(pool.submit(batcher.submit, key, item))
+            time.sleep(0.01)  # arrive in this order, all within the window
+        gate.set()
+        assert [f.result() for f in futures[:5]] == ["a:0", "a:1", "b:2", "a:3", "a:4"]
+        with pytest.raises(RuntimeError, match="model failed"):
+            futures[5].result()
+    # Oldest key first, at most 3 per call, one key per call; later ones form the next batches.
+    assert batches == [("a", [0, 1, 3]), ("b", [2]), ("a", [4]), ("bad", [5])]
+    assert batcher.submit("c", 9) == "c:9"  # the worker survived the failure
+    batcher.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher.submit("c", 1)
+
+
+def test_micro_batcher_turns_requests_away_beyond_max_pending():
+    gate = threading.Event()
+    batcher = MicroBatcher(lambda key, items: (gate.wait(5), items)[1], max_batch=1, max_wait_s=0, max_pending=2)
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(batcher.submit, 0, "running")  # taken by the worker, blocks in run
+        time.sleep(0.1)
+        waiting = [pool.submit(batcher.submit, 0, f"w{i}") for i in range(2)]
+        time.sleep(0.1)
+        with pytest.raises(ServiceBusy, match="2 requests are waiting"):
+            batcher.submit(0, "one too many")
+        gate.set()
+        assert [first.result(), *(w.result() for w in waiting)] == ["running", "w0", "w1"]
+    batcher.close()
+
+
+def test_llama_cpp_engine_serves_what_torch_serves(run, tiny_model_dir, service, sample, tmp_path, monkeypatch):
+    """``engine="llama.cpp"`` (an f32 GGUF export): the same answer and scores as the torch engine."""
+    pytest.importorskip("llama_cpp")
+    monkeypatch.setenv("R2REC_CACHE", str(tmp_path / "cache"))
+    svc = RecommendService(run, model="base", base_model=str(tiny_model_dir), max_new_tokens=8, threads=1,
+                           engine="llama.cpp", quant="f32")
+    ref = RecommendService(run, model="base", base_model=str(tiny_model_dir), max_new_tokens=8, threads=1,
+                           precision="fp32")  # the reference in the export's precision
+    try:
+        titles = [service.titles[c] for c in sample.candidates]
+        a, b = ref.recommend(list(sample.history), titles), svc.recommend(list(sample.history), titles)
+        assert svc.info()["engine"] == "llama.cpp" and ref.info()["engine"] == "torch"
+        assert (b["item"], b["raw"]) == (a["item"], a["raw"])
+        assert [c["logprob"] for c in b["candidates"]] == pytest.approx([c["logprob"] for c in a["candidates"]],
+                                                                         abs=0.1)
+        short = svc.recommend(list(sample.history), titles, max_new_tokens=2)  # another budget, same context
+        assert short["item"] in sample.candidates
+    finally:
+        svc.close()
+        ref.close()

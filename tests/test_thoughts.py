@@ -178,7 +178,7 @@ def test_manifest_skip_and_cli(run, capsys):
     mtime = path.stat().st_mtime_ns
     assert main(["thoughts", "--run", str(run), "--max-samples", "40"]) == 0
     assert path.stat().st_mtime_ns == mtime
-    assert main(["thoughts", "--run", str(run), "--teacher", "nope"]) == 1
+    assert main(["thoughts", "--run", str(run), "--teacher", "nope"]) == 2
     assert "unknown teacher" in capsys.readouterr().err
 
 

@@ -7,11 +7,25 @@ import json
 from r2rec.train.common import resume_point, training_state
 
 
+def fake_checkpoint(folder, step):
+    """A checkpoint folder that passes r2rec.train.common.checkpoint_problem: trainer state naming its step, a
+    whole safetensors adapter, optimizer and scheduler archives."""
+    import zipfile
+
+    folder.mkdir(parents=True)
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    (folder / "adapter_model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 4)
+    for name in ("optimizer.pt", "scheduler.pt"):
+        with zipfile.ZipFile(folder / name, "w") as z:
+            z.writestr("data.pkl", b"x")
+    return folder
+
+
 def _run_dir(tmp_path, config, steps=(5, 10)):
     out = tmp_path / "out"
     for s in steps:
-        (out / f"checkpoint-{s}").mkdir(parents=True)
-        (out / f"checkpoint-{s}" / "trainer_state.json").write_text("{}")
+        fake_checkpoint(out / f"checkpoint-{s}", s)
     (out / "checkpoint-15").mkdir()  # interrupted mid-write: no trainer state
     (out / "config.json").write_text(json.dumps(config))
     return out

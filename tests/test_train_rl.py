@@ -94,7 +94,7 @@ def test_missing_sft_adapter_is_a_clear_error(tiny_model_dir, synthetic_train_ru
 
 
 def test_rl_config_errors():
-    with pytest.raises(ValueError, match="micro_batch_size must be 0 or divide"):
+    with pytest.raises(ValueError, match="micro_batch_size: must be 0 or divide"):
         build(RLConfig, {"num_generations": 4, "micro_batch_size": 3})
     with pytest.raises(ValueError, match="unknown reward"):
         build(RLConfig, {"reward_weights": {"length": 1.0}})

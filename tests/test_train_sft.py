@@ -127,7 +127,7 @@ def test_config_errors_are_clear():
 def test_cli_reports_bad_overrides_in_one_line(capsys, synthetic_train_run):
     from r2rec.cli import main
 
-    assert main(["sft", "--run", str(synthetic_train_run), "lora_rank=8"]) == 1
+    assert main(["sft", "--run", str(synthetic_train_run), "lora_rank=8"]) == 2
     err = capsys.readouterr().err
     assert "unknown key(s) ['lora_rank']" in err and "Traceback" not in err
 

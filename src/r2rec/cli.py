@@ -7,9 +7,17 @@ Modules are imported only when their command runs (heavy imports such as torch s
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib
+import logging
 import os
 import sys
+import zlib
+
+from r2rec.errors import InputError
+
+# What the CLI reports as bad input (one line, status 2); anything else is a bug and keeps its traceback.
+_BAD_INPUT = (InputError, ValueError, OSError, EOFError, zlib.error, csv.Error)
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -22,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rl": ("r2rec.train.rl", "GRPO from the SFT adapter"),
     "eval": ("r2rec.eval.cli", "evaluate an LLM (base, sft, sft-direct, rl) on the frozen candidates"),
     "report": ("r2rec.report.cli", "write the Markdown + HTML report of a run"),
+    "export": ("r2rec.export", "merge a run's adapter into its model and write a GGUF file (llama.cpp)"),
     "recommend": ("r2rec.serve", "recommend one item with its reasoning"),
     "serve": ("r2rec.serve_http", "serve recommendations as JSON over HTTP"),
     "pipeline": ("r2rec.pipeline", "run every stage from a YAML config, skipping finished stages"),
@@ -76,10 +85,23 @@ def main(argv: list[str] | None = None) -> int:
     setup()
     try:
         return int(mod.run(args) or 0)
-    except (ValueError, FileNotFoundError) as e:
-        # Bad input gets one clear line (file, line, fault), not a traceback.
-        print(f"r2rec {name}: error: {e}", file=sys.stderr)
-        return 1
+    except _BAD_INPUT as e:
+        # Bad input gets one clear line (file, line, fault) and status 2, not a traceback. InputError is the
+        # contract; the others are what a library raises on a bad file that no loader translated (yet).
+        # A plain ValueError may also be a bug: R2REC_LOG_LEVEL=DEBUG shows its traceback.
+        if not isinstance(e, InputError):
+            logging.getLogger(__name__).debug("error", exc_info=True)
+        print(f"r2rec {name}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(e: BaseException) -> str:
+    """The message of ``e`` on one line; an OSError as ``file: reason``."""
+    if isinstance(e, OSError) and not isinstance(e, InputError) and e.strerror and e.filename is not None:
+        text = f"{e.filename}: {e.strerror}"
+    else:
+        text = str(e)
+    return " ".join(text.split()) or type(e).__name__
 
 
 if __name__ == "__main__":

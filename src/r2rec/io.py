@@ -12,20 +12,31 @@ was or complete, never half written:
   line (a run killed mid-append) is ignored and cut, so the next append starts on a fresh line.
 - :func:`sha256_file`, :func:`fingerprint`: content hashes of a file and of a JSON-able object (sorted keys),
   which manifests, resume keys and caches compare.
+- :func:`check_input`, :func:`iter_lines`, :func:`iter_jsonl`, :func:`read_jsonl`: reading input files (the
+  loaders' text files, prepared samples, chains, traces), where every fault is one
+  :class:`~r2rec.errors.InputError` naming the file and the line: a missing file, a folder, an unreadable file,
+  bytes that are not UTF-8, a NUL byte, an over-long line, a truncated or corrupt gzip stream, a line that is not
+  a JSON object. A UTF-8 byte-order mark is dropped and CRLF line endings are read as LF.
 
-Bottom layer: imports nothing of r2rec.
+Bottom layer: imports nothing of r2rec but :mod:`r2rec.errors`.
 """
 
 from __future__ import annotations
 
+import codecs
+import gzip
 import hashlib
 import json
 import os
 import secrets
 import shutil
+import stat
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, TextIO
+from typing import Any, Iterable, Iterator, TextIO
+
+from r2rec.errors import InputError, InputNotFound
 
 
 # -- atomic writes ---------------------------------------------------------------------------------------
@@ -123,16 +134,20 @@ def atomic_dir(path: str | os.PathLike, marker: str | None = None):
 # -- the append-only JSON-lines log ----------------------------------------------------------------------
 def _complete_rows(path: Path, raw: bytes) -> tuple[list[dict], int]:
     """The rows of the complete (newline-ended) lines of ``raw`` and their length in bytes; blank lines are
-    skipped. A complete line that is not JSON is corruption, not a torn append: ValueError naming it."""
+    skipped. A complete line that is not a JSON object is corruption, not a torn append: InputError naming it."""
     end = raw.rfind(b"\n") + 1  # what follows the last newline is a torn append
     rows = []
     for lineno, line in enumerate(raw[:end].split(b"\n")[:-1], 1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise ValueError(f"{path}:{lineno}: malformed line in an append-only log") from None
+            row = json.loads(line)
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, nesting too deep
+            raise InputError(f"malformed line in an append-only log ({_json_fault(e)})", path, lineno) from None
+        if not isinstance(row, dict):
+            raise InputError(f"malformed line in an append-only log (a JSON {_json_type(row)}, not an object)",
+                             path, lineno)
+        rows.append(row)
     return rows, end
 
 
@@ -211,3 +226,139 @@ def fingerprint(obj: Any, ensure_ascii: bool = True) -> str:
     non-ASCII text as UTF-8 instead of ``\\u`` escapes (the teacher cache keys were made that way)."""
     blob = json.dumps(obj, sort_keys=True, ensure_ascii=ensure_ascii, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# -- reading input files ---------------------------------------------------------------------------------
+MAX_LINE_BYTES = 1 << 17
+"""Longest line of a loader's text input (128 KiB, the csv module's own field limit)."""
+MAX_JSONL_LINE_BYTES = 1 << 26
+"""Longest line of a JSON-lines file (64 MiB): a bound on memory, far above any line the stages write."""
+INT64_MAX = (1 << 63) - 1
+
+
+def clip(value: Any, n: int = 60) -> str:
+    """``repr(value)`` cut to about ``n`` characters, for quoting input in a one-line error."""
+    text = repr(value)
+    return text if len(text) <= n else f"{str(value)[:n]!r}... ({len(str(value)):,} characters)"
+
+
+def check_input(path: str | os.PathLike, what: str = "file") -> Path:
+    """``path`` when it names a regular file this process can read; else :class:`InputError` saying why
+    (:class:`InputNotFound` when it does not exist), with ``what`` naming the file's role."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        dangling = " (a symbolic link to a missing file)" if path.is_symlink() else ""
+        raise InputNotFound(f"{what} not found{dangling}", path) from None
+    except OSError as e:  # a symbolic-link loop, a file where a folder belongs, permissions on a folder
+        raise InputError(f"cannot read the {what}: {e.strerror or e}", path) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"is a folder, expected the {what}", path)
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"is not a regular file (a pipe, socket or device), expected the {what}", path)
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise InputError(f"cannot read the {what}: {e.strerror or e}", path) from None
+    return path
+
+
+def _gzip_fault(e: BaseException, lines: int) -> str:
+    after = f" after line {lines}" if lines else ""
+    if isinstance(e, EOFError):
+        return f"the gzip stream ends early{after}: the file is truncated"
+    if lines and "Not a gzipped file" in str(e):
+        return f"unexpected bytes{after}, past the end of the gzip stream ({e})"
+    return f"not a valid gzip file{after} ({e})"
+
+
+def iter_lines(path: str | os.PathLike, what: str = "file", *, encoding: str = "utf-8",
+               max_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, str]]:
+    """(line number, text without its line ending) of each line of the text file at ``path``, gunzipped when
+    the name ends in ``.gz``. Lines end in LF or CRLF; a UTF-8 byte-order mark at the start is dropped. The
+    file is read as bytes and decoded line by line, so every fault is an :class:`InputError` naming the file
+    and the line: see :func:`check_input`, bytes that are not ``encoding``, a NUL byte, a carriage return
+    inside a line, a line longer than ``max_bytes``, a UTF-16 or gzip file read as text, a truncated or
+    corrupt gzip stream."""
+    path = check_input(path, what)
+    gz = path.name.endswith(".gz")
+    lineno = 0
+    try:
+        with open(path, "rb") as raw:
+            f = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
+            while True:
+                try:
+                    b = f.readline(max_bytes + 1)
+                except (OSError, EOFError, zlib.error) as e:
+                    if not gz:
+                        raise
+                    raise InputError(_gzip_fault(e, lineno), path) from None
+                if not b:
+                    return
+                lineno += 1
+                if len(b) > max_bytes and not b.endswith(b"\n"):
+                    raise InputError(f"line longer than {max_bytes:,} bytes (a binary file, or a field that "
+                                     "swallowed the rest of the file?)", path, lineno)
+                if lineno == 1:
+                    if b.startswith(codecs.BOM_UTF8):
+                        b = b[len(codecs.BOM_UTF8):]
+                    elif b.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+                        raise InputError(f"UTF-16 text; save the file as {encoding.upper()}", path, lineno)
+                    elif not gz and b.startswith(b"\x1f\x8b"):
+                        raise InputError("gzip-compressed data in a file whose name does not end in .gz; "
+                                         "decompress it first", path, lineno)
+                b = b[:-2] if b.endswith(b"\r\n") else b[:-1] if b.endswith(b"\n") else b
+                if b"\0" in b or b"\r" in b:
+                    for byte, fault in ((b"\0", "a NUL byte (a binary or UTF-16 file?)"),
+                                        (b"\r", "a carriage return inside the line (CR-only line endings? "
+                                                "save the file with LF or CRLF line endings)")):
+                        if byte in b:
+                            raise InputError(f"{fault} at column {b.find(byte) + 1}", path, lineno)
+                try:
+                    text = b.decode(encoding)
+                except UnicodeDecodeError as e:
+                    raise InputError(f"not valid {encoding.upper()} text (byte 0x{b[e.start]:02x} at column "
+                                     f"{e.start + 1}); save the file as {encoding.upper()}", path, lineno) from None
+                yield lineno, text
+    except InputError:
+        raise
+    except OSError as e:  # the file went away or failed while being read
+        raise InputError(f"cannot read the {what}{f' after line {lineno}' if lineno else ''}: "
+                         f"{e.strerror or e}", path) from None
+
+
+def _json_fault(e: BaseException) -> str:
+    if isinstance(e, json.JSONDecodeError):
+        return f"{e.msg} at column {e.colno}"
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    return str(e)
+
+
+def _json_type(value: Any) -> str:
+    return {list: "list", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
+
+
+def iter_jsonl(path: str | os.PathLike, what: str = "JSON-lines file",
+               max_bytes: int = MAX_JSONL_LINE_BYTES) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of each non-blank line of the JSON-lines file at ``path`` (gunzipped when it ends
+    in ``.gz``); a line that is not JSON, or JSON that is not an object, is an :class:`InputError` naming the
+    file and line, as are the faults of :func:`iter_lines`."""
+    for lineno, line in iter_lines(path, what, max_bytes=max_bytes):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError) as e:
+            raise InputError(f"malformed JSON line ({_json_fault(e)})", path, lineno) from None
+        if not isinstance(row, dict):
+            raise InputError(f"expected a JSON object, got a {_json_type(row)}", path, lineno)
+        yield lineno, row
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
+    """The objects of a JSON-lines file (:func:`iter_jsonl` without the line numbers)."""
+    for _, row in iter_jsonl(path):
+        yield row

@@ -7,6 +7,11 @@ Each stage has a *key*: a hash of its YAML section and of the keys of the stages
 is recorded in ``manifests/pipeline.json`` is skipped; a stage that was interrupted has no recorded key, so it
 runs again and resumes from its own checkpoints/caches (SFT and RL checkpoints, the teacher cache). Changing one
 section reruns that stage and everything downstream of it, nothing else.
+
+Before the first stage runs, :func:`validate` checks the whole config: every section is built into its stage's
+config objects (the functions the stages themselves build them with), ``skip``/``--only``/``--force`` must name
+stages, and the files the stages to run read must exist unless a stage of this run writes them. A fault is one
+:class:`r2rec.errors.ConfigError` (``<config>: <section>.<key>: <what>``), and nothing has run.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from .config import load_yaml
+from .config import build, did_you_mean, load_yaml
+from .errors import ConfigError, redact
 from .io import atomic_write_json, fingerprint
 from .runs import RunDir
 
@@ -36,77 +42,164 @@ class Stage:
     deps: tuple[str, ...]
     fn: Callable[[RunDir, dict, dict, bool], None]  # (run, section, whole config, force)
     section: str  # the YAML section it reads
+    # (section, whole config, config file) -> the stage's config objects, built and checked without doing any
+    # work; the stage builds the same objects through the same function when it runs.
+    configs: Callable[[dict, dict, str | None], object]
+
+
+# -- each stage's configs (built up front by validate(), then again by the stage itself) ----------------------
+def _prepare_configs(section: dict, cfg: dict, path: str | None):
+    from .data.prepare import PrepareConfig
+
+    config = build(PrepareConfig, section, where="prepare", path=path)
+    if config.dataset == "csv":
+        for key in ("interactions", "titles"):
+            if not getattr(config, key):
+                raise ConfigError(f"prepare.{key}: required with dataset: csv", path=path)
+    return config
+
+
+BASELINE_DEFAULTS = ["random", "pop", "transition", "sasrec", "gru4rec", "evidence"]
+
+
+def _baselines_configs(section: dict, cfg: dict, path: str | None):
+    from .baselines.base import BASELINES
+    from .baselines.trainer import reject_removed_keys
+
+    _known_keys(section, ("methods", "settings"), "baselines", path)
+    methods = _names(section.get("methods", BASELINE_DEFAULTS), list(BASELINES), "baselines.methods", path)
+    settings = section.get("settings") or {}
+    if not isinstance(settings, dict):
+        raise ConfigError(f"baselines.settings: expected a mapping of method -> settings, got {settings!r}", path)
+    _names(list(settings), list(BASELINES), "baselines.settings", path)
+    out: dict[str, object] = {}
+    for name in methods + [m for m in settings if m not in methods]:  # the settings of an unused method too
+        where = f"baselines.settings.{name}"
+        try:
+            reject_removed_keys(settings.get(name))
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}", path=path) from None
+        out[name] = build(BASELINES[name].config_cls, settings.get(name), where=where, path=path)
+    return out
+
+
+def _graph_configs(section: dict, cfg: dict, path: str | None):
+    from .graph.graph import GraphConfig
+
+    return build(GraphConfig, section, where="graph", path=path)
+
+
+def _chains_configs(section: dict, cfg: dict, path: str | None):
+    from .graph.chains import ChainConfig
+
+    return build(ChainConfig, section, where="chains", path=path)
+
+
+def _thoughts_configs(section: dict, cfg: dict, path: str | None):
+    from .thoughts.stage import ThoughtsConfig
+
+    return build(ThoughtsConfig, {"prompt": cfg.get("prompt") or {}, **section}, where="thoughts", path=path)
+
+
+def _sft_configs(variant: str, where: str):
+    def configs(section: dict, cfg: dict, path: str | None):
+        from .train.sft import SFTConfig
+
+        return build(SFTConfig, {**section, "variant": variant}, where=where, path=path)
+    return configs
+
+
+def _rl_configs(section: dict, cfg: dict, path: str | None):
+    from .train.rl import RLConfig
+
+    return build(RLConfig, section, where="rl", path=path)
+
+
+def _eval_configs(section: dict, cfg: dict, path: str | None):
+    """The evaluation jobs: ``[(model kind, EvalConfig, PromptConfig)]``."""
+    from .eval.runner import MODEL_KINDS, EvalConfig
+    from .prompting import PromptConfig
+
+    section = dict(section)
+    kinds = _names(section.pop("models", ["base", "sft-direct", "sft", "rl"]), list(MODEL_KINDS), "eval.models",
+                   path)
+    # Inference-time ablation: the final model with the interaction chains removed from its prompts.
+    no_chains = section.pop("no_context_ablation", True)
+    if not isinstance(no_chains, bool):
+        raise ConfigError(f"eval.no_context_ablation: expected a boolean, got {no_chains!r}", path=path)
+    prompt = build(PromptConfig, cfg.get("prompt") or {}, where="prompt", path=path)
+    jobs = [(kind, build(EvalConfig, section, where="eval", path=path), prompt) for kind in kinds]
+    if no_chains and kinds:
+        final = kinds[-1]
+        ablated = build(PromptConfig, {**(cfg.get("prompt") or {}), "context_chains": 0}, where="prompt", path=path)
+        jobs.append((final, build(EvalConfig, {**section, "method": f"{final}-no-chains"}, where="eval", path=path),
+                     ablated))
+    return jobs
+
+
+REPORT_KEYS = ("out_dir", "n_traces", "n_boot", "seed")
+
+
+def _report_configs(section: dict, cfg: dict, path: str | None):
+    _known_keys(section, REPORT_KEYS, "report", path)
+    for key in ("n_traces", "n_boot", "seed"):
+        value = section.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "n_boot" else 0):
+            raise ConfigError(f"report.{key}: expected an int >= {1 if key == 'n_boot' else 0}, got {value!r}", path)
+    return dict(section)
 
 
 # -- stage adapters: thin calls into each stage's own module ------------------------------------------------
 def _prepare(run: RunDir, section: dict, cfg: dict, force: bool) -> None:
-    from .config import build
-    from .data.prepare import PrepareConfig, prepare
+    from .data.prepare import prepare
 
-    prepare(build(PrepareConfig, section, where="prepare"), run, force=force)
+    prepare(_prepare_configs(section, cfg, None), run, force=force)
 
 
 def _baselines(run: RunDir, section: dict, cfg: dict, force: bool) -> None:
     from .baselines.stage import run_baseline
 
-    for name in section.get("methods", ["random", "pop", "transition", "sasrec", "gru4rec", "evidence"]):
+    methods = _baselines_configs(section, cfg, None)  # checked; the stage builds them from the section again
+    for name in _names(section.get("methods", BASELINE_DEFAULTS), list(methods), "baselines.methods", None):
         run_baseline(run.root, name, values=(section.get("settings") or {}).get(name), force=force)
 
 
 def _graph(run: RunDir, section: dict, cfg: dict, force: bool) -> None:
-    from .config import build
-    from .graph.graph import GraphConfig, build_graph
+    from .graph.graph import build_graph
 
-    build_graph(run.root, build(GraphConfig, section, where="graph"), force=force)
+    build_graph(run.root, _graph_configs(section, cfg, None), force=force)
 
 
 def _chains(run: RunDir, section: dict, cfg: dict, force: bool) -> None:
-    from .config import build
-    from .graph.chains import ChainConfig
     from .graph.stage import run_chains
 
-    run_chains(run.root, build(ChainConfig, section, where="chains"), force=force, progress=True)
+    run_chains(run.root, _chains_configs(section, cfg, None), force=force, progress=True)
 
 
 def _thoughts(run: RunDir, section: dict, cfg: dict, force: bool) -> None:
-    from .config import build
-    from .thoughts.stage import ThoughtsConfig, run_thoughts
+    from .thoughts.stage import run_thoughts
 
-    run_thoughts(run.root, build(ThoughtsConfig, {"prompt": cfg.get("prompt") or {}, **section}, where="thoughts"),
-                 force=force)
+    run_thoughts(run.root, _thoughts_configs(section, cfg, None), force=force)
 
 
-def _sft(variant: str):
+def _sft(variant: str, where: str):
     def fn(run: RunDir, section: dict, cfg: dict, force: bool) -> None:
-        from .config import build
-        from .train.sft import SFTConfig, run_sft
+        from .train.sft import run_sft
 
-        run_sft(run.root, build(SFTConfig, {**section, "variant": variant}, where=f"sft[{variant}]"), force=force)
+        run_sft(run.root, _sft_configs(variant, where)(section, cfg, None), force=force)
     return fn
 
 
 def _rl(run: RunDir, section: dict, cfg: dict, force: bool) -> None:
-    from .config import build
-    from .train.rl import RLConfig, run_rl
+    from .train.rl import run_rl
 
-    run_rl(run.root, build(RLConfig, section, where="rl"), force=force)
+    run_rl(run.root, _rl_configs(section, cfg, None), force=force)
 
 
 def _eval(run: RunDir, section: dict, cfg: dict, force: bool) -> None:
-    from .config import build
-    from .eval.runner import EvalConfig, run_eval
-    from .prompting import PromptConfig
+    from .eval.runner import run_eval
 
-    section = {**section, "force": True} if force else dict(section)
-    kinds = section.pop("models", ["base", "sft-direct", "sft", "rl"])
-    # Inference-time ablation: the final model with the interaction chains removed from its prompts.
-    no_chains = section.pop("no_context_ablation", True)
-    prompt = build(PromptConfig, cfg.get("prompt") or {}, where="prompt")
-    jobs = [(kind, build(EvalConfig, section, where="eval"), prompt) for kind in kinds]
-    if no_chains and kinds:
-        final = kinds[-1]
-        ablated = build(PromptConfig, {**(cfg.get("prompt") or {}), "context_chains": 0}, where="prompt")
-        jobs.append((final, build(EvalConfig, {**section, "method": f"{final}-no-chains"}, where="eval"), ablated))
+    jobs = _eval_configs({**section, "force": True} if force else section, cfg, None)
     # Seed by seed across every model first: an interrupted run then holds whole seeds of every row (each
     # seed's predictions are kept), and the last pass over all seeds only combines them.
     seeds = jobs[0][1].seeds if jobs else []
@@ -126,18 +219,112 @@ def _report(run: RunDir, section: dict, cfg: dict, force: bool) -> None:
 
 
 STAGES: list[Stage] = [
-    Stage("prepare", (), _prepare, "prepare"),
-    Stage("baselines", ("prepare",), _baselines, "baselines"),
-    Stage("graph", ("prepare",), _graph, "graph"),
-    Stage("chains", ("graph",), _chains, "chains"),
-    Stage("thoughts", ("chains",), _thoughts, "thoughts"),
-    Stage("sft-direct", ("thoughts",), _sft("direct"), "sft_direct"),
-    Stage("sft", ("thoughts",), _sft("iot"), "sft"),
-    Stage("rl", ("sft",), _rl, "rl"),
-    Stage("eval", ("sft", "sft-direct", "rl"), _eval, "eval"),
-    Stage("report", ("eval", "baselines"), _report, "report"),
+    Stage("prepare", (), _prepare, "prepare", _prepare_configs),
+    Stage("baselines", ("prepare",), _baselines, "baselines", _baselines_configs),
+    Stage("graph", ("prepare",), _graph, "graph", _graph_configs),
+    Stage("chains", ("graph",), _chains, "chains", _chains_configs),
+    Stage("thoughts", ("chains",), _thoughts, "thoughts", _thoughts_configs),
+    Stage("sft-direct", ("thoughts",), _sft("direct", "sft_direct"), "sft_direct",
+          _sft_configs("direct", "sft_direct")),
+    Stage("sft", ("thoughts",), _sft("iot", "sft"), "sft", _sft_configs("iot", "sft")),
+    Stage("rl", ("sft",), _rl, "rl", _rl_configs),
+    Stage("eval", ("sft", "sft-direct", "rl"), _eval, "eval", _eval_configs),
+    Stage("report", ("eval", "baselines"), _report, "report", _report_configs),
 ]
 STAGE_NAMES = [s.name for s in STAGES]
+TOP_KEYS = ("run", "prompt", "skip")
+
+
+# -- the whole config, checked before the first stage runs ---------------------------------------------------
+def _known_keys(section: dict, known, where: str, path: str | None) -> None:
+    unknown = sorted(set(section) - set(known))
+    if unknown:
+        hint = did_you_mean(unknown[0], known) if len(unknown) == 1 else ""
+        raise ConfigError(f"{where}: unknown key(s) {unknown}{hint}; known: {sorted(known)}", path=path)
+
+
+def _names(value, known: list[str], where: str, path: str | None) -> list[str]:
+    """A list of names (a comma-separated string also does), each one of ``known``, none twice."""
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: expected a list of names from {known}, got {value!r}", path=path)
+    for name in value:
+        if name not in known:
+            raise ConfigError(f"{where}: unknown name {name!r}{did_you_mean(name, known)}; known: {known}", path=path)
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{where}: a name is listed twice: {list(value)}", path=path)
+    return list(value)
+
+
+def _local_path(model: str) -> bool:
+    return model.startswith(("/", "./", "../", "~"))
+
+
+def _check_files(cfg: dict, configs: dict[str, object], todo: list[str], run: Path, path: str | None) -> None:
+    """Files a stage about to run reads and no stage of this run will write must exist now: the csv inputs, a
+    local model path, and the outputs of skipped stages (``skip``, ``--only``) that later stages read."""
+    def need(file: Path, where: str, producer: str | None = None) -> None:
+        if file.exists() or (producer is not None and producer in todo):
+            return
+        why = f"; stage {producer!r} would write it but is not part of this run (skip / --only)" if producer else ""
+        raise ConfigError(f"{where}: {file} does not exist{why}", path=path)
+
+    if "prepare" in todo:
+        prep = configs["prepare"]
+        for key in ("interactions", "titles"):
+            if getattr(prep, key):
+                need(Path(getattr(prep, key)).expanduser(), f"prepare.{key}")
+    if any(name != "prepare" for name in todo):
+        need(run / "prepared" / "meta.json", "prepare", "prepare")
+    for name, section in (("sft-direct", "sft_direct"), ("sft", "sft"), ("rl", "rl")):
+        if name not in todo:
+            continue
+        train = configs[name]
+        default = "thoughts/sft.jsonl.gz"
+        need(run / train.traces, f"{section}.traces", "thoughts" if train.traces == default else None)  # type: ignore[attr-defined]
+        if _local_path(train.model):  # type: ignore[attr-defined]
+            need(Path(train.model).expanduser(), f"{section}.model")  # type: ignore[attr-defined]
+        if name == "rl":
+            init = train.init  # type: ignore[attr-defined]
+            need(run / init, "rl.init", "sft" if init == "checkpoints/sft/final" else None)
+    if "eval" in todo:
+        for kind, ecfg, _ in configs["eval"]:  # type: ignore[attr-defined]
+            if kind != "base":
+                need(run / "checkpoints" / kind / "final", "eval.models", kind)
+            if ecfg.model and _local_path(ecfg.model):
+                need(Path(ecfg.model).expanduser(), "eval.model")
+
+
+def validate(cfg: dict, config_path: str | Path | None = None, only: list[str] | None = None,
+             force: list[str] | None = None, run_root: str | Path | None = None) -> list[Stage]:
+    """Check the whole config before any stage runs, and return the stages to run.
+
+    Every section is built into its stage's config objects (types, ranges, unknown keys, with the closest known
+    key), ``skip``/``only``/``force`` must name stages, and the files the stages to run read must exist unless an
+    earlier stage of this run writes them. Raises :class:`r2rec.errors.ConfigError` naming the section and key.
+    """
+    path = None if config_path is None else str(config_path)
+    sections = [s.section for s in STAGES]
+    for name in cfg:
+        if name not in sections and name not in TOP_KEYS:
+            raise ConfigError(f"unknown section {name!r}{did_you_mean(str(name), sections + list(TOP_KEYS))}; "
+                              f"sections: {sections + list(TOP_KEYS)}", path=path)
+    for name in sections + ["prompt"]:
+        if cfg.get(name) is not None and not isinstance(cfg[name], dict):
+            raise ConfigError(f"{name}: expected a mapping of key: value, got {cfg[name]!r}", path=path)
+    if cfg.get("run") is not None and not isinstance(cfg["run"], str):
+        raise ConfigError(f"run: expected a folder name, got {cfg['run']!r}", path=path)
+    skip = set(_names(cfg.get("skip") or [], STAGE_NAMES, "skip", path))
+    only_set = set(_names(only, STAGE_NAMES, "--only", None)) if only else None
+    _names(force or [], STAGE_NAMES, "--force", None)
+    todo = [s for s in STAGES if s.name not in skip and (only_set is None or s.name in only_set)]
+    configs: dict[str, object] = {}
+    for stage in STAGES:  # every section, also those of stages this run skips: the file is one config
+        configs[stage.name] = stage.configs(cfg.get(stage.section) or {}, cfg, path)
+    run = Path(run_root or cfg.get("run") or f"runs/{Path(config_path or 'pipeline').stem}")
+    _check_files(cfg, configs, [s.name for s in todo], run, path)
+    return todo
 
 
 def _key(stage: Stage, section: dict, prompt: dict, keys: dict[str, str]) -> str:
@@ -150,22 +337,22 @@ def _key(stage: Stage, section: dict, prompt: dict, keys: dict[str, str]) -> str
 
 def run_pipeline(config_path: str | Path, run_root: str | Path | None = None, only: list[str] | None = None,
                  force: list[str] | None = None) -> Path:
-    cfg = load_yaml(config_path)
-    unknown = sorted(set(cfg) - {s.section for s in STAGES} - {"run", "prompt", "skip"})
-    if unknown:
-        raise ValueError(f"{config_path}: unknown section(s) {unknown}")
+    try:
+        cfg = load_yaml(config_path)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    # The whole config is checked before the first stage runs: a bad sft key fails now, not after hours of work.
+    todo = validate(cfg, config_path, only, force, run_root)
     run = RunDir(run_root or cfg.get("run") or f"runs/{Path(config_path).stem}")
     state_path = run.manifests / "pipeline.json"
-    state: dict = json.loads(state_path.read_text()) if state_path.exists() else {}
+    state = _read_state(state_path)
     # Wall time and process peak RSS of each stage when it last ran (shown by show_results).
     times_path = run.manifests / "pipeline-times.json"
-    times: dict = json.loads(times_path.read_text()) if times_path.exists() else {}
-    skip = set(cfg.get("skip", [])) | ({n for n in STAGE_NAMES if n not in only} if only else set())
+    times = _read_state(times_path)
     # Keys of every stage, skipped ones included, so that `--only` never changes a stage's key.
     keys: dict[str, str] = {}
     for stage in STAGES:
         keys[stage.name] = _key(stage, cfg.get(stage.section) or {}, cfg.get("prompt", {}), keys)
-    todo = [s for s in STAGES if s.name not in skip]
     for i, stage in enumerate(todo, 1):
         section = cfg.get(stage.section) or {}
         key = keys[stage.name]
@@ -183,7 +370,7 @@ def run_pipeline(config_path: str | Path, run_root: str | Path | None = None, on
             raise
         except Exception as e:
             raise PipelineError(f"stage {stage.name!r} failed (run {run.root}, config section "
-                                f"{stage.section!r} of {config_path}): {type(e).__name__}: {e}") from e
+                                f"{stage.section!r} of {config_path}): {type(e).__name__}: {redact(str(e))}") from e
         state[stage.name] = key
         atomic_write_json(state_path, state)
         seconds, rss = time.perf_counter() - t0, _peak_rss_gib()
@@ -192,6 +379,22 @@ def run_pipeline(config_path: str | Path, run_root: str | Path | None = None, on
         log.info(f"{head}: done in {seconds:.1f}s (process peak RSS so far {rss:.1f} GiB)")
         _release_memory()
     return run.root
+
+
+def _read_state(path: Path) -> dict:
+    """A pipeline bookkeeping file (``pipeline.json``, ``pipeline-times.json``); a torn or unreadable one counts
+    as absent (its stages run again and resume from their own checkpoints), with a warning."""
+    if not path.exists():
+        return {}
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        log.warning(f"[pipeline] {path} is unreadable ({type(e).__name__}); treating it as absent")
+        return {}
+    if not isinstance(state, dict):
+        log.warning(f"[pipeline] {path} is not a JSON object; treating it as absent")
+        return {}
+    return state
 
 
 def _peak_rss_gib() -> float:
@@ -227,9 +430,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
-    for name in (split(args.only) or []) + (split(args.force) or []):
-        if name not in STAGE_NAMES:
-            raise ValueError(f"unknown stage {name!r}; stages: {STAGE_NAMES}")
     try:
         root = run_pipeline(args.config, args.run, split(args.only), split(args.force))
     except PipelineError as e:
@@ -245,7 +445,9 @@ def _show_stage_times(run: RunDir) -> None:
     path = run.manifests / "pipeline-times.json"
     if not path.exists():
         return
-    times = json.loads(path.read_text())
+    times = _read_state(path)
+    if not times:
+        return
     print("\n## Stages (wall time when each last ran; process peak RSS)\n")
     print("| stage | seconds | peak RSS GiB | compute |\n|---|---|---|---|")
     for name in STAGE_NAMES:
@@ -254,7 +456,7 @@ def _show_stage_times(run: RunDir) -> None:
         manifests = run.manifests.glob("eval-*.json") if name == "eval" else [run.manifest_path(name)]
         computes = []
         for m in manifests:
-            c = json.loads(m.read_text()).get("compute") if m.exists() else None
+            c = _read_state(m).get("compute")
             for one in c if isinstance(c, list) else [c] if c else []:
                 computes.append(f"{one['device']} {one['precision']}")
         compute = ", ".join(sorted(set(computes)))

@@ -16,6 +16,25 @@ catalogue id (an int, or the string ``"id:<n>"``). Without candidates, the top `
 the train-only chain evidence (ties: item transitions, then popularity) among items outside the history act
 as the upstream candidate generator. The generated reasoning is checked against the train graph: every
 interaction it cites is marked real or invented.
+
+What the user already consumed is not recommended: given candidates that appear anywhere in the history (not
+only in the last ``max_history`` items the prompt shows) are dropped before the prompt is built, and generated
+candidates come from outside the whole history. ``allow_history=True`` keeps given candidates as they are
+(re-consumption: music, groceries) and lets generated ones include history items the prompt does not show.
+A request whose candidates are all in its history fails with :class:`NothingToRecommend`.
+
+Concurrent requests share the model through :class:`MicroBatcher`: one worker thread decodes up to
+``batch_size`` waiting prompts in one :meth:`r2rec.llm.generate.Generator.generate` call (requests that arrive
+within ``batch_wait_ms`` of the first, or that queued while the model was busy). Decoding is greedy and the rows
+of a batch are independent (:mod:`r2rec.llm.generate`), so in fp32 a request gets the answer it gets alone.
+Under bf16 autocast (``precision: auto`` on a CPU with native bf16) a padded batch rounds differently, and a
+near-tie in the reasoning can then go the other way: 1 of 10 SmolLM2 answers changed in
+``bench/bench_serve.py``, 0 of 10 in fp32; ``precision="fp32"`` where that matters.
+
+Limits of one request (all checked here, and declared in the HTTP schema): ``max_history_items`` (1,000)
+history entries, 2 to ``max_candidates`` (50) candidates, ``max_new_tokens`` up to ``max_new_tokens_limit``
+(1,024), and at most ``max_pending`` (256) requests waiting for the model before new ones are turned away with
+:class:`ServiceBusy`.
 """
 
 from __future__ import annotations
@@ -26,12 +45,14 @@ import math
 import re
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from r2rec.data.schema import PreparedData, Sample
+from r2rec.errors import InputError
 from r2rec.grammar import normalize_title
 from r2rec.llm.generate import DecodingConfig
 from r2rec.runs import RunDir
@@ -41,11 +62,97 @@ log = logging.getLogger(__name__)
 MODEL_CHOICES = ("auto", "base", "sft", "sft-direct", "rl")
 AUTO_ORDER = ("rl", "sft")  # most trained first; sft-direct is an ablation, served only when asked for
 MAX_CANDIDATES = 50
+MAX_HISTORY_ITEMS = 1000  # most history entries a request may give (the prompt shows the last max_history)
 MAX_NEW_TOKENS_LIMIT = 1024  # a request may not ask for more reasoning tokens than this
 DEFAULT_MAX_NEW_TOKENS = DecodingConfig.max_new_tokens  # r2rec eval's reasoning budget
+BATCH_SIZE = DecodingConfig.batch_size  # prompts decoded together (r2rec eval's default batch)
+BATCH_WAIT_MS = 5.0  # how long the first waiting request holds the batch open for others
+MAX_PENDING = 256  # requests waiting for the model before new ones get ServiceBusy
 _ID = re.compile(r"id:\s*(-?\d+)", re.I)
 # A request is not a user of the train graph: this split keeps the chain sampler from looking it up there.
 _SPLIT, _USER = "serve", "request"
+
+
+class NothingToRecommend(InputError):
+    """Every candidate of a well-formed request is filtered out (all of them are in the user's history)."""
+
+
+class ServiceBusy(RuntimeError):
+    """More requests are waiting for the model than the service queues (``max_pending``); retry later."""
+
+
+class MicroBatcher:
+    """Runs ``run(key, items) -> results`` for items submitted from many threads, a batch at a time.
+
+    One worker thread takes the oldest waiting item, waits up to ``max_wait_s`` after that item arrived for
+    others with the same ``key`` (a batch shares one decoding budget), and hands up to ``max_batch`` of them to
+    one ``run`` call. While a batch runs, new items queue up and form the next one at once. :meth:`submit`
+    blocks its caller until its own result is there (or re-raises what ``run`` raised). ``calls`` and ``items``
+    count the ``run`` calls made and the items they took.
+    """
+
+    def __init__(self, run: Callable[[Any, list], list], max_batch: int, max_wait_s: float,
+                 max_pending: int = MAX_PENDING, name: str = "r2rec-batcher"):
+        if max_batch < 1 or max_pending < 1 or max_wait_s < 0:
+            raise ValueError(f"max_batch and max_pending must be >= 1 and max_wait_s >= 0, got "
+                             f"{max_batch}, {max_pending}, {max_wait_s}")
+        self._run, self.max_batch, self.max_wait_s, self.max_pending = run, max_batch, max_wait_s, max_pending
+        self._cond = threading.Condition()
+        self._pending: list[tuple[float, Any, Any, Future]] = []  # (arrival, key, item, future), oldest first
+        self._closed = False
+        self.calls = self.items = 0
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, key: Any, item: Any) -> Any:
+        future: Future = Future()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the batcher is closed")
+            if len(self._pending) >= self.max_pending:
+                raise ServiceBusy(f"busy: {len(self._pending)} requests are waiting for the model; retry later")
+            self._pending.append((time.monotonic(), key, item, future))
+            self._cond.notify()
+        return future.result()
+
+    def close(self) -> None:
+        """Stop the worker once the waiting items are done."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _next_batch(self) -> tuple[Any, list[tuple[Any, Future]]] | None:
+        with self._cond:
+            while not self._pending and not self._closed:
+                self._cond.wait()
+            if not self._pending:
+                return None  # closed and drained
+            arrived, key = self._pending[0][:2]
+            while not self._closed:
+                if sum(k == key for _, k, _, _ in self._pending) >= self.max_batch:
+                    break
+                left = arrived + self.max_wait_s - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            batch = [p for p in self._pending if p[1] == key][:self.max_batch]
+            taken = {id(p) for p in batch}
+            self._pending = [p for p in self._pending if id(p) not in taken]
+            self.calls, self.items = self.calls + 1, self.items + len(batch)
+        return key, [(item, future) for _, _, item, future in batch]
+
+    def _loop(self) -> None:
+        while (nxt := self._next_batch()) is not None:
+            key, batch = nxt
+            try:
+                results = self._run(key, [item for item, _ in batch])
+            except Exception as e:  # the callers see it; the worker goes on with the next batch
+                for _, future in batch:
+                    future.set_exception(e)
+                continue
+            for (_, future), result in zip(batch, results):
+                future.set_result(result)
 
 
 def resolve_kind(run_dir: str | Path, model: str = "auto", base_model: str = "") -> str:
@@ -81,19 +188,27 @@ class RecommendService:
     may give. ``num_candidates``: candidates generated when a request gives none (default: the run's 20).
     ``rank``: also score every candidate (``logprob`` per candidate in the answer). ``threads``: torch CPU
     threads for the process (0 = torch's default; 1 is faster for tiny models or on a busy machine).
+    ``max_history_items``: most history entries a request may give. ``max_new_tokens_limit``: the largest
+    ``max_new_tokens`` a request may ask for. ``batch_size``: most requests decoded in one generation call;
+    ``batch_wait_ms``: how long the first waiting request holds a batch open for others; ``max_pending``: most
+    requests waiting for the model (more get :class:`ServiceBusy`).
 
-    Thread-safe: generation runs under a lock (one model, one CPU); everything else keeps no per-call state.
+    Thread-safe: requests from many threads are batched by one :class:`MicroBatcher` worker, which alone runs
+    the model; everything else keeps no per-call state. :meth:`close` stops the worker.
     """
 
     def __init__(self, run_dir: str | Path, model: str = "auto", prompt=None, base_model: str = "",
                  max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, max_candidates: int = MAX_CANDIDATES,
                  num_candidates: int | None = None, rank: bool = True, precision: str = "auto", device: str = "auto",
-                 threads: int = 0):
+                 threads: int = 0, max_history_items: int = MAX_HISTORY_ITEMS,
+                 max_new_tokens_limit: int = MAX_NEW_TOKENS_LIMIT, batch_size: int = BATCH_SIZE,
+                 batch_wait_ms: float = BATCH_WAIT_MS, max_pending: int = MAX_PENDING, engine: str = "torch",
+                 quant: str = "q8_0"):
         from r2rec.baselines.simple import TransitionRecommender
         from r2rec.eval.runner import EvalConfig, resolve_checkpoint
         from r2rec.graph.graph import graph_for_run
         from r2rec.hardware import resolve
-        from r2rec.llm.models import load_model
+        from r2rec.llm.engines import load_generator
         from r2rec.prompting import PromptBuilder, prompt_config
         from r2rec.thoughts.faithfulness import CitationChecker
 
@@ -103,6 +218,11 @@ class RecommendService:
                                     f"(run `r2rec prepare` first)")
         if max_candidates < 2:
             raise ValueError(f"max_candidates must be >= 2, got {max_candidates}")
+        if max_history_items < 1 or batch_size < 1 or max_pending < 1 or batch_wait_ms < 0:
+            raise ValueError(f"max_history_items, batch_size and max_pending must be >= 1 and batch_wait_ms >= 0, "
+                             f"got {max_history_items}, {batch_size}, {max_pending}, {batch_wait_ms}")
+        if not 0 <= max_new_tokens_limit <= MAX_NEW_TOKENS_LIMIT:
+            raise ValueError(f"max_new_tokens_limit must be in [0, {MAX_NEW_TOKENS_LIMIT}], got {max_new_tokens_limit}")
         self.prepared = PreparedData(self.run.prepared)
         meta = self.prepared.meta
         self.max_candidates = int(max_candidates)
@@ -112,7 +232,10 @@ class RecommendService:
                              f"got {self.num_candidates}")
         # Prompts show the last max_history items, as every prepared sample does.
         self.max_history = int(meta.get("max_history", 10))
+        self.max_history_items = int(max_history_items)
+        self.max_new_tokens_limit = int(max_new_tokens_limit)
         self.max_new_tokens = self._budget(max_new_tokens)
+        self.batch_size, self.batch_wait_ms, self.max_pending = int(batch_size), float(batch_wait_ms), int(max_pending)
         self.rank = rank
 
         self.kind = resolve_kind(self.run.root, model, base_model)
@@ -134,18 +257,26 @@ class RecommendService:
 
             torch.set_num_threads(int(threads))
         self.compute = resolve(precision, device, "serve")
-        # Decoded as r2rec eval decodes (greedy: the same request always gets the same answer), one request at
-        # a time; each request may set its own budget.
-        self.decoding = DecodingConfig(max_new_tokens=self.max_new_tokens, batch_size=1,
-                                       precision=self.compute.precision)
-        log.info(f"[serve] compute: {self.compute.describe()}")
-        self.model, self.tokenizer = load_model(model_name, adapter=adapter, device=self.compute.device)
+        # Decoded as r2rec eval decodes (greedy: the same request always gets the same answer), up to batch_size
+        # requests in one call; each request may set its own budget, and a batch shares one.
+        self.decoding = DecodingConfig(max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                                       precision=self.compute.precision, engine=engine, quant=quant)
+        # One model (torch weights, or a llama.cpp context on its GGUF export: r2rec.llm.engines); one generator
+        # per reasoning budget is derived from it.
+        self._generator, self.engine = load_generator(
+            model_name, adapter, self.decoding.generation(progress=False), device=self.compute.device,
+            engine=engine, quant=quant, threads=threads)
+        log.info(f"[serve] compute: {self._generator.compute.describe()}; engine {self.engine.describe()}")
         self._lock = threading.Lock()
+        self._generators: dict[int, Any] = {}  # budget -> Generator
+        self._batcher = MicroBatcher(
+            lambda budget, items: self._generate([m for m, _ in items], [t for _, t in items], budget),
+            max_batch=self.batch_size, max_wait_s=self.batch_wait_ms / 1000, max_pending=self.max_pending)
 
     # -- inputs ----------------------------------------------------------------------------------------
     def _budget(self, n) -> int:
-        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_NEW_TOKENS_LIMIT:
-            raise ValueError(f"max_new_tokens must be an integer in [0, {MAX_NEW_TOKENS_LIMIT}], got {n!r}")
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= self.max_new_tokens_limit:
+            raise ValueError(f"max_new_tokens must be an integer in [0, {self.max_new_tokens_limit}], got {n!r}")
         return n
 
     def resolve_item(self, entry: str | int, where: str = "item") -> int:
@@ -176,9 +307,11 @@ class RecommendService:
                              f"{self.run.prepared / 'items.jsonl'})")
         return entry
 
-    def resolve_items(self, entries: Sequence[str | int], name: str) -> list[int]:
+    def resolve_items(self, entries: Sequence[str | int], name: str, limit: int | None = None) -> list[int]:
         if isinstance(entries, (str, bytes)) or not isinstance(entries, Sequence):
             raise ValueError(f"{name}: expected a list of titles or item ids, got {type(entries).__name__}")
+        if limit is not None and len(entries) > limit:
+            raise ValueError(f"{name}: got {len(entries)} items, at most {limit} are accepted")
         return [self.resolve_item(e, f"{name}[{i}]") for i, e in enumerate(entries)]
 
     def _check_candidates(self, entries: Sequence, ids: list[int]) -> None:
@@ -199,18 +332,21 @@ class RecommendService:
             by_key[key] = j
 
     # -- candidate generation --------------------------------------------------------------------------
-    def generate_candidates(self, history: Sequence[int], n: int | None = None) -> list[int]:
-        """Top ``n`` items outside ``history`` by train-only chain evidence, then transitions + popularity.
+    def generate_candidates(self, history: Sequence[int], n: int | None = None,
+                            exclude: Sequence[int] = ()) -> list[int]:
+        """Top ``n`` items outside ``history`` and ``exclude`` by train-only chain evidence, then transitions +
+        popularity. ``history`` is what the prompt shows (the evidence is scored from it); ``exclude`` adds the
+        rest of what the user consumed.
 
         The chain evidence is the same score the prompt ranks candidates by (same sampler settings and sample
         key), so the generated list is the strongest part of the catalogue under the prompt's own ordering.
         Items sharing a title with a stronger one are skipped (the answer could not tell them apart).
         """
         n = n or self.num_candidates
-        seen = set(map(int, history))
+        seen = set(map(int, history)) | set(map(int, exclude))
         pool = self._items[~np.isin(self._items, list(seen))]
-        if len(pool) < 2:
-            raise ValueError(f"history: covers all but {len(pool)} catalogue items; give the candidates instead")
+        if not len(pool):
+            raise NothingToRecommend("history: covers the whole catalogue, so no candidate is left to recommend")
         probe = Sample(_USER, tuple(map(int, history)), int(pool[0]), tuple(map(int, pool)), _SPLIT, 0)
         assert self.builder.sampler is not None  # the service always loads the graph
         evidence = self.builder.sampler.candidate_evidence_batch([probe])[0][:len(pool)]
@@ -241,24 +377,37 @@ class RecommendService:
 
     # -- the request -----------------------------------------------------------------------------------
     def recommend(self, history: Sequence[str | int], candidates: Sequence[str | int] | None = None,
-                  max_new_tokens: int | None = None) -> dict:
-        """Choose one candidate for a user with ``history`` (oldest first); see the module docstring."""
+                  max_new_tokens: int | None = None, allow_history: bool = False) -> dict:
+        """Choose one candidate for a user with ``history`` (oldest first); see the module docstring.
+
+        ValueError for invalid input, :class:`NothingToRecommend` (a ValueError) when no candidate is left once
+        the history is filtered out, :class:`ServiceBusy` when too many requests are waiting.
+        """
         t0 = time.perf_counter()
         budget = self.max_new_tokens if max_new_tokens is None else self._budget(max_new_tokens)
-        hist = self.resolve_items(history, "history")
-        if not hist:
+        consumed = self.resolve_items(history, "history", limit=self.max_history_items)
+        if not consumed:
             raise ValueError("history: empty; give at least one item the user interacted with")
-        dropped = max(0, len(hist) - self.max_history)
-        hist = hist[dropped:]
+        dropped = max(0, len(consumed) - self.max_history)
+        hist = consumed[dropped:]  # what the prompt shows
+        removed: list[int] = []
         if candidates is None:
-            cands, source = self.generate_candidates(hist), "generated"
+            cands, source = self.generate_candidates(hist, exclude=() if allow_history else consumed), "generated"
         else:
-            cands, source = self.resolve_items(candidates, "candidates"), "given"
-            self._check_candidates(candidates, cands)
+            given = self.resolve_items(candidates, "candidates")
+            self._check_candidates(candidates, given)
+            consumed_set = set() if allow_history else set(consumed)
+            cands = [c for c in given if c not in consumed_set]
+            removed = [c for c in given if c in consumed_set]
+            source = "given"
+            if not cands:
+                raise NothingToRecommend(f"candidates: all {len(given)} given candidates are in the history, so "
+                                         f"none is left to recommend; give others, or allow_history=true to "
+                                         f"recommend items the user already interacted with")
         sample = Sample(_USER, tuple(hist), cands[0], tuple(cands), _SPLIT, 0)
         prompt = self.builder.prompt(sample)
         shown = [self.builder.title(c) for c in prompt.candidates]
-        out = self._generate(prompt.messages, shown, budget)
+        out = self._batcher.submit(budget, (prompt.messages, shown))
         item = None if out.answer is None else prompt.candidates[out.answer]
         scores = out.scores or [None] * len(shown)
         return {
@@ -272,6 +421,8 @@ class RecommendService:
                             "chosen": c == item}
                            for c, t, e, s in zip(prompt.candidates, shown, prompt.evidence, scores)],
             "candidates_source": source,
+            "candidates_removed": [{"item": c, "title": self.titles[c]} for c in removed],
+            "allow_history": bool(allow_history),
             "candidate_order": self.prompt_config.candidate_order,
             "history": [{"item": h, "title": self.titles[h]} for h in hist],
             "history_dropped": dropped,
@@ -281,18 +432,29 @@ class RecommendService:
             "seconds": round(time.perf_counter() - t0, 3),
         }
 
-    def _generate(self, messages: list[dict], titles: list[str], budget: int):
-        from r2rec.llm.generate import Generator
-
-        gen = Generator(self.model, self.tokenizer, self.decoding.generation(max_new_tokens=budget, progress=False))
+    def _generate(self, prompts: list[list[dict]], titles: list[list[str]], budget: int) -> list:
+        """One :class:`r2rec.llm.generate.Completion` per prompt, decoded together (the batcher's worker)."""
         with self._lock:
-            return gen.generate([messages], [titles], mode="constrained", think=self.think, rank=self.rank)[0]
+            gen = self._generators.get(budget)
+            if gen is None:  # one per budget, kept: building one reads the whole vocabulary (~0.1 s)
+                gen = self._generators[budget] = self._generator.configured(
+                    self.decoding.generation(max_new_tokens=budget, progress=False))
+            return gen.generate(prompts, titles, mode="constrained", think=self.think, rank=self.rank)
+
+    def close(self) -> None:
+        """Finish the requests already waiting, then stop the batching worker."""
+        self._batcher.close()
 
     def info(self) -> dict:
         return {"run": str(self.run.root), "dataset": self.prepared.meta.get("dataset"), "model": self.kind,
-                "checkpoint": self.described, "think": self.think, "items": len(self.titles),
+                "checkpoint": self.described, "device": self.compute.device,
+                "precision": self._generator.compute.precision, "engine": self.engine.engine,
+                "think": self.think, "items": len(self.titles),
                 "max_candidates": self.max_candidates, "num_candidates": self.num_candidates,
-                "max_history": self.max_history, "max_new_tokens": self.max_new_tokens}
+                "max_history": self.max_history, "max_history_items": self.max_history_items,
+                "max_new_tokens": self.max_new_tokens, "max_new_tokens_limit": self.max_new_tokens_limit,
+                "batch_size": self.batch_size, "batch_wait_ms": self.batch_wait_ms, "max_pending": self.max_pending,
+                "generation_calls": self._batcher.calls, "requests_generated": self._batcher.items}
 
 
 # -- CLI ---------------------------------------------------------------------------------------------------
@@ -314,12 +476,26 @@ def add_service_arguments(p) -> None:
     p.add_argument("--max-candidates", type=int, default=MAX_CANDIDATES,
                    help=f"most candidates a request may give (default {MAX_CANDIDATES})")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                   help="auto = bf16 where the machine runs it natively, else fp32 (see README); under bf16 an "
+                        "answer decoded in a batch may differ from the answer alone, in fp32 it does not")
+    p.add_argument("--engine", choices=("torch", "llama.cpp", "auto"), default="torch",
+                   help="torch (default, batches requests) or llama.cpp (a GGUF export, one request at a time; "
+                        "the `engine` extra); see README, Inference engines")
+    p.add_argument("--quant", choices=("q8_0", "f16", "f32"), default="q8_0", help="llama.cpp weights")
 
 
 def service_from_args(args) -> RecommendService:
+    """The service of ``r2rec recommend``/``serve``; the serving limits are flags of ``r2rec serve`` only."""
     return RecommendService(args.run, model=args.model, base_model=args.base_model,
                             max_new_tokens=args.max_new_tokens, max_candidates=args.max_candidates,
-                            threads=args.threads)
+                            threads=args.threads, precision=args.precision,
+                            max_history_items=getattr(args, "max_history_items", MAX_HISTORY_ITEMS),
+                            max_new_tokens_limit=getattr(args, "max_new_tokens_limit", MAX_NEW_TOKENS_LIMIT),
+                            batch_size=getattr(args, "batch_size", BATCH_SIZE),
+                            batch_wait_ms=getattr(args, "batch_wait_ms", BATCH_WAIT_MS),
+                            max_pending=getattr(args, "max_pending", MAX_PENDING), engine=args.engine,
+                            quant=args.quant)
 
 
 def add_arguments(p) -> None:
@@ -328,6 +504,8 @@ def add_arguments(p) -> None:
                    help='the user\'s items, oldest first, separated by "|" (titles, or "id:<n>")')
     p.add_argument("--candidates", default=None,
                    help='candidate items separated by "|" (default: the top 20 by train-graph evidence)')
+    p.add_argument("--allow-history", action="store_true",
+                   help="allow recommending items already in the history (default: they are filtered out)")
     p.add_argument("--json", action="store_true", help="print the whole answer as JSON")
 
 
@@ -345,6 +523,8 @@ def format_text(res: dict) -> str:
     for k, c in enumerate(res["candidates"], 1):
         mark = "*" if c["chosen"] else " "
         lines.append(f" {mark}{k:2d}. {c['title']}  [{c['evidence']:.3g}]")
+    if res.get("candidates_removed"):
+        lines.append("left out, already in the history: " + " | ".join(c["title"] for c in res["candidates_removed"]))
     lines.append("reasoning:")
     lines += [f"  {t}" for t in res["reasoning"]] or ["  (none)"]
     lines.append(f"answer: {res['title']} (item {res['item']})")
@@ -366,6 +546,9 @@ def run(args) -> int:
     history, candidates = split_items(args.history), split_items(args.candidates)
     assert history is not None  # --history is required
     service = service_from_args(args)
-    res = service.recommend(history, candidates)
+    try:
+        res = service.recommend(history, candidates, allow_history=args.allow_history)
+    finally:
+        service.close()
     print(json.dumps(res, indent=2, ensure_ascii=False) if args.json else format_text(res))
     return 0

@@ -32,6 +32,11 @@ class EvidenceConfig:
     max_users_per_item: int = 256  # users of one candidate examined (seeded systematic sample); 0 = all
     recency_decay: float = 0.8  # weight of a history item j steps before the latest one: decay ** j
 
+    def __post_init__(self):
+        if self.min_shared < 1 or self.max_users_per_item < 0 or not 0 < self.recency_decay <= 1:
+            raise ValueError(f"need min_shared >= 1, max_users_per_item >= 0, 0 < recency_decay <= 1; got "
+                             f"{self.min_shared}, {self.max_users_per_item}, {self.recency_decay}")
+
 
 class EvidenceRecommender(Recommender):
     name = "evidence"

@@ -28,6 +28,11 @@ class SASRecConfig(NeuralConfig):
     n_heads: int = 1
     max_epochs: int = 20
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.n_heads < 1 or self.hidden % self.n_heads:
+            raise ValueError(f"n_heads: must be >= 1 and divide hidden ({self.hidden}), got {self.n_heads}")
+
 
 class LayerNorm(nn.Module):
     """``nn.LayerNorm`` whose gradients do not depend on the number of torch threads.

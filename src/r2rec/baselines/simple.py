@@ -96,6 +96,13 @@ class TransitionConfig:
     max_history: int = 10
     pop_weight: float = 1e-6
 
+    def __post_init__(self):
+        if self.window < 1 or self.max_history < 1:
+            raise ValueError(f"window and max_history: must be >= 1, got {self.window}, {self.max_history}")
+        if not (0 < self.gap_decay <= 1 and 0 < self.decay <= 1) or self.pop_weight < 0:
+            raise ValueError(f"need 0 < gap_decay <= 1, 0 < decay <= 1, pop_weight >= 0; got {self.gap_decay}, "
+                             f"{self.decay}, {self.pop_weight}")
+
 
 class TransitionRecommender(Recommender):
     name = "transition"

@@ -76,6 +76,14 @@ class NeuralConfig:
     threads: int = 2
     progress: bool = True
 
+    def __post_init__(self):
+        for name in ("max_len", "hidden", "n_blocks", "batch_size", "max_epochs", "patience", "min_history"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1 or self.lr <= 0 or self.weight_decay < 0 or self.threads < 0:
+            raise ValueError(f"need 0 <= dropout < 1, lr > 0, weight_decay >= 0, threads >= 0; got dropout "
+                             f"{self.dropout}, lr {self.lr}, weight_decay {self.weight_decay}, threads {self.threads}")
+
 
 def reject_removed_keys(values: dict | None, overrides: Sequence[str] | None = None) -> None:
     """Fail on a config field that was removed, saying why, instead of the generic unknown-key error."""

@@ -12,13 +12,16 @@ target, the second-to-last the val target, the rest is the train part:
 - known_items = all of the user's items (the user's full log, so no negative is an item they consumed).
 
 Only the train part goes into ``train_sequences``. A user needs ``min_history + 2`` interactions for
-both the val and the test row to reach ``min_history``; shorter users are dropped whole and counted.
+both the val and the test row to reach ``min_history``; shorter users are dropped whole and counted. When
+no user is long enough, the log is an error (InputError naming its first source file), not an empty dataset.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Iterable
+
+from r2rec.errors import InputError
 
 from .raw import RawDataset, Row
 from .schema import UserSequence
@@ -53,4 +56,10 @@ def leave_one_out(
         ds.add_dropped("train_rows_short_history", min(min_history, len(train_part)))
         ds.val.append(Row(user, tuple(train_part[-max_history:]), items[-2], known))
         ds.test.append(Row(user, tuple(items[-1 - max_history:-1]), items[-1], known))
+    if not ds.test:
+        longest = max((len(evs) for evs in events.values()), default=0)
+        raise InputError(f"no user has the {min_history + 2} interactions a leave-one-out split needs "
+                         f"(min_history {min_history}, plus the val and test targets): {len(events):,} users, "
+                         f"the longest with {longest}; lower min_history or add interactions",
+                         ds.source_files[0] if ds.source_files else None)
     return ds

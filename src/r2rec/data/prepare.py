@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from ..config import build, data_dirs
-from ..io import atomic_write_json, sha256_file
+from ..errors import ConfigError, InputError
+from ..io import atomic_write_json, check_input, sha256_file
 from ..runs import RunDir
 from .candidates import freeze_candidates, rng_for
 from .raw import RawDataset
@@ -64,16 +65,16 @@ class PrepareConfig:
         get_source(self.dataset)
         self.seeds = [int(s) for s in self.seeds]
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"prepare.seeds must be a non-empty list of distinct ints, got {self.seeds}")
+            raise ConfigError(f"prepare.seeds must be a non-empty list of distinct ints, got {self.seeds}")
         if self.num_candidates < 2:
-            raise ValueError(f"prepare.num_candidates must be >= 2, got {self.num_candidates}")
+            raise ConfigError(f"prepare.num_candidates must be >= 2, got {self.num_candidates}")
         if not 1 <= self.min_history <= self.max_history:
-            raise ValueError(f"prepare: need 1 <= min_history <= max_history, "
-                             f"got {self.min_history}, {self.max_history}")
+            raise ConfigError(f"prepare: need 1 <= min_history <= max_history, "
+                              f"got {self.min_history}, {self.max_history}")
         if self.max_train_samples is not None and self.max_train_samples < 1:
-            raise ValueError(f"prepare.max_train_samples must be >= 1, got {self.max_train_samples}")
+            raise ConfigError(f"prepare.max_train_samples must be >= 1, got {self.max_train_samples}")
         if self.max_test_samples is not None and self.max_test_samples < 1:
-            raise ValueError(f"prepare.max_test_samples must be >= 1, got {self.max_test_samples}")
+            raise ConfigError(f"prepare.max_test_samples must be >= 1, got {self.max_test_samples}")
 
     def source_options(self) -> SourceOptions:
         return SourceOptions(
@@ -107,6 +108,25 @@ def _summary(meta: dict) -> str:
     return "\n".join(lines)
 
 
+def _check_usable(ds: RawDataset, config: PrepareConfig, files: list[Path]) -> None:
+    """Faults that would otherwise surface halfway through writing: no test sample at all, or a row whose user
+    knows so much of the catalogue that the negatives cannot be drawn."""
+    where = files[0] if files else None
+    if not ds.test or not ds.val:
+        raise InputError(f"no {'test' if not ds.test else 'val'} samples: nothing to evaluate "
+                         f"(dropped: {ds.dropped or 'nothing'})", where)
+    need = config.num_candidates - 1
+    if ds.n_items < config.num_candidates:
+        raise InputError(f"{ds.n_items} items, fewer than num_candidates = {config.num_candidates}; lower "
+                         "--num-candidates", files[-1] if files else None)
+    for split in ("train", "val", "test"):
+        row = max(ds.rows(split), key=lambda r: len(r.known_items), default=None)
+        if row is not None and ds.n_items - len(row.known_items) < need:
+            raise InputError(f"user {row.user} has interacted with {len(row.known_items)} of the {ds.n_items} "
+                             f"items, leaving fewer than the {need} negatives num_candidates = "
+                             f"{config.num_candidates} needs; lower --num-candidates or leave the user out", where)
+
+
 def prepare(config: PrepareConfig, run_dir: RunDir | str | Path, force: bool = False) -> PreparedData:
     """Run the stage (or skip it when its manifest matches) and return the prepared data."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
@@ -114,10 +134,9 @@ def prepare(config: PrepareConfig, run_dir: RunDir | str | Path, force: bool = F
     options = config.source_options()
     located = source.locate(options)
     data_from = {"from": located.label, "path": str(located.root.resolve()) if located.root else None}
+    for p in located.files:  # before the manifest hashes them: a folder, a loop or no permission is one error
+        check_input(p, f"input of dataset {config.dataset!r}")
     inputs = [p.resolve() for p in located.files]
-    for p in inputs:
-        if not p.exists():
-            raise FileNotFoundError(f"{p}: missing input for dataset {config.dataset!r}")
     seed0 = config.seeds[0]
     out = run.prepared
     if not force and (out / "meta.json").exists() and run.manifest_matches("prepare", inputs, config, seed0):
@@ -128,6 +147,7 @@ def prepare(config: PrepareConfig, run_dir: RunDir | str | Path, force: bool = F
     t0 = time.perf_counter()
     ds: RawDataset = located.load(options)
     ds.validate()
+    _check_usable(ds, config, located.files)
     t_load = time.perf_counter() - t0
 
     out.mkdir(parents=True, exist_ok=True)

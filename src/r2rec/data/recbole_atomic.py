@@ -26,9 +26,12 @@ from typing import Iterator, Sequence
 
 from tqdm import tqdm
 
+from r2rec.errors import InputError, InputNotFound
+from r2rec.io import check_input, clip, iter_lines
+
 from .movielens import Rating, from_ratings
 from .raw import RawDataset
-from .titles import llara_movielens_title
+from .titles import check_text, llara_movielens_title
 
 INSTALL_HINT = "pip install --no-deps recbole==1.2.1"
 INTER_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
@@ -77,36 +80,39 @@ def header_columns(path: Path, line: str, needed: Sequence[str]) -> dict[str, in
     names = [f.partition(":")[0].strip() for f in fields]
     missing = [n for n in needed if n not in names]
     if missing or not all(":" in f for f in fields):
-        raise ValueError(f"{path}:1: not a RecBole atomic header (need 'name:type' columns {list(needed)}, "
-                         f"got {line.strip()!r})")
+        raise InputError(f"not a RecBole atomic header (need 'name:type' columns {list(needed)}, "
+                         f"got {clip(line.strip())})", path, 1)
     return {n: names.index(n) for n in needed}
 
 
 def _rows(path: Path, needed: Sequence[str]) -> Iterator[tuple[int, list[str]]]:
     """(line number, needed fields in order) of each data line; a line of the wrong width is an error."""
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        header = f.readline()
-        if not header.strip():
-            raise ValueError(f"{path}: empty file")
-        cols = header_columns(path, header, needed)
-        width = header.count("\t") + 1
-        for lineno, line in enumerate(tqdm(f, desc=f"read {path.name}", unit=" lines", disable=None, leave=False), 2):
-            if not line.strip():
-                continue
-            fields = line.rstrip("\r\n").split("\t")
-            if len(fields) != width:
-                raise ValueError(f"{path}:{lineno}: malformed line ({len(fields)} tab-separated fields, the "
-                                 f"header has {width})")
-            yield lineno, [fields[cols[n]] for n in needed]
+    lines = iter_lines(path, "RecBole atomic file")
+    _, header = next(lines, (0, ""))
+    if not header.strip():
+        raise InputError("empty file", path)
+    cols = header_columns(path, header, needed)
+    width = header.count("\t") + 1
+    for lineno, line in tqdm(lines, desc=f"read {path.name}", unit=" lines", disable=None, leave=False):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != width:
+            raise InputError(f"malformed line ({len(fields)} tab-separated fields, the header has {width})",
+                             path, lineno)
+        yield lineno, [fields[cols[n]] for n in needed]
 
 
 def _integer(text: str) -> int:
     """RecBole types ratings and timestamps as ``float``; ours are integers, so ``3.0`` is 3 and ``3.5`` a fault."""
+    text = text.strip()
+    if not text.isascii():
+        raise ValueError(f"{text!r} is not an integer")
     try:
         return int(text)
     except ValueError:
-        value = float(text)
+        value = float(text)  # 3.0 -> 3; nan, inf and 3.5 fail below
     if not value.is_integer():
         raise ValueError(f"{text!r} is not an integer")
     return int(value)
@@ -118,8 +124,8 @@ def read_inter(path: Path) -> Iterator[Rating]:
         try:
             user, movie, rating, ts = (_integer(x) for x in fields)
         except ValueError:
-            raise ValueError(f"{path}:{lineno}: malformed line (expected integer user_id, item_id, rating, "
-                             f"timestamp, got {fields})") from None
+            raise InputError(f"malformed line (expected integer user_id, item_id, rating, timestamp, got "
+                             f"{clip(fields)})", path, lineno) from None
         yield lineno, user, movie, rating, ts
 
 
@@ -133,14 +139,15 @@ def read_item(path: Path) -> dict[int, str]:
     """``ml-100k.item`` -> {movie_id - 1: title with LLaRA's rule}, as ``read_u_item`` gives for u.item."""
     titles: dict[int, str] = {}
     for lineno, (key, title, year) in _rows(path, ITEM_COLUMNS):
-        if not key.strip().isdigit():
-            raise ValueError(f"{path}:{lineno}: malformed line (item_id {key!r} is not a positive integer)")
+        if not key.strip().isascii() or not key.strip().isdigit() or len(key.strip()) > 18 or int(key) < 1:
+            raise InputError(f"malformed line (item_id {clip(key)} is not a positive integer)", path, lineno)
         movie = int(key)
         if movie - 1 in titles:
-            raise ValueError(f"{path}:{lineno}: duplicate item id {movie}")
-        titles[movie - 1] = llara_movielens_title(grouplens_title(movie, title, year.strip()))
+            raise InputError(f"duplicate item id {movie}", path, lineno)
+        titles[movie - 1] = llara_movielens_title(grouplens_title(movie, check_text(title, "title", path, lineno),
+                                                                  year.strip()))
     if not titles:
-        raise ValueError(f"{path}: no items (only a header)")
+        raise InputError("no items (only a header)", path)
     return titles
 
 
@@ -148,7 +155,8 @@ def load(root: Path, *, min_history: int = 3, max_history: int = 10, min_rating:
          name: str = "ml-100k") -> RawDataset:
     inter, item_file = files(root)
     for p in (inter, item_file):
-        if not p.exists():
-            raise FileNotFoundError(f"{p}: missing ({name} from RecBole needs ml-100k.inter and ml-100k.item)")
+        if not p.exists() and not p.is_symlink():
+            raise InputNotFound(f"missing ({name} from RecBole needs ml-100k.inter and ml-100k.item)", p)
+        check_input(p, f"input of {name}")
     return from_ratings(name, read_item(item_file), read_inter(inter), inter, item_file,
                         min_history=min_history, max_history=max_history, min_rating=min_rating)

@@ -21,9 +21,12 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
-from r2rec.io import atomic_open
+from r2rec.errors import InputError, InputNotFound
+from r2rec.io import INT64_MAX, atomic_open, check_input, iter_jsonl, read_jsonl
+
+__all__ = ["PreparedData", "Sample", "UserSequence", "read_jsonl", "samples_path", "write_jsonl"]
 
 
 @dataclass(frozen=True)
@@ -67,12 +70,6 @@ class UserSequence:
     times: list[int] = field(default_factory=list)
 
 
-def _open(path: Path):
-    """A text reader of ``path``, gunzipped when it ends in ``.gz``."""
-    path = Path(path)
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
-
-
 def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
     """Write rows atomically (:func:`r2rec.io.atomic_open`) so an interrupted write never leaves a half file;
     gzip-compressed when ``path`` ends in ``.gz``."""
@@ -96,15 +93,42 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
     return n
 
 
-def read_jsonl(path: Path) -> Iterator[dict]:
-    with _open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: malformed JSON line ({e.msg})") from None
+_INT_ONLY = {int}
+
+
+def _ids(row: dict, key: str, n_items: int, path: Path, lineno: int) -> list[int]:
+    """``row[key]``: a list of item ids in ``0..n_items-1``, else InputError naming the line."""
+    value = row.get(key)
+    if type(value) is list and (not value or (set(map(type, value)) == _INT_ONLY and min(value) >= 0
+                                              and max(value) < n_items)):
+        return value  # the one test every line pays for; the faults are told apart below
+    if not isinstance(value, list) or not all(type(i) is int for i in value):
+        raise InputError(f"{key!r} must be a list of integer item ids", path, lineno)
+    bad = next(i for i in value if not 0 <= i < n_items)
+    raise InputError(f"{key!r} holds item {bad}, outside the catalogue 0..{n_items - 1}", path, lineno)
+
+
+def _user(row: dict, path: Path, lineno: int) -> str:
+    user = row.get("user")
+    if type(user) not in (str, int) or user == "":
+        raise InputError("'user' must be a non-empty string or an integer", path, lineno)
+    return str(user)
+
+
+def _sample(row: dict, path: Path, lineno: int, n_items: int, split: str, seed: int) -> Sample:
+    """A checked Sample: the fields a hand-edited or damaged file can get wrong are faults naming the line."""
+    user = _user(row, path, lineno)
+    history = _ids(row, "history", n_items, path, lineno)
+    candidates = _ids(row, "candidates", n_items, path, lineno)
+    target = row.get("target")
+    if type(target) is not int or target not in candidates:
+        raise InputError(f"'target' must be an item id among the candidates, got {target!r}", path, lineno)
+    if len(set(candidates)) != len(candidates):
+        raise InputError("'candidates' holds an item twice", path, lineno)
+    if row.get("split") != split or row.get("seed") != seed:
+        raise InputError(f"a sample of split {row.get('split')!r} seed {row.get('seed')!r} in the file of "
+                         f"split {split!r} seed {seed}", path, lineno)
+    return Sample(user, tuple(history), target, tuple(candidates), split, seed)
 
 
 class PreparedData:
@@ -112,15 +136,38 @@ class PreparedData:
 
     def __init__(self, root: Path):
         self.root = Path(root)
-        if not (self.root / "meta.json").exists():
-            raise FileNotFoundError(f"{self.root}: no prepared data (run `r2rec prepare` first)")
-        self.meta: dict = json.loads((self.root / "meta.json").read_text())
+        meta = self.root / "meta.json"
+        if not meta.exists() and not meta.is_symlink():
+            raise InputNotFound(f"no prepared data (no {meta.name}; run `r2rec prepare` first)", self.root)
+        check_input(meta, "prepared meta.json")
+        try:
+            self.meta: dict = json.loads(meta.read_bytes())
+        except (ValueError, RecursionError) as e:
+            where = f" at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
+            raise InputError(f"not valid JSON{where} ({getattr(e, 'msg', e)}); run `r2rec prepare --force`",
+                             meta) from None
+        seeds = self.meta.get("seeds") if isinstance(self.meta, dict) else None
+        n_items = self.meta.get("n_items") if isinstance(self.meta, dict) else None
+        if type(n_items) is not int or n_items < 1 or not isinstance(seeds, list) or not seeds \
+                or not all(type(s) is int for s in seeds):
+            raise InputError("not a prepare meta.json (needs an integer n_items >= 1 and a list of integer "
+                             "seeds); run `r2rec prepare --force`", meta)
         self._titles: dict[int, str] | None = None
 
     @property
     def titles(self) -> dict[int, str]:
         if self._titles is None:
-            self._titles = {int(r["item"]): r["title"] for r in read_jsonl(self.root / "items.jsonl")}
+            path = self.root / "items.jsonl"
+            titles: dict[int, str] = {}
+            for lineno, r in iter_jsonl(path, "prepared items file"):
+                item, title = r.get("item"), r.get("title")
+                if type(item) is not int or not 0 <= item < self.n_items or item in titles:
+                    raise InputError(f"'item' must be a new integer id in 0..{self.n_items - 1}, got {item!r}",
+                                     path, lineno)
+                if not isinstance(title, str) or not title.strip():
+                    raise InputError(f"'title' of item {item} must be a non-empty string", path, lineno)
+                titles[item] = title
+            self._titles = titles
         return self._titles
 
     @property
@@ -132,16 +179,24 @@ class PreparedData:
         return list(self.meta["seeds"])
 
     def train_sequences(self) -> list[UserSequence]:
-        return [
-            UserSequence(str(r["user"]), [int(i) for i in r["items"]], [int(t) for t in r.get("times", [])])
-            for r in read_jsonl(self.root / "train_sequences.jsonl.gz")
-        ]
+        path = self.root / "train_sequences.jsonl.gz"
+        out = []
+        for lineno, r in iter_jsonl(path, "prepared train sequences"):
+            items = _ids(r, "items", self.n_items, path, lineno)
+            times = r.get("times", [])
+            if not isinstance(times, list) or (times and len(times) != len(items)) \
+                    or not all(type(t) is int and 0 <= t <= INT64_MAX for t in times):
+                raise InputError(f"'times' must be empty or one integer timestamp in 0..2^63-1 per item "
+                                 f"({len(items)})", path, lineno)
+            out.append(UserSequence(_user(r, path, lineno), items, times))
+        return out
 
     def samples(self, split: str, seed: int = 0) -> list[Sample]:
         path = self.root / f"{split}.seed{seed}.jsonl.gz"
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no {split} samples for seed {seed} (prepared seeds: {self.seeds})")
-        return [Sample.from_json(r) for r in read_jsonl(path)]
+        if not path.exists() and not path.is_symlink():
+            raise InputNotFound(f"no {split} samples for seed {seed} (prepared seeds: {self.seeds})", path)
+        return [_sample(r, path, lineno, self.n_items, split, seed)
+                for lineno, r in iter_jsonl(path, f"prepared {split} samples")]
 
 
 def samples_path(root: Path, split: str, seed: int) -> Path:

@@ -15,6 +15,9 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
+from r2rec.errors import ConfigError, InputError, InputNotFound
+from r2rec.io import check_input
+
 from . import csv_source, llara, movielens, recbole_atomic
 from .raw import RawDataset
 
@@ -81,13 +84,16 @@ def locate_folder(name: str, layout: Layout, data_dirs: Sequence[tuple[str, Path
     for label, directory in data_dirs:
         root = Path(directory) / name
         if not root.is_dir():
+            if root.exists():
+                raise InputError(f"is not a folder (dataset {name!r} is looked for in {name}/ of each data "
+                                 "directory)", root)
             looked.append(f"{_place(label, Path(directory))}: no {name}/ folder")
             continue
-        missing = [p for p in layout.files(root) if not p.exists()]
+        missing = [p for p in layout.files(root) if not p.exists() and not p.is_symlink()]
         if missing:
-            raise FileNotFoundError(f"{missing[0]}: missing input for dataset {name!r} ({root}, from "
-                                    f"{_SET_BY.get(label, 'default ' + label)}, must hold {layout.needs}; "
-                                    "complete or remove the folder)")
+            raise InputNotFound(f"missing input for dataset {name!r} ({root}, from "
+                                f"{_SET_BY.get(label, 'default ' + label)}, must hold {layout.needs}; "
+                                "complete or remove the folder)", missing[0])
         return Located(label, root, layout.files(root), partial(layout.load, root))
     if embedded is not None:
         found = embedded.locate()
@@ -99,8 +105,8 @@ def locate_folder(name: str, layout: Layout, data_dirs: Sequence[tuple[str, Path
              "(prepare.data_dir) or set R2REC_DATA_DIR=DIR"]
     if embedded is not None:
         fixes.insert(0, f"run `{embedded.install}`")
-    raise FileNotFoundError(f"dataset {name!r} not found; looked in: {'; '.join(looked)}. "
-                            f"To fix: {', or '.join(fixes)}")
+    raise InputNotFound(f"dataset {name!r} not found; looked in: {'; '.join(looked)}. "
+                        f"To fix: {', or '.join(fixes)}")
 
 
 def _in_data_dir(name: str, description: str, layout: Layout, embedded: Embedded | None = None) -> Source:
@@ -109,8 +115,8 @@ def _in_data_dir(name: str, description: str, layout: Layout, embedded: Embedded
 
 def _csv_files(o: SourceOptions) -> list[Path]:
     if o.interactions is None or o.titles is None:
-        raise ValueError("dataset 'csv' needs --interactions FILE (user,item,timestamp) and --titles FILE")
-    return [Path(o.interactions), Path(o.titles)]
+        raise ConfigError("dataset 'csv' needs --interactions FILE (user,item,timestamp) and --titles FILE")
+    return [check_input(o.interactions, "interactions file"), check_input(o.titles, "titles file")]
 
 
 def _csv_locate(o: SourceOptions) -> Located:
@@ -156,5 +162,5 @@ SOURCES: dict[str, Source] = {
 
 def get_source(name: str) -> Source:
     if name not in SOURCES:
-        raise ValueError(f"unknown dataset {name!r}; known: {sorted(SOURCES)}")
+        raise ConfigError(f"unknown dataset {name!r}; known: {sorted(SOURCES)}")
     return SOURCES[name]

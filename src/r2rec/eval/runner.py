@@ -89,6 +89,14 @@ class EvalConfig(DecodingConfig):
             raise ValueError(f"EvalConfig.answer_from must be 'decode' or 'scores', got {self.answer_from!r}")
         if self.max_samples < 0:
             raise ValueError(f"EvalConfig.max_samples must be >= 0, got {self.max_samples}")
+        if self.n_bootstrap < 1:
+            raise ValueError(f"EvalConfig.n_bootstrap: must be >= 1, got {self.n_bootstrap}")
+        if self.threads < 0 or self.top_k < 0:
+            raise ValueError(f"EvalConfig: threads and top_k must be >= 0, got {self.threads}, {self.top_k}")
+        if self.split not in ("train", "val", "test"):
+            raise ValueError(f"EvalConfig.split: expected train, val or test, got {self.split!r}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"EvalConfig.seeds: must be distinct, got {self.seeds}")
 
 
 def resolve_checkpoint(run: RunDir, kind: str, cfg: EvalConfig) -> tuple[str, Path | None, dict]:
@@ -233,8 +241,7 @@ class _SeedEvaluator:
         import torch
 
         from r2rec.hardware import resolve
-        from r2rec.llm.generate import Generator
-        from r2rec.llm.models import load_model
+        from r2rec.llm.engines import load_generator
         from r2rec.prompting import PromptBuilder
 
         cfg = self.cfg
@@ -242,9 +249,10 @@ class _SeedEvaluator:
             torch.set_num_threads(cfg.threads)
         self._builder = PromptBuilder(self.run.root, self.prompt, prepared=self.prepared)
         compute = resolve(cfg.precision, cfg.device, "eval")
-        log.info(f"[eval] compute: {compute.describe()}")
-        model, tok = load_model(self.model_name, adapter=self.adapter, device=compute.device)
-        self._gen = Generator(model, tok, cfg.generation(precision=compute.precision))
+        self._gen, engine = load_generator(self.model_name, self.adapter, cfg.generation(precision=compute.precision),
+                                           device=compute.device, engine=cfg.engine, quant=cfg.quant,
+                                           threads=cfg.threads)
+        log.info(f"[eval] compute: {self._gen.compute.describe()}; engine {engine.describe()}")
         self._checker = _faithfulness_checker(self.run, self._builder) if cfg.faithfulness else None
 
     def _generate(self, seed: int, samples):

@@ -63,6 +63,8 @@ class ChainConfig:
             raise ValueError(f"ChainConfig.recency_decay must be in (0, 1], got {self.recency_decay}")
         if self.temperature < 0:
             raise ValueError(f"ChainConfig.temperature must be >= 0, got {self.temperature}")
+        if self.batch_size < 1:
+            raise ValueError(f"ChainConfig.batch_size: must be >= 1, got {self.batch_size}")
 
 
 # -- counter-based randomness --------------------------------------------------------------------------

@@ -41,6 +41,10 @@ class GraphConfig:
 
     dense_lookup_max_cells: int = DENSE_LOOKUP_MAX_CELLS  # dense position table up to this many cells
 
+    def __post_init__(self):
+        if self.dense_lookup_max_cells < 0:
+            raise ValueError(f"GraphConfig.dense_lookup_max_cells: must be >= 0, got {self.dense_lookup_max_cells}")
+
 
 class InteractionGraph:
     """Train-only bipartite graph with interaction order; see the module docstring for the layout."""

@@ -8,8 +8,9 @@ and get an object with :class:`r2rec.llm.generate.Generator`'s methods (``genera
 * ``llama.cpp``: :mod:`r2rec.llm.llamacpp` on a GGUF export of the model with its adapter merged
   (:mod:`r2rec.llm.export`), built once and cached by content under ``$R2REC_CACHE/gguf``.
 
-``engine: auto`` picks llama.cpp on a CPU when ``llama-cpp-python`` is installed and the model is a Llama (the
-default SmolLM2 is), else torch. The choice and its reason are logged and written with the results.
+The default is ``torch``: the reference, and batched. ``engine: auto`` picks llama.cpp on a CPU when
+``llama-cpp-python`` is installed and the model is a Llama (the default SmolLM2 is), else torch. The choice and its
+reason are logged and written with the results (docs/results.md compares the two engines).
 On a GPU the field's engine is vLLM; r2rec does not wrap it (see README, "On a GPU").
 """
 

@@ -69,9 +69,10 @@ class DecodingConfig:
         steps on the CPU run in the weights' dtype.
     length_norm: rank by mean token log-prob instead of the sum (the sum is the title's probability and
         favours short titles; the mean does not).
-    engine: what computes the logits (:mod:`r2rec.llm.engines`): ``auto`` (llama.cpp on a CPU where
-        llama-cpp-python is installed and the model is a Llama, else torch), ``torch`` (the reference loop) or
-        ``llama.cpp``. Training-time val curves always use torch (the model being trained).
+    engine: what computes the logits (:mod:`r2rec.llm.engines`): ``torch`` (the reference loop, batched),
+        ``llama.cpp`` (one prompt at a time, a GGUF export; the extra ``engine``) or ``auto`` (llama.cpp on a
+        CPU where llama-cpp-python is installed and the model is a Llama, else torch). Training-time val curves
+        always use torch (the model being trained).
     quant: the llama.cpp engine's weights: ``q8_0`` (8-bit, fastest), ``f16`` or ``f32`` (bit-exact).
     """
 
@@ -84,7 +85,7 @@ class DecodingConfig:
     seed: int = 0
     precision: str = "auto"
     length_norm: bool = False
-    engine: str = "auto"
+    engine: str = "torch"
     quant: str = "q8_0"
 
     def generation(self, **changes) -> GenerationConfig:
@@ -190,6 +191,10 @@ class Generator:
         self._may_close = {i for t, i in tokenizer.get_vocab().items() if ">" in t}
 
     # -- public API --------------------------------------------------------------------------------------
+    def configured(self, config: GenerationConfig) -> Generator:
+        """A generator with other settings (e.g. another token budget) on the same model."""
+        return Generator(self.model, self.tok, config)
+
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         """Chat template with the generation prompt, as training renders the prompt part."""
         text = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

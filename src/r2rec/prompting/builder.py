@@ -13,6 +13,12 @@ depart from it.
 Only the train graph and the sample's own history are used, so a val/test prompt never sees a val/test
 interaction other than its own history.
 
+How much of this the prompt shows is set by three fields of :class:`PromptConfig` (all default to the original
+prompt): ``style`` (``full`` or ``compact`` wording), ``max_history`` (the last N history titles) and
+``show_candidates`` (only the prior's top N candidates, which are then the only answerable ones: the model
+re-ranks them). On MovieLens-100K val, ``compact`` with 5 history titles, 10 candidates and one chain is about
+a third of the tokens of the full prompt with three chains (docs/results.md, "Prompt length").
+
 :func:`prompt_config` resolves a run's prompt settings (the ones its traces were built with, plus overrides),
 so that training, evaluation and serving render the prompts a model learned from.
 """
@@ -29,7 +35,7 @@ import numpy as np
 from r2rec.config import build
 from r2rec.data.schema import PreparedData, Sample
 from r2rec.grammar import VERBS, cite, verb_for
-from r2rec.prompting.messages import build_messages
+from r2rec.prompting.messages import STYLES, build_messages
 
 if TYPE_CHECKING:
     import scipy.sparse as sp
@@ -68,6 +74,23 @@ class PromptConfig:
     """Seed of the chain sampler (context chains are the strongest, so it only affects capped items)."""
     max_users_per_item: int = 256
     """Chain sampler cap on the users of one candidate examined per prompt (see ChainConfig)."""
+    style: str = "full"
+    """Wording (:data:`r2rec.prompting.messages.STYLES`). "full": the original prompt (a system text that
+    explains the task, one ``- title`` per line, chains ending in ``(shares 4 of the user's movies)``, a
+    closing question). "compact": the same facts in fewer tokens (a one-sentence system text, bare titles one
+    per line, chains ending in ``(shares 4)``, no closing question). Chains are citations in the grammar of
+    :mod:`r2rec.grammar` in both, so traces restate them and the faithfulness check reads them."""
+    max_history: int = 0
+    """History titles shown: the last N (0 = all; histories hold at most 10 here). Context chains are chosen
+    among those that start from a shown title; the candidate order (the prior) still reads the whole history,
+    and a chain's ``shares N`` counts the whole history too."""
+    show_candidates: int = 0
+    """Candidates shown, and so answerable: the first N in prompt order (0 = all). With N below the number of
+    candidates the model re-ranks the prior's top N: ``Prompt.candidates`` holds those N, ``Prompt.hidden``
+    the rest in prior order (ranked below them by ``Prompt.scores_for``), and a target outside the top N is a
+    miss (HR@1 stays over all samples). Context chains are chosen among the shown candidates, so with
+    ``sft.trace_filter: in_context`` every trace answers a shown candidate. Needs a ranked
+    ``candidate_order``."""
 
     def __post_init__(self):
         if self.candidate_order not in ORDERS:
@@ -82,6 +105,14 @@ class PromptConfig:
         if self.items_noun != "auto" and self.items_noun not in VERBS:
             raise ValueError(f"PromptConfig.items_noun must be 'auto' or one of {sorted(VERBS)}, "
                              f"got {self.items_noun!r}")
+        if self.style not in STYLES:
+            raise ValueError(f"PromptConfig.style must be one of {STYLES}, got {self.style!r}")
+        for name in ("max_history", "show_candidates"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"PromptConfig.{name} must be >= 0 (0 = all), got {getattr(self, name)}")
+        if self.show_candidates and self.candidate_order == "frozen":
+            raise ValueError("PromptConfig.show_candidates needs a ranked candidate_order (transition or "
+                             "evidence): the first N of the frozen order are a random subset")
 
 
 def noun_for_dataset(name: str) -> str:
@@ -94,10 +125,24 @@ class Prompt:
     """Everything a stage may need about one built prompt."""
 
     messages: list[dict]
-    candidates: list[int]  # in prompt order
-    evidence: list[float]  # per candidate, in prompt order
+    candidates: list[int]  # the candidates shown (the answerable ones), in prompt order
+    evidence: list[float]  # per shown candidate, in prompt order
     chains: list[dict] = field(default_factory=list)  # the context chains shown (records of ChainSampler)
     context_lines: list[str] = field(default_factory=list)
+    hidden: list[int] = field(default_factory=list)  # candidates not shown (``show_candidates``), in prior order
+
+    @property
+    def ranking(self) -> list[int]:
+        """Every candidate of the sample in prompt order: the shown ones, then the hidden ones."""
+        return self.candidates + self.hidden
+
+    def scores_for(self, candidates: Sequence[int], shown_scores: Sequence[float]) -> list[float]:
+        """Scores of ``candidates`` (e.g. the sample's stored order) from the scores of the shown candidates:
+        a hidden candidate scores below every shown one, in prior order (a re-ranker of the top N)."""
+        by_item = {int(c): float(x) for c, x in zip(self.candidates, shown_scores)}
+        floor = min(by_item.values(), default=0.0)
+        by_item.update({c: floor - 1.0 - k for k, c in enumerate(self.hidden)})
+        return [by_item[int(c)] for c in candidates]
 
 
 class PromptBuilder:
@@ -159,48 +204,73 @@ class PromptBuilder:
         """``user 254 watched "Heat" and later "Ronin" (shares 4 of the user's movies)``."""
         user = self.graph.display_name(chain["u1"]) if self.graph is not None else chain["u1"]
         text = cite(user, self.verb, self.title(chain["i_a"]), self.title(chain["i_b"]))
+        if self.config.style == "compact":
+            return f"{text} (shares {chain['n_shared']})"
         return f"{text} (shares {chain['n_shared']} of the user's {self.noun})"
 
     # -- prompts ---------------------------------------------------------------------------------------
     def build(self, samples: Sequence[Sample]) -> list[Prompt]:
         """Prompts for many samples (chains and evidence computed in vectorised batches)."""
+        cfg = self.config
         samples = list(samples)
         evidence = np.zeros((len(samples), max((len(s.candidates) for s in samples), default=0)))
-        chains: list[list[dict]] = [[] for _ in samples]
+        drawn: list[list[dict]] = [[] for _ in samples]
         if self.sampler is not None and samples:
-            for start, cb in self.sampler.iter_batches(samples, "candidates"):
+            # With chains filtered by what the prompt shows, draw more to pick the strongest shown ones from.
+            k = cfg.context_chains * (16 if self._filters_chains else 1)
+            for start, cb in self.sampler.iter_batches(samples, "candidates", k=k):
                 evidence[start:start + cb.evidence.shape[0], :cb.evidence.shape[1]] = cb.evidence
-                if self.config.chain_selection == "strongest" and self.config.context_chains:
+                if cfg.chain_selection == "strongest" and cfg.context_chains:
                     for b in range(cb.evidence.shape[0]):
-                        chains[start + b] = cb.records(b)
-        trans = self.transition_scores(samples) if self.config.candidate_order == "transition" and samples else None
+                        drawn[start + b] = cb.records(b)
+        trans = self.transition_scores(samples) if cfg.candidate_order == "transition" and samples else None
         ranked = []
         for b, (s, ev) in enumerate(zip(samples, evidence)):
             ev, n = ev[:len(s.candidates)], len(s.candidates)
-            if self.config.candidate_order == "transition":
+            if cfg.candidate_order == "transition":
                 assert trans is not None  # computed above for this order
                 order = np.lexsort((np.arange(n), -ev, -trans[b, :n]))
-            elif self.config.candidate_order == "evidence":
+            elif cfg.candidate_order == "evidence":
                 order = np.argsort(-ev, kind="stable")
             else:
                 order = np.arange(n)
             ranked.append(order)
-        if self.config.chain_selection == "ranked" and self.config.context_chains and self.sampler is not None:
-            chains = self._ranked_chains(samples, [[int(s.candidates[j]) for j in o] for s, o in zip(samples, ranked)])
+        ordered = [[int(s.candidates[j]) for j in o] for s, o in zip(samples, ranked)]
+        shown = [o[:self._n_shown(len(o))] for o in ordered]
+        if cfg.chain_selection == "ranked" and cfg.context_chains and self.sampler is not None:
+            chains = self._ranked_chains(samples, shown)
+        else:
+            chains = [[c for c in d if self._visible(c, s, set(sh))][:cfg.context_chains]
+                      for d, s, sh in zip(drawn, samples, shown)]
         out = []
-        for s, ev, ch, order in zip(samples, evidence, chains, ranked):
+        for s, ev, ch, order, cands, rest in zip(samples, evidence, chains, ranked, shown, ordered):
             ev = ev[:len(s.candidates)]
-            cands = [int(s.candidates[j]) for j in order]
             lines = [self.render_chain(c) for c in ch]
-            messages = build_messages([self.title(i) for i in s.history], [self.title(i) for i in cands],
-                                      lines or None, items=self.noun,
-                                      ranked=self.config.candidate_order != "frozen")
-            out.append(Prompt(messages, cands, [float(ev[j]) for j in order], ch, lines))
+            history = s.history[-cfg.max_history:] if cfg.max_history else s.history
+            messages = build_messages([self.title(i) for i in history], [self.title(i) for i in cands],
+                                      lines or None, items=self.noun, ranked=cfg.candidate_order != "frozen",
+                                      style=cfg.style)
+            out.append(Prompt(messages, cands, [float(ev[j]) for j in order[:len(cands)]], ch, lines,
+                              hidden=rest[len(cands):]))
         return out
+
+    @property
+    def _filters_chains(self) -> bool:
+        """Whether some chains are not shown because their history item or candidate is not."""
+        return bool(self.config.max_history or self.config.show_candidates)
+
+    def _n_shown(self, n: int) -> int:
+        return min(self.config.show_candidates, n) if self.config.show_candidates else n
+
+    def _visible(self, chain: dict, sample: Sample, shown: set[int]) -> bool:
+        """The chain starts from a shown history title and reaches a shown candidate."""
+        first = len(sample.history) - self.config.max_history if self.config.max_history else 0
+        return chain["slot_a"] >= first and int(chain["i_b"]) in shown
 
     def _ranked_chains(self, samples: list[Sample], ranked: list[list[int]]) -> list[list[dict]]:
         """Per sample: the strongest chain of each candidate, in prompt order, for the first ``context_chains``
-        candidates that have one (looked for among the first ``4 * context_chains`` candidates)."""
+        candidates that have one (looked for among the first ``4 * context_chains`` shown candidates; with
+        ``max_history``, among the chains that start from a shown history title)."""
         from dataclasses import replace
 
         m = 4 * self.config.context_chains
@@ -210,8 +280,16 @@ class PromptBuilder:
         assert self.sampler is not None  # the caller checks
         for start, cb in self.sampler.iter_batches(heads, "candidates", k=m * 64):
             for b in range(cb.evidence.shape[0]):
-                best = {int(c["i_b"]): c for c in cb.records(b, best_per_item=True)}
-                out[start + b] = [best[i] for i in ranked[start + b][:m] if i in best][: self.config.context_chains]
+                s, head = heads[start + b], ranked[start + b][:m]
+                best: dict[int, dict] = {}
+                if self.config.max_history:
+                    keep = set(head)
+                    for c in cb.records(b):  # strongest first: keep each item's strongest shown chain
+                        if int(c["i_b"]) not in best and self._visible(c, s, keep):
+                            best[int(c["i_b"])] = c
+                else:
+                    best = {int(c["i_b"]): c for c in cb.records(b, best_per_item=True)}
+                out[start + b] = [best[i] for i in head if i in best][: self.config.context_chains]
         return out
 
     def prompt(self, sample: Sample) -> Prompt:

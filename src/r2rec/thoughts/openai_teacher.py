@@ -2,10 +2,16 @@
 
 - endpoint: ``base_url`` from the config, else ``$R2REC_OPENAI_BASE_URL``, else ``https://api.openai.com/v1``;
 - key: ``$R2REC_OPENAI_API_KEY`` or ``$OPENAI_API_KEY`` (optional for local servers). It is sent in the
-  Authorization header only: never logged, never written, never part of the cache key or of an error;
+  Authorization header only: never logged, never written, never part of the cache key or of an error. A
+  token in ``base_url`` (``https://user:token@host/v1``, ``...?key=...``) is used as given but redacted
+  (:func:`r2rec.errors.redact`) from every message and file, and so is the key when a server echoes it;
 - ``concurrency`` requests in flight (thread pool over one pooled ``httpx.Client``), a timeout per request;
-- retries with exponential backoff (+ jitter, ``Retry-After`` honoured) on connection errors, timeouts,
-  5xx and 429; any other 4xx fails at once (retrying a bad request only costs money);
+- retries with exponential backoff (+ jitter, ``Retry-After`` honoured) on every transient fault: connection
+  errors, timeouts, 5xx, 408/409/425/429, and a 200 whose body is not a chat completion (not JSON, no
+  ``choices``); any other 4xx fails at once (retrying a bad request only costs money). A request whose retries
+  run out is a :class:`TeacherError` with ``transient=True``: :meth:`OpenAIChat.complete_many` with
+  ``partial=True`` answers ``None`` for it and goes on with the others (the thoughts stage then finishes what it
+  can and asks for a rerun);
 - a resumable on-disk cache: JSONL keyed by the sha256 of the request (model, messages, sampling settings),
   one line appended, flushed and fsynced per response as it arrives. A rerun answers every cached request
   from disk, so an interrupted run loses nothing and repeats no paid call. Identical requests within a run
@@ -14,27 +20,53 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence, cast
+from typing import Sequence
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import httpx
 
+from r2rec.errors import redact
 from r2rec.io import JsonlLog, fingerprint
 from r2rec.thoughts.progressive import HopRequest, teacher_messages
-from r2rec.thoughts.teachers import Teacher, TeacherOptions
+from r2rec.thoughts.teachers import Teacher, TeacherError, TeacherOptions
+
+__all__ = ["OpenAIChat", "OpenAITeacher", "ResponseCache", "TeacherError", "request_key", "split_base_url"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-_RETRY_STATUS = {429, 500, 502, 503, 504}
+_RETRY_STATUS = {408, 409, 425, 429}  # and every 5xx
 _RETRY_ERRORS = (httpx.TransportError,)  # connect/read/write errors, timeouts, dropped connections
 
 
-class TeacherError(RuntimeError):
-    """A request failed for good (non-retryable status, or retries exhausted). Completed answers stay cached."""
+class _RedactFilter(logging.Filter):
+    """Redacts credentials from the records of the HTTP libraries (they log request URLs at DEBUG/INFO)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        clean = redact(msg)
+        if clean != msg:
+            record.msg, record.args = clean, ()
+        return True
+
+
+for _name in ("httpx", "httpcore"):
+    if not any(isinstance(f, _RedactFilter) for f in logging.getLogger(_name).filters):
+        logging.getLogger(_name).addFilter(_RedactFilter())
+
+
+def split_base_url(url: str) -> tuple[str, dict[str, str]]:
+    """``(url without its query, query parameters)``: httpx would append request paths after a base URL's query,
+    so the parameters (e.g. ``?key=...``) go with every request instead."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(query="", fragment="")).rstrip("/"), dict(parse_qsl(parts.query))
 
 
 def request_key(payload: dict) -> str:
@@ -76,24 +108,37 @@ class OpenAIChat:
     def __init__(self, model: str, options: TeacherOptions | None = None, cache_path: str | Path | None = None):
         self.model = model
         self.options = options or TeacherOptions()
-        self.base_url = (self.options.base_url or os.environ.get("R2REC_OPENAI_BASE_URL")
-                         or DEFAULT_BASE_URL).rstrip("/")
+        url = self.options.base_url or os.environ.get("R2REC_OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        self.base_url, params = split_base_url(url)
         key = os.environ.get("R2REC_OPENAI_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        self._secrets = [s for s in (key, *params.values(), urlsplit(url).password) if s]
+        self.display_url = self.redact(self.base_url)  # what messages show
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         limits = httpx.Limits(max_connections=max(1, self.options.concurrency))
-        self.client = httpx.Client(base_url=self.base_url, headers=headers, limits=limits,
+        self.client = httpx.Client(base_url=self.base_url, params=params, headers=headers, limits=limits,
                                    timeout=httpx.Timeout(self.options.timeout_s))
         self.cache = ResponseCache(cache_path)
         self.calls = 0  # HTTP attempts made by this instance (tests and logs)
         self.retries = 0
+        self.failed = 0  # requests given up after their retries (complete_many(partial=True))
+        self.last_error = ""
         self._rng = random.Random(self.options.seed)
         self._count_lock = threading.Lock()
+
+    def redact(self, text: str) -> str:
+        """``text`` without the key, the URL's credentials or anything key-shaped."""
+        return redact(text, self._secrets)
 
     def payload(self, messages: list[dict]) -> dict:
         return {"model": self.model, "messages": messages, "max_tokens": self.options.max_tokens,
                 "temperature": self.options.temperature, "seed": self.options.seed}
 
-    def complete_many(self, messages_list: Sequence[list[dict]]) -> list[str]:
+    def complete_many(self, messages_list: Sequence[list[dict]], partial: bool = False) -> list[str | None]:
+        """The answer to each request, in order (cached ones from disk, identical ones sent once).
+
+        A request that fails for good raises its :class:`TeacherError` after the others finished (their answers
+        are cached). With ``partial``, a request whose retries ran out (``transient``) answers ``None`` instead
+        and :attr:`failed` counts it; a non-retryable failure (a 401, a bad request) still raises."""
         payloads = [self.payload(m) for m in messages_list]
         keys = [request_key(p) for p in payloads]
         todo = {k: p for k, p in zip(keys, payloads) if self.cache.get(k) is None}  # dedupes identical requests
@@ -102,9 +147,13 @@ class OpenAIChat:
             with ThreadPoolExecutor(workers, thread_name_prefix="openai") as pool:
                 futures = [pool.submit(self._fetch, k, p) for k, p in todo.items()]
                 errors = [e for f in futures if (e := f.exception()) is not None]
+            fatal = [e for e in errors if not (partial and isinstance(e, TeacherError) and e.transient)]
+            if fatal:
+                raise fatal[0]
             if errors:
-                raise errors[0]
-        return cast("list[str]", [self.cache.get(k) for k in keys])  # every key is cached by now
+                self.failed += len(errors)
+                self.last_error = str(errors[-1])
+        return [self.cache.get(k) for k in keys]
 
     def _fetch(self, key: str, payload: dict) -> None:
         self.cache.put(key, self._post(payload))
@@ -121,17 +170,19 @@ class OpenAIChat:
                 problem = f"{type(e).__name__}"
             else:
                 if resp.status_code == 200:
-                    try:
-                        return resp.json()["choices"][0]["message"]["content"] or ""
-                    except (ValueError, KeyError, IndexError, TypeError):
-                        raise TeacherError(f"{self.base_url}: malformed chat completion response") from None
-                problem = f"HTTP {resp.status_code}"
-                if resp.status_code not in _RETRY_STATUS:
-                    raise TeacherError(f"{self.base_url}/chat/completions: {problem}: {resp.text[:200]}")
-                retry_after = resp.headers.get("retry-after")
+                    text = _content(resp)
+                    if text is not None:
+                        return text
+                    problem = "HTTP 200 with a malformed body (not a chat completion)"
+                else:
+                    problem = f"HTTP {resp.status_code}"
+                    if resp.status_code not in _RETRY_STATUS and resp.status_code < 500:
+                        body = " ".join(resp.text[:200].split())
+                        raise TeacherError(f"{self.display_url}/chat/completions: {problem}: {self.redact(body)}")
+                    retry_after = resp.headers.get("retry-after")
             if attempt == opts.max_retries:
-                raise TeacherError(f"{self.base_url}/chat/completions: {problem} after {attempt + 1} attempts "
-                                   f"(completed answers are cached: rerun to resume)")
+                raise TeacherError(f"{self.display_url}/chat/completions: {problem} after {attempt + 1} attempts "
+                                   f"(completed answers are cached: rerun to resume)", transient=True)
             with self._count_lock:
                 self.retries += 1
                 jitter = self._rng.uniform(0, 0.25)
@@ -149,6 +200,15 @@ class OpenAIChat:
         self.cache.close()
 
 
+def _content(resp: httpx.Response) -> str | None:
+    """The message text of a chat completion response, or None when the body is not one."""
+    try:
+        text = resp.json()["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    return text if isinstance(text, str) else "" if text is None else None
+
+
 class OpenAITeacher(Teacher):
     def __init__(self, model: str, options: TeacherOptions | None = None, cache_dir: str | Path | None = None):
         self.name = f"openai:{model}"
@@ -156,8 +216,12 @@ class OpenAITeacher(Teacher):
         cache_path = Path(cache_dir) / f"openai-{slug}.jsonl" if cache_dir else None
         self.chat = OpenAIChat(model, options, cache_path)
 
-    def write(self, requests: Sequence[HopRequest]) -> list[str]:
-        return self.chat.complete_many([teacher_messages(r) for r in requests])
+    def write(self, requests: Sequence[HopRequest]) -> list[str | None]:
+        """One thought per request; ``None`` for a request whose retries ran out (:attr:`failed` counts them)."""
+        try:
+            return self.chat.complete_many([teacher_messages(r) for r in requests], partial=True)
+        finally:
+            self.failed, self.last_error = self.chat.failed, self.chat.last_error
 
     def close(self) -> None:
         self.chat.close()

@@ -87,13 +87,23 @@ def request(ctx: TraceContext, hop: int, previous: list[str]) -> HopRequest:
                       hint=ctx.target_title, noun=ctx.noun, verb=ctx.verb)
 
 
-def write_traces(teacher, contexts: list[TraceContext]) -> list[list[str]]:
-    """Run the hops for a batch of samples: every sample's hop k goes to the teacher in one call."""
-    thoughts: list[list[str]] = [[] for _ in contexts]
+def write_traces(teacher, contexts: list[TraceContext]) -> list[list[str] | None]:
+    """Run the hops for a batch of samples: every sample's hop k goes to the teacher in one call.
+
+    A sample whose request the teacher could not answer (``None``: it failed for now) gets ``None`` instead of
+    its thoughts, and its later hops are not asked."""
+    thoughts: list[list[str] | None] = [[] for _ in contexts]
     for hop in range(1, HOPS + 1):
-        outs = teacher.write([request(c, hop, thoughts[i]) for i, c in enumerate(contexts)])
-        for i, text in enumerate(outs):
-            thoughts[i].append(clean_thought(text))
+        live = [i for i, t in enumerate(thoughts) if t is not None]
+        if not live:
+            break
+        outs = teacher.write([request(contexts[i], hop, thoughts[i] or []) for i in live])
+        for i, text in zip(live, outs):
+            done = thoughts[i]
+            if text is None:
+                thoughts[i] = None
+            elif done is not None:
+                done.append(clean_thought(text))
     return thoughts
 
 

@@ -13,11 +13,18 @@ Outputs under ``<run>/thoughts/``: ``sft.jsonl.gz`` (one record per kept trace),
 dropped by reason), ``examples.md`` (a few readable traces) and the ``thoughts`` manifest. The stage is
 resumable: each decided sample is appended to ``partial/progress.jsonl`` (fsynced per chunk), a rerun skips
 decided samples, and LLM teachers keep their own response cache in ``cache/``.
+
+A teacher request that still fails after its retries (an endpoint down for minutes) leaves its sample
+undecided: the stage goes on with the other samples (it stops early when a whole chunk failed), keeps every
+decided one in the progress file, writes no final output and raises :class:`ThoughtsIncomplete`, one line that
+says how many requests failed and that a rerun completes them. Credentials in the config (a token in
+``teacher_options.base_url``) are redacted from ``stats.json``, the manifest and the progress fingerprint.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import time
@@ -29,15 +36,24 @@ import numpy as np
 
 from r2rec.config import build
 from r2rec.data.schema import PreparedData, Sample, samples_path, write_jsonl
+from r2rec.errors import redact_obj
 from r2rec.grammar import format_completion, format_direct, normalize_title
 from r2rec.io import JsonlLog, atomic_write_json, atomic_write_text
 from r2rec.prompting import PromptBuilder, PromptConfig
 from r2rec.runs import RunDir
 from r2rec.thoughts.faithfulness import CitationChecker
 from r2rec.thoughts.progressive import HOPS, TraceContext, write_traces
-from r2rec.thoughts.teachers import HFTeacher, Teacher, TeacherOptions, TemplateTeacher
+from r2rec.thoughts.teachers import HFTeacher, Teacher, TeacherError, TeacherOptions, TemplateTeacher
+
+log = logging.getLogger(__name__)
 
 REASONS = ("kept", "no_chain", "empty_thought", "no_answer", "wrong_answer", "no_citation", "unfaithful")
+
+
+class ThoughtsIncomplete(ValueError):
+    """Teacher requests failed after their retries: the decided samples are saved, a rerun completes the rest.
+    (A ``ValueError``, as the stage's other refusals, so the command line shows it as one line, not a
+    traceback; it is no success: the stage writes no final output and no manifest.)"""
 
 
 @dataclass
@@ -60,6 +76,19 @@ class ThoughtsConfig:
     """PromptConfig overrides for the ``messages`` stored with each trace (SFT may rebuild them)."""
     teacher_options: dict = field(default_factory=dict)
     """TeacherOptions overrides (max_tokens, temperature, batch_size, concurrency, timeout_s, base_url, ...)."""
+
+    def __post_init__(self):
+        kind, _, model = self.teacher.partition(":")
+        if not ((kind == "template" and not model) or kind == "hf" or (kind == "openai" and model)):
+            raise ValueError(f"ThoughtsConfig.teacher: unknown teacher {self.teacher!r}; use template, hf:<model> "
+                             "or openai:<model>")
+        for name in ("max_samples", "examples"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"ThoughtsConfig.{name}: must be >= 0, got {getattr(self, name)}")
+        if self.chunk_size < 1:
+            raise ValueError(f"ThoughtsConfig.chunk_size: must be >= 1, got {self.chunk_size}")
+        build(PromptConfig, self.prompt, where="prompt")
+        build(TeacherOptions, {"seed": self.seed, **self.teacher_options}, where="teacher_options")
 
 
 def make_teacher(spec: str, options: TeacherOptions | None = None, cache_dir: str | Path | None = None) -> Teacher:
@@ -128,10 +157,16 @@ class _Progress:
 
     def __init__(self, root: Path, fingerprint: dict):
         fp_path = root / "fingerprint.json"
-        if root.exists() and (not fp_path.exists() or json.loads(fp_path.read_text()) != fingerprint):
+        try:
+            same = fp_path.exists() and json.loads(fp_path.read_text()) == fingerprint
+        except ValueError:
+            log.warning(f"[thoughts] {fp_path} is unreadable: starting the progress over")
+            same = False
+        if root.exists() and not same:
             shutil.rmtree(root)  # a different config or input: start over
         atomic_write_json(fp_path, fingerprint, indent=None, sort_keys=True)
-        self._log = JsonlLog(root / "progress.jsonl")
+        self.path = root / "progress.jsonl"
+        self._log = JsonlLog(self.path)
         self.rows: dict[int, dict] = {int(row["i"]): row for row in self._log.rows}
 
     def append(self, rows: list[dict]) -> None:
@@ -185,10 +220,11 @@ def run_thoughts(run_dir: str | Path, config: ThoughtsConfig | None = None, forc
     checker = CitationChecker(graph, builder.titles)
     dataset = prepared.meta.get("dataset", run.root.name)
 
-    fingerprint = {"config": asdict(config), "inputs": RunDir.fingerprint(inputs, None, None)["inputs"]}
+    fingerprint = {"config": redact_obj(asdict(config)), "inputs": RunDir.fingerprint(inputs, None, None)["inputs"]}
     prog = _Progress(out_dir / "partial", json.loads(json.dumps(fingerprint, default=str)))
     todo = [int(i) for i in order if int(i) not in prog.rows]
     teacher = None
+    undecided = 0  # samples left for a rerun: a teacher request failed, or the stage stopped before them
     try:
         with tqdm(total=len(order), initial=len(order) - len(todo), desc=f"thoughts ({config.teacher})",
                   unit="sample", disable=not progress) as bar:
@@ -218,6 +254,9 @@ def run_thoughts(run_dir: str | Path, config: ThoughtsConfig | None = None, forc
                         teacher = make_teacher(config.teacher, options, cache_dir=out_dir / "cache")
                     all_thoughts = write_traces(teacher, contexts)
                     for i, ctx, thoughts in zip(ctx_rows, contexts, all_thoughts):
+                        if thoughts is None:  # a teacher request failed: undecided, a rerun asks again
+                            undecided += 1
+                            continue
                         s = samples[i]
                         reason, info = judge(thoughts, s, [builder.title(c) for c in s.candidates], checker)
                         row = {"i": i, "outcome": reason, "thoughts": thoughts, "faithfulness": info}
@@ -235,10 +274,25 @@ def run_thoughts(run_dir: str | Path, config: ThoughtsConfig | None = None, forc
                         rows.append(row)
                 prog.append(sorted(rows, key=lambda r: idx.index(r["i"])))
                 bar.update(len(idx))
+                if teacher is not None and contexts and all(t is None for t in all_thoughts):
+                    undecided += len(todo) - start - len(idx)
+                    log.warning(f"[thoughts] the teacher failed every request of a chunk ({teacher.last_error}); "
+                                "stopping before the remaining samples")
+                    break
+    except TeacherError as e:  # refused for good (a 401, a bad request): no retry helps, a fixed config does
+        raise ThoughtsIncomplete(
+            f"thoughts: the teacher refused a request: {e}; {len(prog.rows)} of {len(order)} samples are decided "
+            f"and saved in {prog.path}: fix the cause and rerun the same command to complete the others") from None
     finally:
         prog.close()
         if teacher is not None:
             teacher.close()
+    if undecided:
+        assert teacher is not None
+        raise ThoughtsIncomplete(
+            f"thoughts: {teacher.failed} teacher request(s) failed after every retry (last: {teacher.last_error}); "
+            f"{len(prog.rows)} of {len(order)} samples are decided and saved in {prog.path}, {undecided} are not: "
+            "rerun the same command to complete them (answers already received are cached, none is asked twice)")
 
     decided = [prog.rows[int(i)] for i in order]
     records = [r["record"] for r in decided if r["outcome"] == "kept"]
@@ -254,7 +308,7 @@ def run_thoughts(run_dir: str | Path, config: ThoughtsConfig | None = None, forc
         "kept_rate_with_chain": round(counts.get("kept", 0) / max(with_chain, 1), 4),
         "by_reason": {r: counts.get(r, 0) for r in REASONS},
         "unreal_citations_by_why": dict(unreal),
-        "config": asdict(config), "wall_seconds": round(time.time() - t0, 2),
+        "config": redact_obj(asdict(config)), "wall_seconds": round(time.time() - t0, 2),
     }
     atomic_write_json(stats_path, stats)
     atomic_write_text(out_dir / "examples.md", _examples_md(decided, stats, config.examples))

@@ -38,12 +38,41 @@ class TeacherOptions:
     backoff_s: float = 1.0  # openai: first retry delay, doubled each time (capped at 60 s)
     base_url: str | None = None  # openai: default $R2REC_OPENAI_BASE_URL, else https://api.openai.com/v1
     seed: int = 0
+    engine: str = "torch"  # hf: torch, llama.cpp or auto (r2rec.llm.engines)
+
+    def __post_init__(self):
+        from r2rec.llm.engines import ENGINES
+
+        if self.engine not in ENGINES:
+            raise ValueError(f"TeacherOptions.engine: expected one of {ENGINES}, got {self.engine!r}")
+        for name in ("max_tokens", "batch_size", "concurrency"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TeacherOptions.{name}: must be >= 1, got {getattr(self, name)}")
+        for name in ("temperature", "max_retries", "backoff_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TeacherOptions.{name}: must be >= 0, got {getattr(self, name)}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"TeacherOptions.timeout_s: must be > 0, got {self.timeout_s}")
+
+
+class TeacherError(RuntimeError):
+    """A teacher request failed for good: a non-retryable answer (a 401, a bad request), or its retries ran out
+    (``transient``: a rerun may succeed). Completed answers stay cached. Its message never holds a credential."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 class Teacher:
-    name: str = ""
+    """``write`` answers one thought per request; a teacher behind a network may answer ``None`` for a request
+    that failed for now (its retries ran out): :attr:`failed` counts those, :attr:`last_error` says why."""
 
-    def write(self, requests: Sequence[HopRequest]) -> list[str]:
+    name: str = ""
+    failed: int = 0
+    last_error: str = ""
+
+    def write(self, requests: Sequence[HopRequest]) -> Sequence[str | None]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -81,18 +110,18 @@ class HFTeacher(Teacher):
 
     def __init__(self, model: str, options: TeacherOptions):
         from r2rec.hardware import resolve
-        from r2rec.llm.generate import GenerationConfig, Generator
-        from r2rec.llm.models import DEFAULT_MODEL, load_model
+        from r2rec.llm.engines import load_generator
+        from r2rec.llm.generate import GenerationConfig
+        from r2rec.llm.models import DEFAULT_MODEL
 
         self.model_name = model or DEFAULT_MODEL
         self.name = f"hf:{self.model_name}"
         compute = resolve("auto", "auto", "thoughts")
-        log.info(f"[thoughts] {self.name} compute: {compute.describe()}")
-        lm, tok = load_model(self.model_name, device=compute.device)
-        self.generator = Generator(lm, tok, GenerationConfig(
+        self.generator, engine = load_generator(self.model_name, None, GenerationConfig(
             max_new_tokens=options.max_tokens, batch_size=options.batch_size, do_sample=options.temperature > 0,
             temperature=options.temperature if options.temperature > 0 else 1.0, seed=options.seed,
-            progress=False))
+            precision=compute.precision, progress=False), device=compute.device, engine=options.engine)
+        log.info(f"[thoughts] {self.name} compute: {self.generator.compute.describe()}; engine {engine.describe()}")
 
     def write(self, requests: Sequence[HopRequest]) -> list[str]:
         if not requests:

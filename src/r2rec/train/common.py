@@ -2,6 +2,14 @@
 LoRA config, CSV logging, the periodic val HR@1 callback. Their settings: :mod:`r2rec.train.config`.
 
 Heavy imports (torch, transformers, peft) stay inside functions so ``r2rec --help`` stays fast.
+
+Crash safety of the checkpoints: transformers writes a ``checkpoint-N`` folder file by file, so a run killed (or a
+disk filled) mid-save leaves a folder that looks like a checkpoint. After each save, :func:`checkpoint_commit`
+fsyncs the folder's files and writes :data:`CHECKPOINT_MARKER` (atomically) listing them with their sizes: the
+commit point. Before resuming, :func:`checkpoint_problem` checks the newest checkpoint (trainer state parses and
+names its step, weights, optimizer and scheduler present and non-empty, safetensors headers readable and
+matching the file size, sizes as committed); a damaged one is reported by name, removed, and the previous good
+one is resumed from (or training starts afresh when there is none).
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ import json
 import logging
 import os
 import time
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -48,18 +57,25 @@ def resume_point(output_dir: Path, config: dict, force: bool = False) -> str | N
     A checkpoint resumes only a run with the same settings and inputs (``config.json`` in ``output_dir``, made
     by :func:`training_state`, ignoring :data:`_RESUME_NEUTRAL`): resuming a different learning rate, step
     budget or set of traces from it would silently mix two runs, and so would keeping the val points of the
-    old one. ``force`` (``--force``) always starts over.
+    old one. ``force`` (``--force``) always starts over. Of the checkpoints, the newest intact one is used
+    (:func:`last_checkpoint`: damaged newer ones are reported and removed).
     """
     import shutil
 
     output_dir = Path(output_dir)
     saved = output_dir / "config.json"
     if output_dir.is_dir():
-        old = json.loads(saved.read_text()) if saved.exists() else None
-        same = old is not None and all(old.get(k) == v for k, v in json.loads(json.dumps(config)).items()
-                                       if k not in _RESUME_NEUTRAL)
+        old = None
+        if saved.exists():
+            try:
+                old = json.loads(saved.read_text())
+            except (OSError, ValueError) as e:
+                log.warning(f"[train] {saved} is unreadable ({type(e).__name__}): the settings its checkpoints "
+                            "were made with are unknown")
+        same = isinstance(old, dict) and all(old.get(k) == v for k, v in json.loads(json.dumps(config)).items()
+                                             if k not in _RESUME_NEUTRAL)
         if force or not same:
-            if last_checkpoint(output_dir) or force:
+            if force or any(output_dir.glob("checkpoint-*")):
                 log.info(f"[train] {output_dir}: {'--force' if force else 'settings or inputs changed'}; "
                       "starting over")
             shutil.rmtree(output_dir)
@@ -67,21 +83,137 @@ def resume_point(output_dir: Path, config: dict, force: bool = False) -> str | N
     return last_checkpoint(output_dir)
 
 
-def last_checkpoint(output_dir: Path) -> str | None:
-    """The newest ``checkpoint-N`` folder in ``output_dir`` that holds a trainer state, else None."""
+def _checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
+    """The ``checkpoint-N`` folders of ``output_dir``, newest (highest N) first."""
+    found = []
+    for p in Path(output_dir).glob("checkpoint-*"):
+        try:
+            found.append((int(p.name.split("-")[-1]), p))
+        except ValueError:
+            continue
+    return sorted(found, reverse=True)
+
+
+def last_checkpoint(output_dir: Path, discard: bool = True) -> str | None:
+    """The newest intact ``checkpoint-N`` folder in ``output_dir`` (:func:`checkpoint_problem`), else None.
+
+    Each damaged checkpoint newer than it is reported by name (a warning) and, with ``discard``, removed: the
+    resumed run saves that step again, and a folder left half old, half new could pass for a good one."""
+    import shutil
+
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return None
-    ckpts = []
-    for p in output_dir.glob("checkpoint-*"):
+    for _, path in _checkpoints(output_dir):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return str(path)
+        log.warning(f"[train] damaged checkpoint {path}: {problem}; "
+                    f"{'removed it, ' if discard else ''}trying the previous one")
+        if discard:
+            shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
+CHECKPOINT_MARKER = "r2rec-checkpoint.json"  # written last into a saved checkpoint: its files and their sizes
+_WEIGHTS = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json", "adapter_model.bin",
+            "pytorch_model.bin")
+_REQUIRED = ("optimizer.pt", "scheduler.pt")  # without them transformers would resume with a fresh optimizer
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a ``.safetensors`` file is not whole (truncated, header unreadable), or None."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size < 8:
+        return f"{path.name} is truncated ({size} bytes)"
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n > size - 8:
+            return f"{path.name} is truncated (its header alone needs {n + 8} bytes, the file has {size})"
         try:
-            step = int(p.name.split("-")[-1])
-        except ValueError:
-            continue
-        # A checkpoint interrupted mid-write has no trainer_state.json (written last): skip it.
-        if (p / "trainer_state.json").exists():
-            ckpts.append((step, p))
-    return str(max(ckpts)[1]) if ckpts else None
+            header = json.loads(f.read(n))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return f"{path.name}: unreadable safetensors header"
+    if 8 + n + end != size:
+        return f"{path.name} holds {size} bytes, its header describes {8 + n + end}"
+    return None
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint folder ``path`` cannot be resumed from, or None when it is intact."""
+    path = Path(path)
+    try:
+        step = int(path.name.split("-")[-1])
+    except ValueError:
+        return "not a checkpoint-N folder"
+    state_file = path / "trainer_state.json"
+    if not state_file.exists():
+        return "no trainer_state.json (interrupted while saving)"
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError) as e:
+        return f"trainer_state.json is unreadable ({type(e).__name__})"
+    if not isinstance(state, dict) or state.get("global_step") != step:
+        got = state.get("global_step") if isinstance(state, dict) else None
+        return f"trainer_state.json names step {got!r}, not {step}"
+    weights = [path / name for name in _WEIGHTS if (path / name).exists()]
+    if not weights:
+        return f"no weights ({' or '.join(_WEIGHTS[:2])})"
+    if (path / "model.safetensors.index.json").exists():
+        try:
+            index = json.loads((path / "model.safetensors.index.json").read_text())
+            weights += [path / name for name in sorted(set(index["weight_map"].values()))]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return "model.safetensors.index.json is unreadable"
+    for name in _REQUIRED:
+        if not (path / name).exists():
+            return f"no {name}"
+    for file in [*weights, *(path / name for name in _REQUIRED)]:
+        if not file.exists() or file.stat().st_size == 0:
+            return f"{file.name} is {'missing' if not file.exists() else 'empty'}"
+        if file.suffix == ".safetensors" and (problem := safetensors_problem(file)):
+            return problem
+        if file.suffix in (".pt", ".pth", ".bin") and not zipfile.is_zipfile(file):
+            return f"{file.name} is truncated (not a whole torch archive)"
+    marker = path / CHECKPOINT_MARKER
+    if marker.exists():  # written after the save: every file must still be as it was then
+        try:
+            sizes = json.loads(marker.read_text())["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return f"{CHECKPOINT_MARKER} is unreadable"
+        for name, size in sizes.items():
+            have = (path / name).stat().st_size if (path / name).exists() else None
+            if have != size:
+                return f"{name} is {'missing' if have is None else f'{have} bytes'}, the save wrote {size}"
+    return None
+
+
+def checkpoint_commit(path: Path) -> None:
+    """Make a just-saved checkpoint durable and mark it complete: fsync each file, then write
+    :data:`CHECKPOINT_MARKER` (atomically) with every file's size."""
+    path = Path(path)
+    sizes = {}
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and p.name != CHECKPOINT_MARKER):
+        with open(file, "rb") as f:
+            os.fsync(f.fileno())
+        sizes[file.relative_to(path).as_posix()] = file.stat().st_size
+    atomic_write_json(path / CHECKPOINT_MARKER, {"step": int(path.name.split("-")[-1]), "files": sizes})
+
+
+def checkpoint_commit_callback():
+    """A ``TrainerCallback`` that commits each checkpoint right after the trainer saved it
+    (:func:`checkpoint_commit`)."""
+    from transformers import TrainerCallback
+
+    class CommitCheckpoint(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and folder.is_dir():
+                checkpoint_commit(folder)
+
+    return CommitCheckpoint()
 
 
 def trainable_parameters(model) -> tuple[int, int]:
@@ -340,6 +472,7 @@ def train_and_save(trainer, run: RunDir, cfg: TrainConfig, out: Path, inputs, re
     n_train, _ = trainable_parameters(trainer.model)
     if resume:
         log.info(f"[{tag}] resuming from {resume}")
+    trainer.add_callback(checkpoint_commit_callback())
     t0 = time.time()
     trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - t0

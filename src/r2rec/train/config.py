@@ -13,6 +13,10 @@ from r2rec.hardware import check as check_compute
 
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 KEEP = ("last", "best_val")
+# transformers' SchedulerType values (``lr_scheduler_type``), checked when the config is built.
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+                 "warmup_stable_decay", "greedy")
 
 
 @dataclass
@@ -94,10 +98,32 @@ class TrainConfig:
             raise ValueError(f"{where}.keep: expected one of {KEEP}, got {self.keep!r}")
         if self.keep == "best_val" and self.eval_every <= 0:
             raise ValueError(f"{where}.keep=best_val needs a val curve: set eval_every > 0")
-        if self.lora_r < 1:
-            raise ValueError(f"{where}.lora_r must be >= 1, got {self.lora_r}")
+        for name in ("lora_r", "lora_alpha", "eval_max_new_tokens", "eval_batch_size", "save_every",
+                     "save_total_limit", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{where}.{name}: must be >= 1, got {getattr(self, name)}")
+        for name in ("eval_every", "eval_samples", "threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{where}.{name}: must be >= 0, got {getattr(self, name)}")
         if self.learning_rate <= 0:
-            raise ValueError(f"{where}.learning_rate must be > 0, got {self.learning_rate}")
+            raise ValueError(f"{where}.learning_rate: must be > 0, got {self.learning_rate:g}")
+        if self.max_steps != -1 and self.max_steps < 1:
+            raise ValueError(f"{where}.max_steps: must be >= 1 (or -1: as many as the epochs take), "
+                             f"got {self.max_steps}")
+        for name in ("lora_dropout", "warmup_ratio"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{where}.{name}: must be in [0, 1), got {getattr(self, name)}")
+        if not self.lora_target_modules:
+            raise ValueError(f"{where}.lora_target_modules: must name at least one module")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise ValueError(f"{where}.lr_scheduler: expected one of {LR_SCHEDULERS}, got {self.lr_scheduler!r}")
+        if self.eval_every > 0 and self.eval_samples < 1:
+            raise ValueError(f"{where}.eval_samples: must be >= 1 when eval_every > 0, got {self.eval_samples}")
+        if self.prompt:
+            from r2rec.config import build
+            from r2rec.prompting import PromptConfig
+
+            build(PromptConfig, self.prompt, where="prompt")  # a bad prompt key fails here, not after hours
 
     @property
     def stage(self) -> str:

@@ -43,6 +43,10 @@ from .sft import config_from_args
 
 log = logging.getLogger(__name__)
 
+# TRL's GRPO losses that work with token-level importance sampling (what this stage uses), and reward scalings.
+LOSS_TYPES = ("dapo", "dr_grpo", "grpo", "bnpo", "cispo", "sapo", "vespo")
+SCALE_REWARDS = ("group", "batch", "none")
+
 
 @dataclass
 class RLConfig(TrainConfig):
@@ -102,7 +106,10 @@ class RLConfig(TrainConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        check_weights(self.reward_weights)
+        try:
+            check_weights(self.reward_weights)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"RLConfig.reward_weights: {e}") from None
         if self.num_generations < 2:
             raise ValueError(f"RLConfig.num_generations must be >= 2 (GRPO compares a group), got "
                              f"{self.num_generations}")
@@ -111,6 +118,16 @@ class RLConfig(TrainConfig):
                 raise ValueError(f"RLConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.temperature <= 0:
             raise ValueError(f"RLConfig.temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"RLConfig.top_p: must be in (0, 1], got {self.top_p}")
+        if self.max_prompts < 0 or self.beta < 0:
+            raise ValueError(f"RLConfig: max_prompts and beta must be >= 0, got {self.max_prompts}, {self.beta}")
+        if self.epsilon <= 0:
+            raise ValueError(f"RLConfig.epsilon: must be > 0, got {self.epsilon}")
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"RLConfig.loss_type: expected one of {LOSS_TYPES}, got {self.loss_type!r}")
+        if self.scale_rewards not in SCALE_REWARDS:
+            raise ValueError(f"RLConfig.scale_rewards: expected one of {SCALE_REWARDS}, got {self.scale_rewards!r}")
         batch = self.prompts_per_step * self.num_generations
         if self.micro_batch_size < 0 or (self.micro_batch_size and batch % self.micro_batch_size):
             raise ValueError(f"RLConfig.micro_batch_size must be 0 or divide the batch prompts_per_step * "

@@ -91,6 +91,11 @@ class SFTConfig(TrainConfig):
             raise ValueError(f"SFTConfig.trace_filter: expected one of {TRACE_FILTERS}, got {self.trace_filter!r}")
         if self.max_steps <= 0 and self.epochs <= 0:
             raise ValueError("SFTConfig: set epochs > 0 or max_steps > 0")
+        for name in ("weight_decay", "epochs", "max_train_samples"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"SFTConfig.{name}: must be >= 0, got {getattr(self, name)}")
+        if self.num_candidates == 1 or self.num_candidates < 0:
+            raise ValueError(f"SFTConfig.num_candidates: must be 0 (all) or >= 2, got {self.num_candidates}")
 
     @property
     def stage(self) -> str:
