@@ -66,7 +66,7 @@ def _synthetic_samples(graph, n: int, seed: int):
         t = int(rng.integers(10, len(seq)))
         negs = rng.integers(0, graph.n_items, size=19)
         cands = [int(seq[t]), *map(int, negs)]
-        out.append(Sample(str(graph.users[u]), tuple(map(int, seq[t - 10:t])), int(seq[t]), tuple(cands), "train", 0))
+        out.append(Sample(str(graph.users[u]), tuple(map(int, seq[t - 10 : t])), int(seq[t]), tuple(cands), "train", 0))
     return out
 
 
@@ -75,9 +75,16 @@ def _measure(sampler, samples, mode: str, records: bool) -> dict:
     for _, cb in sampler.iter_batches(samples, mode):
         n_chains += len(cb)
     cpu, wall = time.process_time() - t_cpu, time.perf_counter() - t_wall
-    out = {"mode": mode, "samples": len(samples), "chains": n_chains, "cpu_s": round(cpu, 3), "wall_s": round(wall, 3),
-           "chains_per_s": round(n_chains / cpu), "samples_per_s": round(len(samples) / cpu),
-           "us_per_sample": round(1e6 * cpu / max(len(samples), 1), 1)}
+    out = {
+        "mode": mode,
+        "samples": len(samples),
+        "chains": n_chains,
+        "cpu_s": round(cpu, 3),
+        "wall_s": round(wall, 3),
+        "chains_per_s": round(n_chains / cpu),
+        "samples_per_s": round(len(samples) / cpu),
+        "us_per_sample": round(1e6 * cpu / max(len(samples), 1), 1),
+    }
     if records:
         t_cpu, n = time.process_time(), 0
         for _, cb in sampler.iter_batches(samples, mode):
@@ -104,15 +111,16 @@ def one_case(args) -> dict:
         build = time.process_time() - t0
         samples = prepared.samples("train", prepared.seeds[0])
         if args.samples:
-            samples = samples[:args.samples]
+            samples = samples[: args.samples]
         name = prepared.meta.get("dataset", args.run)
     else:
         from r2rec.graph.synthetic import synthetic_edges
 
         n_edges = int(float(args.edges))
         n_users, n_items = max(n_edges // 100, 10), max(n_edges // 200, 100)
-        users, items, pos = synthetic_edges(n_edges, n_users, n_items, seed=args.seed,
-                                            clusters=n_items // args.cluster_size if args.cluster_size else 0)
+        users, items, pos = synthetic_edges(
+            n_edges, n_users, n_items, seed=args.seed, clusters=n_items // args.cluster_size if args.cluster_size else 0
+        )
         t0 = time.process_time()
         graph = InteractionGraph.from_arrays([f"u{k}" for k in range(n_users)], n_items, users, items, pos)
         build = time.process_time() - t0
@@ -123,16 +131,27 @@ def one_case(args) -> dict:
     n_cand = min(len(samples), max(1000, len(samples) // 10))
     # Memory: graph build + one batch per mode under tracemalloc; timings after it is stopped (it slows
     # every Python allocation down, the JSON records most of all).
-    _measure(sampler, samples[:sampler.config.batch_size], "target", False)
-    _measure(sampler, samples[:sampler.config.batch_size], "candidates", False)
+    _measure(sampler, samples[: sampler.config.batch_size], "target", False)
+    _measure(sampler, samples[: sampler.config.batch_size], "candidates", False)
     _, traced_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    modes = [_measure(sampler, samples, "target", records=True),
-             _measure(sampler, samples[:n_cand], "candidates", records=False)]
-    return {"case": name, "graph": graph.stats(), "lookup": "dense" if graph._dense is not None else "hash",
-            "build_cpu_s": round(build, 3), "build_edges_per_s": round(graph.n_interactions / max(build, 1e-9)),
-            "k": args.k, "max_users_per_item": args.cap, "cluster_size": args.cluster_size if args.case != "real" else None, "modes": modes, "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "peak_traced_mib": round(traced_peak / 2**20, 1)}
+    modes = [
+        _measure(sampler, samples, "target", records=True),
+        _measure(sampler, samples[:n_cand], "candidates", records=False),
+    ]
+    return {
+        "case": name,
+        "graph": graph.stats(),
+        "lookup": "dense" if graph._dense is not None else "hash",
+        "build_cpu_s": round(build, 3),
+        "build_edges_per_s": round(graph.n_interactions / max(build, 1e-9)),
+        "k": args.k,
+        "max_users_per_item": args.cap,
+        "cluster_size": args.cluster_size if args.case != "real" else None,
+        "modes": modes,
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_traced_mib": round(traced_peak / 2**20, 1),
+    }
 
 
 def cap_sweep(run: str, caps: list[int], out: str) -> dict:
@@ -157,11 +176,22 @@ def cap_sweep(run: str, caps: list[int], out: str) -> dict:
             counts += np.diff(cb.offsets).tolist()
             strength += cb.strength.tolist()
         hr1 = val_hit_rate(sampler.candidate_evidence_batch(val), val)["hr1"]
-        rows.append({"cap": cap, "chains_per_sample": round(float(np.mean(counts)), 3),
-                     "mean_strength": round(float(np.mean(strength)), 4), "val_evidence_hr1": round(hr1, 4)})
+        rows.append(
+            {
+                "cap": cap,
+                "chains_per_sample": round(float(np.mean(counts)), 3),
+                "mean_strength": round(float(np.mean(strength)), 4),
+                "val_evidence_hr1": round(hr1, 4),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
-    result = {"command": "python bench/bench_chains.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-              "run": run, "train_samples": len(train), "val_samples": len(val), "rows": rows}
+    result = {
+        "command": "python bench/bench_chains.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "run": run,
+        "train_samples": len(train),
+        "val_samples": len(val),
+        "rows": rows,
+    }
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(result, indent=2))
     return result
@@ -173,8 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="1e6,3e6,1e7", help="synthetic edge counts (comma-separated)")
     p.add_argument("--samples", type=int, default=0, help="samples per case (0 = all train samples / 20000)")
     p.add_argument("--k", type=int, default=8)
-    p.add_argument("--cluster-size", type=int, default=500,
-                   help="items per synthetic taste cluster (0 = no clusters, no co-occurrence structure)")
+    p.add_argument(
+        "--cluster-size",
+        type=int,
+        default=500,
+        help="items per synthetic taste cluster (0 = no clusters, no co-occurrence structure)",
+    )
     p.add_argument("--cap", type=int, default=256, help="ChainConfig.max_users_per_item (users of one i_b examined)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "chains.json"))
@@ -191,13 +225,27 @@ def main(argv: list[str] | None = None) -> int:
         cap_sweep(args.cap_sweep, [32, 64, 128, 256, 0], out)
         return 0
 
-    cases = ([["--case", "real", "--run", args.run]] if args.run else []) + \
-            [["--case", "synthetic", "--edges", s] for s in args.sizes.split(",") if s]
+    cases = ([["--case", "real", "--run", args.run]] if args.run else []) + [
+        ["--case", "synthetic", "--edges", s] for s in args.sizes.split(",") if s
+    ]
     load_before = os.getloadavg()
     results = []
     for case in cases:
-        cmd = [sys.executable, __file__, *case, "--k", str(args.k), "--cap", str(args.cap), "--cluster-size", str(args.cluster_size), "--seed", str(args.seed),
-               "--samples", str(args.samples)]
+        cmd = [
+            sys.executable,
+            __file__,
+            *case,
+            "--k",
+            str(args.k),
+            "--cap",
+            str(args.cap),
+            "--cluster-size",
+            str(args.cluster_size),
+            "--seed",
+            str(args.seed),
+            "--samples",
+            str(args.samples),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             print(proc.stderr[-3000:], file=sys.stderr)
@@ -205,15 +253,21 @@ def main(argv: list[str] | None = None) -> int:
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         results.append(r)
         t = r["modes"][0]
-        print(f"{r['case']:>22}: {r['graph']['interactions']:>10,} interactions  build {r['build_cpu_s']:6.2f}s  "
-              f"target {t['chains_per_s']:>9,} chains/s ({t['us_per_sample']} us/sample)  "
-              f"candidates {r['modes'][1]['chains_per_s']:>9,} chains/s  peak RSS {r['peak_rss_mib']} MiB",
-              flush=True)
+        print(
+            f"{r['case']:>22}: {r['graph']['interactions']:>10,} interactions  build {r['build_cpu_s']:6.2f}s  "
+            f"target {t['chains_per_s']:>9,} chains/s ({t['us_per_sample']} us/sample)  "
+            f"candidates {r['modes'][1]['chains_per_s']:>9,} chains/s  peak RSS {r['peak_rss_mib']} MiB",
+            flush=True,
+        )
     out = {
         "command": "python bench/bench_chains.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "threads": 1,
-                    "loadavg_before": [round(x, 2) for x in load_before],
-                    "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+        "machine": {
+            "cpu": _cpu_model(),
+            "cores": os.cpu_count(),
+            "threads": 1,
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        },
         "results": results,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

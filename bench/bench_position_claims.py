@@ -22,7 +22,11 @@ METHODS = ("sft", "rl", "rl-no-chains")
 
 
 def _add(total: PositionClaims, c: PositionClaims) -> None:
-    total.right, total.wrong, total.unchecked = total.right + c.right, total.wrong + c.wrong, total.unchecked + c.unchecked
+    total.right, total.wrong, total.unchecked = (
+        total.right + c.right,
+        total.wrong + c.wrong,
+        total.unchecked + c.unchecked,
+    )
 
 
 def check_run(root: Path) -> dict[str, dict]:
@@ -45,7 +49,12 @@ def check_run(root: Path) -> dict[str, dict]:
             continue
         total = PositionClaims()
         for p in read_jsonl(path):
-            _add(total, position_claims(p.get("reasoning") or "", histories[(int(p["seed"]), str(p["user"]), int(p["target"]))]))
+            _add(
+                total,
+                position_claims(
+                    p.get("reasoning") or "", histories[(int(p["seed"]), str(p["user"]), int(p["target"]))]
+                ),
+            )
         out[method] = vars(total)
     return out
 

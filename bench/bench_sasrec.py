@@ -53,8 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     from r2rec.data.schema import PreparedData
 
     prepared = PreparedData(Path(args.run) / "prepared")
-    model = make_recommender("sasrec", overrides=[*args.overrides, f"max_epochs={args.epochs}",
-                                                  f"patience={args.epochs + 1}", "progress=false"])
+    model = make_recommender(
+        "sasrec",
+        overrides=[*args.overrides, f"max_epochs={args.epochs}", f"patience={args.epochs + 1}", "progress=false"],
+    )
     load_before = os.getloadavg()
     start = time.time()
     model.fit(prepared, seed=args.seed)
@@ -74,21 +76,30 @@ def main(argv: list[str] | None = None) -> int:
         "mean_cpu_seconds_per_epoch": statistics.mean(cpu),
         "wall_seconds_incl_val": round(wall, 2),
         "config": {k: v for k, v in vars(model.config).items()},
-        "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/bench_sasrec.py",
-                                                      *(argv if argv is not None else sys.argv[1:])]),
-        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "python": platform.python_version(),
-                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-                    "loadavg_before": [round(x, 2) for x in load_before],
-                    "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+        "command": " ".join(
+            shlex.quote(a)
+            for a in [".venv/bin/python", "bench/bench_sasrec.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "machine": {
+            "cpu": _cpu_model(),
+            "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        },
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"sasrec on {out['dataset']}: {out['mean_seconds_per_epoch']:.2f} s/epoch, "
-          f"{out['mean_cpu_seconds_per_epoch']:.2f} CPU s/epoch "
-          f"({out['examples_per_second']:.0f} examples/s, {len(epochs)} epochs, "
-          f"{out['machine']['torch_threads']} threads, load {out['machine']['loadavg_before'][0]}) -> {args.out}")
+    print(
+        f"sasrec on {out['dataset']}: {out['mean_seconds_per_epoch']:.2f} s/epoch, "
+        f"{out['mean_cpu_seconds_per_epoch']:.2f} CPU s/epoch "
+        f"({out['examples_per_second']:.0f} examples/s, {len(epochs)} epochs, "
+        f"{out['machine']['torch_threads']} threads, load {out['machine']['loadavg_before'][0]}) -> {args.out}"
+    )
     return 0
 
 

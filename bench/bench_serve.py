@@ -72,8 +72,13 @@ def percentile(xs: list[float], q: float) -> float:
 
 
 def stats(xs: list[float]) -> dict:
-    return {"n": len(xs), "p50": round(percentile(xs, 50), 3), "p95": round(percentile(xs, 95), 3),
-            "max": round(max(xs), 3), "mean": round(statistics.fmean(xs), 3)}
+    return {
+        "n": len(xs),
+        "p50": round(percentile(xs, 50), 3),
+        "p95": round(percentile(xs, 95), 3),
+        "max": round(max(xs), 3),
+        "mean": round(statistics.fmean(xs), 3),
+    }
 
 
 def free_port() -> int:
@@ -87,10 +92,32 @@ def start_server(args, run: Path, model: str, base_model: str, batch_size: int):
     import httpx
 
     port = free_port()
-    cmd = [sys.executable, "-m", "r2rec.cli", "serve", "--run", str(run), "--model", model,
-           "--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads), "--port", str(port),
-           "--batch-size", str(batch_size), "--batch-wait-ms", str(args.batch_wait_ms), "--precision", args.precision,
-           "--max-pending", str(max(256, args.concurrency)), "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "r2rec.cli",
+        "serve",
+        "--run",
+        str(run),
+        "--model",
+        model,
+        "--max-new-tokens",
+        str(args.max_new_tokens),
+        "--threads",
+        str(args.threads),
+        "--port",
+        str(port),
+        "--batch-size",
+        str(batch_size),
+        "--batch-wait-ms",
+        str(args.batch_wait_ms),
+        "--precision",
+        args.precision,
+        "--max-pending",
+        str(max(256, args.concurrency)),
+        "--log-level",
+        "warning",
+    ]
     if base_model:
         cmd += ["--base-model", base_model]
     env = {**os.environ, "R2REC_LOG_LEVEL": "WARNING"}
@@ -213,21 +240,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(burst(url, bodies[:1]))  # warm-up: first-call costs out of the numbers
         seq_lat, seq_ans = [], []
-        for body in bodies[:args.sequential]:
+        for body in bodies[: args.sequential]:
             lat, ans, _ = asyncio.run(burst(url, [body]))
             seq_lat += lat
             seq_ans += ans
         say(f"sequential: {args.sequential} requests, median {statistics.median(seq_lat):.2f} s")
         before = calls(url)
         blocker = {**bodies[0], "max_new_tokens": 4 * args.max_new_tokens}
-        batch_wall, blocker_seconds = asyncio.run(one_full_batch(url, blocker, bodies[:args.batch_size]))
+        batch_wall, blocker_seconds = asyncio.run(one_full_batch(url, blocker, bodies[: args.batch_size]))
         batch_calls = calls(url) - before - 1  # the blocker's own call left out
         say(f"one batch: {args.batch_size} requests in {batch_calls} generation call(s), {batch_wall:.2f} s")
         before = calls(url)
         con_lat, con_ans, con_wall = asyncio.run(burst(url, bodies))
         con_calls = calls(url) - before
-        say(f"concurrent: {args.concurrency} requests at once, {con_wall:.2f} s, p95 {percentile(con_lat, 95):.2f} s, "
-            f"{con_calls} generation calls")
+        say(
+            f"concurrent: {args.concurrency} requests at once, {con_wall:.2f} s, p95 {percentile(con_lat, 95):.2f} s, "
+            f"{con_calls} generation calls"
+        )
     finally:
         stop_server(proc)
     unbatched = None
@@ -254,36 +283,67 @@ def main(argv: list[str] | None = None) -> int:
 
     tok = AutoTokenizer.from_pretrained(health["checkpoint"]["model"])
     builder = PromptBuilder(run, prompt_config(RunDir(run), None))
-    prompt_tokens = [len(tok(tok.apply_chat_template(builder.prompt(s).messages, add_generation_prompt=True,
-                                                     tokenize=False), add_special_tokens=False)["input_ids"])
-                     for s in samples[:args.sequential]]
+    prompt_tokens = [
+        len(
+            tok(
+                tok.apply_chat_template(builder.prompt(s).messages, add_generation_prompt=True, tokenize=False),
+                add_special_tokens=False,
+            )["input_ids"]
+        )
+        for s in samples[: args.sequential]
+    ]
     result = {
         "command": "bench/bench_serve.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
-                    "torch_threads": args.threads or torch.get_num_threads(),
-                    "torch": torch.__version__, "platform": platform.platform(),
-                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-                    "loadavg_1min": [round(load_before[0], 2), round(load_after[0], 2)]},
-        "service": {"model": health["model"], "dataset": health["dataset"],
-                    "checkpoint": {k: v and str(v).replace(str(Path.home()), "~") for k, v in health["checkpoint"].items()},
-                    "device": health["device"], "precision": health["precision"], "max_new_tokens": args.max_new_tokens,
-                    "batch_size": args.batch_size, "batch_wait_ms": args.batch_wait_ms,
-                    "load_seconds": round(load_seconds, 2), "server": "r2rec serve (uvicorn), its own process"},
+        "machine": {
+            "cpu_model": cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": args.threads or torch.get_num_threads(),
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "loadavg_1min": [round(load_before[0], 2), round(load_after[0], 2)],
+        },
+        "service": {
+            "model": health["model"],
+            "dataset": health["dataset"],
+            "checkpoint": {k: v and str(v).replace(str(Path.home()), "~") for k, v in health["checkpoint"].items()},
+            "device": health["device"],
+            "precision": health["precision"],
+            "max_new_tokens": args.max_new_tokens,
+            "batch_size": args.batch_size,
+            "batch_wait_ms": args.batch_wait_ms,
+            "load_seconds": round(load_seconds, 2),
+            "server": "r2rec serve (uvicorn), its own process",
+        },
         "prompt_tokens_mean": round(statistics.fmean(prompt_tokens), 1),
         "generated_tokens_mean": round(statistics.fmean(a["generated_tokens"] for a in con_ans), 1),
         "sequential": {**stats(seq_lat), "single_seconds": round(single, 3)},
-        "one_batch": {"requests": args.batch_size, "generation_calls": batch_calls, "wall_seconds": round(batch_wall, 3),
-                      "batch_cost": round(batch_wall / single, 2), "blocker_seconds": round(blocker_seconds, 3)},
-        "concurrent": {"requests": args.concurrency, "generation_calls": con_calls, "wall_seconds": round(con_wall, 3),
-                       **stats(con_lat),
-                       "same_answer_as_alone": f"{same}/{min(len(seq_ans), len(con_ans))}"},
+        "one_batch": {
+            "requests": args.batch_size,
+            "generation_calls": batch_calls,
+            "wall_seconds": round(batch_wall, 3),
+            "batch_cost": round(batch_wall / single, 2),
+            "blocker_seconds": round(blocker_seconds, 3),
+        },
+        "concurrent": {
+            "requests": args.concurrency,
+            "generation_calls": con_calls,
+            "wall_seconds": round(con_wall, 3),
+            **stats(con_lat),
+            "same_answer_as_alone": f"{same}/{min(len(seq_ans), len(con_ans))}",
+        },
         "unbatched": unbatched,
-        "target": {"ideal_seconds": round(ideal, 3), "p95_over_ideal": round(p95 / ideal, 2),
-                   "met": p95 <= 2 * ideal,
-                   "definition": "p95(concurrent) <= 2 x ceil(concurrency / batch_size) x one_batch.wall_seconds"},
+        "target": {
+            "ideal_seconds": round(ideal, 3),
+            "p95_over_ideal": round(p95 / ideal, 2),
+            "met": p95 <= 2 * ideal,
+            "definition": "p95(concurrent) <= 2 x ceil(concurrency / batch_size) x one_batch.wall_seconds",
+        },
     }
-    out = Path(args.out) if args.out else ROOT / "bench" / "results" / ("serve_tiny.json" if args.tiny else "serve.json")
+    out = (
+        Path(args.out) if args.out else ROOT / "bench" / "results" / ("serve_tiny.json" if args.tiny else "serve.json")
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

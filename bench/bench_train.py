@@ -37,8 +37,14 @@ def _traces_from_prepared(run: Path, n: int) -> None:
     for s in data.samples("train", 0)[:n]:
         msgs = build_messages([t[i] for i in s.history], [t[i] for i in s.candidates])
         thought = f"Users who watched {t[s.history[-1]]} went on to watch {t[s.target]}."
-        recs.append({"messages": msgs, "completion": format_completion([thought], t[s.target]),
-                     "completion_direct": format_direct(t[s.target]), "sample": s.to_json()})
+        recs.append(
+            {
+                "messages": msgs,
+                "completion": format_completion([thought], t[s.target]),
+                "completion_direct": format_direct(t[s.target]),
+                "sample": s.to_json(),
+            }
+        )
     write_jsonl(run / "thoughts" / "sft.jsonl.gz", recs)
 
 
@@ -85,8 +91,9 @@ def main(argv=None) -> int:
             prep = run / "prepared"
             prep.mkdir(parents=True)
             write_jsonl(prep / "items.jsonl", [{"item": i, "title": f"Movie {i} (1990)"} for i in range(200)])
-            samples = [Sample(f"u{u}", tuple(rng.sample(range(200), 10)), 0, tuple(range(20)), "train", 0)
-                       for u in range(32)]
+            samples = [
+                Sample(f"u{u}", tuple(rng.sample(range(200), 10)), 0, tuple(range(20)), "train", 0) for u in range(32)
+            ]
             write_jsonl(prep / "train.seed0.jsonl.gz", [s.to_json() for s in samples])
             (prep / "meta.json").write_text(json.dumps({"n_items": 200, "seeds": [0]}))
         else:
@@ -101,23 +108,46 @@ def main(argv=None) -> int:
         results = {"model": model, "batch_size": args.batch_size}
         for bf16 in (False, True):
             name = f"sft_{'bf16' if bf16 else 'fp32'}"
-            cfg = build(SFTConfig, dict(model=model, max_steps=args.steps, batch_size=args.batch_size,
-                                        eval_every=0, save_every=10_000, logging_steps=1,
-                                        precision="bf16" if bf16 else "fp32",
-                                        output=f"checkpoints/{name}"))
+            cfg = build(
+                SFTConfig,
+                dict(
+                    model=model,
+                    max_steps=args.steps,
+                    batch_size=args.batch_size,
+                    eval_every=0,
+                    save_every=10_000,
+                    logging_steps=1,
+                    precision="bf16" if bf16 else "fp32",
+                    output=f"checkpoints/{name}",
+                ),
+            )
             t0 = time.time()
             run_sft(run, cfg)
-            results[name] = {"sec_per_step": _median_step(run / cfg.output_dir / "log.csv"),
-                             "wall": round(time.time() - t0, 1)}
+            results[name] = {
+                "sec_per_step": _median_step(run / cfg.output_dir / "log.csv"),
+                "wall": round(time.time() - t0, 1),
+            }
             print(name, results[name], flush=True)
         if not args.skip_rl:
-            cfg = build(RLConfig, dict(model=model, init="checkpoints/sft_bf16/final", max_steps=args.rl_steps,
-                                       num_generations=4, max_completion_length=64, eval_every=0,
-                                       save_every=10_000, precision="bf16"))
+            cfg = build(
+                RLConfig,
+                dict(
+                    model=model,
+                    init="checkpoints/sft_bf16/final",
+                    max_steps=args.rl_steps,
+                    num_generations=4,
+                    max_completion_length=64,
+                    eval_every=0,
+                    save_every=10_000,
+                    precision="bf16",
+                ),
+            )
             t0 = time.time()
             run_rl(run, cfg)
-            results["grpo_bf16_4x64"] = {"sec_per_step": _median_step(run / cfg.output / "log.csv"),
-                                         "wall": round(time.time() - t0, 1)}
+            results["grpo_bf16_4x64"] = {
+                "sec_per_step": _median_step(run / cfg.output / "log.csv"),
+                "wall": round(time.time() - t0, 1),
+            }
             print("grpo", results["grpo_bf16_4x64"], flush=True)
         print(json.dumps(results, indent=2))
         if args.out:

@@ -34,8 +34,11 @@ def main(argv=None) -> int:
     data = PreparedData(os.path.join(args.run, "prepared"))
     rec = make_recommender("transition").fit(data, 0)
     builder = PromptBuilder(args.run, prompt_config(RunDir(args.run), None), prepared=data)
-    sets = [("val", data.samples("val", 0)), ("test", data.samples("test", 0)),
-            (f"val[:{args.subset}]", data.samples("val", 0)[: args.subset])]
+    sets = [
+        ("val", data.samples("val", 0)),
+        ("test", data.samples("test", 0)),
+        (f"val[:{args.subset}]", data.samples("val", 0)[: args.subset]),
+    ]
     print("| signal | " + " | ".join(f"{n} ({len(s)})" for n, s in sets) + " |")
     print("|---|" + "---|" * len(sets))
     rows: dict[str, list[str]] = {}
@@ -47,10 +50,12 @@ def main(argv=None) -> int:
         rank = np.array([(sc[i] > sc[i][j]).sum() + (sc[i][:j] == sc[i][j]).sum() for i, j in enumerate(pos)])
         vals = {
             "first candidate in the prompt": np.mean([pp.candidates[0] == s.target for pp, s in zip(prompts, samples)]),
-            "strongest context chain's candidate": np.mean([bool(pp.chains) and pp.chains[0]["i_b"] == s.target
-                                                             for pp, s in zip(prompts, samples)]),
-            "some context chain names the target": np.mean([any(c["i_b"] == s.target for c in pp.chains)
-                                                             for pp, s in zip(prompts, samples)]),
+            "strongest context chain's candidate": np.mean(
+                [bool(pp.chains) and pp.chains[0]["i_b"] == s.target for pp, s in zip(prompts, samples)]
+            ),
+            "some context chain names the target": np.mean(
+                [any(c["i_b"] == s.target for c in pp.chains) for pp, s in zip(prompts, samples)]
+            ),
             "transition top-1": np.mean(rank < 1),
             "transition top-3": np.mean(rank < 3),
             "transition top-5": np.mean(rank < 5),

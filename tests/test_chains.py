@@ -97,8 +97,9 @@ def brute_force(sample: Sample, seqs: dict, decay: float, min_shared: int = 2):
 
 @pytest.mark.parametrize("dense", [True, False])
 def test_evidence_equals_brute_force(prepared, seqs, dense):
-    g = InteractionGraph.from_sequences(prepared.train_sequences(), prepared.n_items,
-                                        dense_lookup_max_cells=10**9 if dense else 0)
+    g = InteractionGraph.from_sequences(
+        prepared.train_sequences(), prepared.n_items, dense_lookup_max_cells=10**9 if dense else 0
+    )
     cfg = ChainConfig(max_users_per_item=0, recency_decay=0.7)
     sampler = ChainSampler(g, cfg)
     samples = prepared.samples("val", 0) + prepared.samples("train", 0)[::40]
@@ -112,8 +113,14 @@ def test_long_histories_use_the_generic_path(prepared, graph, seqs):
     """Histories longer than 16 slots skip the bit tables; results must not change."""
     base = prepared.samples("train", 0)[5]
     user_seq = seqs[base.user]
-    long = Sample(base.user, tuple(user_seq[:-1]) + tuple(prepared.samples("val", 0)[0].history), user_seq[-1],
-                  base.candidates, "train", 0)
+    long = Sample(
+        base.user,
+        tuple(user_seq[:-1]) + tuple(prepared.samples("val", 0)[0].history),
+        user_seq[-1],
+        base.candidates,
+        "train",
+        0,
+    )
     assert len(long.history) > 16
     sampler = ChainSampler(graph, ChainConfig(max_users_per_item=0))
     want, chains = brute_force(long, seqs, 0.8)

@@ -24,8 +24,9 @@ def test_scores_are_the_samplers_evidence(tmp_path):
 
 def test_beats_chance_when_targets_follow_taste_clusters(tmp_path):
     """Targets drawn from the user's taste cluster: chains through similar users should find them."""
-    run = write_synthetic_run(tmp_path / "run", n_train_users=80, n_val_users=200, n_test_users=0,
-                              holdout_targets=False, seed=3)
+    run = write_synthetic_run(
+        tmp_path / "run", n_train_users=80, n_val_users=200, n_test_users=0, holdout_targets=False, seed=3
+    )
     prepared = PreparedData(run / "prepared")
     val = prepared.samples("val", 0)
     model = EvidenceRecommender().fit(prepared, seed=0)

@@ -27,12 +27,28 @@ def test_sft_and_rl_share_their_common_fields_through_the_base():
 
 def test_each_stage_keeps_its_defaults():
     sft, rl = SFTConfig(), RLConfig()
-    assert (sft.learning_rate, sft.lr_scheduler, sft.warmup_ratio, sft.max_steps, sft.lora_dropout, sft.eval_every,
-            sft.save_every, sft.logging_steps, sft.output_dir) == (5e-4, "cosine", 0.05, -1, 0.05, 50, 50, 5,
-                                                                  "checkpoints/sft")
-    assert (rl.learning_rate, rl.lr_scheduler, rl.warmup_ratio, rl.max_steps, rl.lora_dropout, rl.eval_every,
-            rl.save_every, rl.logging_steps, rl.output_dir) == (1e-5, "constant", 0.0, 100, 0.0, 25, 25, 1,
-                                                                "checkpoints/rl")
+    assert (
+        sft.learning_rate,
+        sft.lr_scheduler,
+        sft.warmup_ratio,
+        sft.max_steps,
+        sft.lora_dropout,
+        sft.eval_every,
+        sft.save_every,
+        sft.logging_steps,
+        sft.output_dir,
+    ) == (5e-4, "cosine", 0.05, -1, 0.05, 50, 50, 5, "checkpoints/sft")
+    assert (
+        rl.learning_rate,
+        rl.lr_scheduler,
+        rl.warmup_ratio,
+        rl.max_steps,
+        rl.lora_dropout,
+        rl.eval_every,
+        rl.save_every,
+        rl.logging_steps,
+        rl.output_dir,
+    ) == (1e-5, "constant", 0.0, 100, 0.0, 25, 25, 1, "checkpoints/rl")
     assert SFTConfig(variant="direct").stage == "sft-direct" and RLConfig(output="experiments/b").stage == "rl-b"
 
 
@@ -54,9 +70,11 @@ def test_val_curve_decodes_like_eval():
     gen = build(SFTConfig, {}, ["eval_max_new_tokens=32", "eval_batch_size=2", "precision=fp32"]).val_generation()
     assert isinstance(gen, GenerationConfig) and not gen.progress
     assert (gen.max_new_tokens, gen.batch_size, gen.precision) == (32, 2, "fp32")
-    assert {k: v for k, v in asdict(gen).items() if k not in ("max_new_tokens", "batch_size", "precision",
-                                                                "progress", "ignore_eos")} == \
-        {k: v for k, v in asdict(DecodingConfig()).items() if k not in ("max_new_tokens", "batch_size", "precision")}
+    assert {
+        k: v
+        for k, v in asdict(gen).items()
+        if k not in ("max_new_tokens", "batch_size", "precision", "progress", "ignore_eos")
+    } == {k: v for k, v in asdict(DecodingConfig()).items() if k not in ("max_new_tokens", "batch_size", "precision")}
 
 
 def test_eval_config_holds_the_decoding_settings_as_flat_keys():

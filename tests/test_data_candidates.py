@@ -16,7 +16,7 @@ def synthetic_rows(n_rows=300, n_items=200, seed=0):
         known = frozenset(int(i) for i in rng.choice(n_items, size=rng.integers(8, 120), replace=False))
         ks = sorted(known)
         for j in range(3):  # three rows share the user's known set, as the LOO loaders do
-            rows.append(Row(f"u{u}", tuple(ks[j:j + 4]), ks[j + 4], known))
+            rows.append(Row(f"u{u}", tuple(ks[j : j + 4]), ks[j + 4], known))
     return rows
 
 
@@ -34,16 +34,25 @@ def test_candidates_are_valid():
 
 def test_deterministic_per_dataset_split_seed():
     rows = synthetic_rows()
+
     def draw(dataset="syn", split="test", seed=0):
         return [s.candidates for s in freeze_candidates(rows, dataset=dataset, split=split, seed=seed, n_items=200)]
+
     assert draw() == draw()
     assert draw(seed=1) != draw()
     assert draw(split="val") != draw()
     assert draw(dataset="other") != draw()
     # Stable across processes: the seed comes from sha256, not Python's salted hash.
-    assert rng_for("syn", "test", 0).integers(0, 2**31, size=3).tolist() == \
-        np.random.default_rng(int.from_bytes(__import__("hashlib").sha256(
-            b"r2rec-candidates\x1fsyn\x1ftest\x1f0").digest()[:16], "little")).integers(0, 2**31, size=3).tolist()
+    assert (
+        rng_for("syn", "test", 0).integers(0, 2**31, size=3).tolist()
+        == np.random.default_rng(
+            int.from_bytes(
+                __import__("hashlib").sha256(b"r2rec-candidates\x1fsyn\x1ftest\x1f0").digest()[:16], "little"
+            )
+        )
+        .integers(0, 2**31, size=3)
+        .tolist()
+    )
 
 
 def test_target_position_is_shuffled():
@@ -77,8 +86,14 @@ def test_fallback_when_user_knows_almost_everything():
     for s in samples[1:]:
         assert len(set(s.candidates)) == 10 and not (set(s.candidates) - {3}) & light
     # Exactly as many free items as negatives: the draw must take all of them.
-    exact = freeze_candidates([Row("x", (0, 1, 2), 3, frozenset(range(991)))], dataset="syn", split="val",
-                              seed=0, n_items=1000, num_candidates=10)
+    exact = freeze_candidates(
+        [Row("x", (0, 1, 2), 3, frozenset(range(991)))],
+        dataset="syn",
+        split="val",
+        seed=0,
+        n_items=1000,
+        num_candidates=10,
+    )
     assert sorted(set(exact[0].candidates) - {3}) == list(range(991, 1000))
 
 

@@ -20,12 +20,17 @@ from r2rec.io import sha256_file
 INTER_HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
 ITEM_HEADER = "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
 # (movie id, RecBole title, release_year, u.item title): articles, a "(V)" suffix, the yearless movie.
-MOVIES = [(1, "Toy Story", "1995", "Toy Story (1995)"),
-          (2, "Usual Suspects, The", "1995", "Usual Suspects, The (1995)"),
-          (3, "Land Before Time III: The Time of the Great Giving (1995)", "V",
-           "Land Before Time III: The Time of the Great Giving (1995) (V)"),
-          (4, "unkonwn", "unkonwn", "unknown")] + [(m, f"Movie {m}", str(1950 + m), f"Movie {m} ({1950 + m})")
-                                                    for m in range(5, 31)]
+MOVIES = [
+    (1, "Toy Story", "1995", "Toy Story (1995)"),
+    (2, "Usual Suspects, The", "1995", "Usual Suspects, The (1995)"),
+    (
+        3,
+        "Land Before Time III: The Time of the Great Giving (1995)",
+        "V",
+        "Land Before Time III: The Time of the Great Giving (1995) (V)",
+    ),
+    (4, "unkonwn", "unkonwn", "unknown"),
+] + [(m, f"Movie {m}", str(1950 + m), f"Movie {m} ({1950 + m})") for m in range(5, 31)]
 
 
 def _ratings(n_users: int = 8, seed: int = 0) -> list[tuple[int, int, int, int]]:
@@ -44,7 +49,8 @@ def write_recbole(root, ratings=None, movies=MOVIES):
     lines = "".join(f"{u}\t{m}\t{r}\t{t}\n" for u, m, r, t in ratings or _ratings())
     (root / "ml-100k.inter").write_text(INTER_HEADER + lines, encoding="utf-8")
     (root / "ml-100k.item").write_text(
-        ITEM_HEADER + "".join(f"{m}\t{title}\t{year}\tDrama\n" for m, title, year, _ in movies), encoding="utf-8")
+        ITEM_HEADER + "".join(f"{m}\t{title}\t{year}\tDrama\n" for m, title, year, _ in movies), encoding="utf-8"
+    )
     return root
 
 
@@ -52,8 +58,9 @@ def write_grouplens(root, ratings=None, movies=MOVIES):
     """The same data as GroupLens files (u.data + u.item) in ``root``."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "u.data").write_text("".join(f"{u}\t{m}\t{r}\t{t}\n" for u, m, r, t in ratings or _ratings()))
-    (root / "u.item").write_text("".join(f"{m}|{raw}|01-Jan-1995||http://x|0\n" for m, _, _, raw in movies),
-                                 encoding="latin-1")
+    (root / "u.item").write_text(
+        "".join(f"{m}|{raw}|01-Jan-1995||http://x|0\n" for m, _, _, raw in movies), encoding="latin-1"
+    )
     return root
 
 
@@ -99,8 +106,13 @@ def test_header_columns_in_any_order(tmp_path):
     assert ratings[0] == (2, *first)
 
 
-@pytest.mark.parametrize("header", ["user_id:token\titem_id:token\trating:float\n",  # no timestamp
-                                    "user_id\titem_id\trating\ttimestamp\n"])         # no types
+@pytest.mark.parametrize(
+    "header",
+    [
+        "user_id:token\titem_id:token\trating:float\n",  # no timestamp
+        "user_id\titem_id\trating\ttimestamp\n",
+    ],
+)  # no types
 def test_bad_header_names_the_file(tmp_path, header):
     root = write_recbole(tmp_path / "ml-100k")
     inter = root / "ml-100k.inter"
@@ -109,10 +121,15 @@ def test_bad_header_names_the_file(tmp_path, header):
         recbole_atomic.load(root)
 
 
-@pytest.mark.parametrize("bad, fault", [("7\t3\t4", "malformed line (3 tab-separated fields, the header has 4)"),
-                                        ("7\t3\t3.5\t880000000", "malformed line (expected integer"),
-                                        ("7\t99\t3\t880000000", "unknown item id 99"),
-                                        ("1\tx\t3\t880000000", "malformed line (expected integer")])
+@pytest.mark.parametrize(
+    "bad, fault",
+    [
+        ("7\t3\t4", "malformed line (3 tab-separated fields, the header has 4)"),
+        ("7\t3\t3.5\t880000000", "malformed line (expected integer"),
+        ("7\t99\t3\t880000000", "unknown item id 99"),
+        ("1\tx\t3\t880000000", "malformed line (expected integer"),
+    ],
+)
 def test_malformed_line_names_file_and_line(tmp_path, bad, fault):
     root = write_recbole(tmp_path / "ml-100k")
     inter = root / "ml-100k.inter"
@@ -214,8 +231,9 @@ def test_prepare_records_where_the_data_came_from(places, tmp_path, capsys):
     assert manifest["inputs"] == hashes and data.meta["sources"] == hashes
     # The GroupLens copy of the same data in the data directory wins, and gives the same samples.
     write_grouplens(places["config"] / "ml-100k")
-    cfg2 = build(PrepareConfig, {"dataset": "ml-100k", "seeds": [0], "num_candidates": 5,
-                                 "data_dir": str(places["config"])})
+    cfg2 = build(
+        PrepareConfig, {"dataset": "ml-100k", "seeds": [0], "num_candidates": 5, "data_dir": str(places["config"])}
+    )
     other = prepare(cfg2, tmp_path / "run2")
     assert other.meta["data"]["from"] == "config"
     for split in ("train", "val", "test"):

@@ -13,16 +13,24 @@ from r2rec.data import llara
 
 def _rows_for(user, items):
     """One LLaRA train row per interaction: seq = previous <= 10 items, len_seq floored at 1."""
-    return [{"seq": items[max(0, k - 10):k], "len_seq": max(1, min(k, 10)), "next": items[k], "user": user}
-            for k in range(len(items))]
+    return [
+        {"seq": items[max(0, k - 10) : k], "len_seq": max(1, min(k, 10)), "next": items[k], "user": user}
+        for k in range(len(items))
+    ]
 
 
 def make_llara(root, train=None, val=None, test=None, n_items=40):
     (root / "portable").mkdir(parents=True, exist_ok=True)
     (root / "id2name.txt").write_text("".join(f"{i}::Item {i}\n" for i in range(n_items)))
     train = train if train is not None else _rows_for(7, list(range(0, 14))) + _rows_for(8, [20, 21, 22, 23])
-    val = val if val is not None else [{"seq": [1, 2, 3, 4], "len_seq": 4, "next": 5, "user": 30},
-                                       {"seq": [6, 7], "len_seq": 2, "next": 8, "user": 31}]
+    val = (
+        val
+        if val is not None
+        else [
+            {"seq": [1, 2, 3, 4], "len_seq": 4, "next": 5, "user": 30},
+            {"seq": [6, 7], "len_seq": 2, "next": 8, "user": 31},
+        ]
+    )
     test = test if test is not None else [{"seq": list(range(10, 22)[-10:]), "len_seq": 10, "next": 30, "user": 40}]
     for name, rows in (("train", train), ("val", val), ("test", test)):
         with gzip.open(root / "portable" / f"{name}.jsonl.gz", "wt") as f:

@@ -26,10 +26,26 @@ def load(tmp_path, interactions: str, titles: str = TITLES, **kw):
 def test_loo_positions_and_ties(tmp_path):
     # User "a": 7 interactions, file order scrambled; m5 and m3 share timestamp 40 -> ordered by item id
     # (our ids follow title-file order, so m3 < m5).
-    log = "user,item,timestamp\n" + "\n".join([
-        "a,m6,70", "a,m1,10", "a,m5,40", "a,m2,20", "a,m3,40", "a,m9,90", "a,m0,5",
-        "b,m1,1", "b,m2,2", "b,m3,3", "b,m4,4", "b,m7,5",
-    ]) + "\n"
+    log = (
+        "user,item,timestamp\n"
+        + "\n".join(
+            [
+                "a,m6,70",
+                "a,m1,10",
+                "a,m5,40",
+                "a,m2,20",
+                "a,m3,40",
+                "a,m9,90",
+                "a,m0,5",
+                "b,m1,1",
+                "b,m2,2",
+                "b,m3,3",
+                "b,m4,4",
+                "b,m7,5",
+            ]
+        )
+        + "\n"
+    )
     ds = load(tmp_path, log, min_history=2, max_history=3)
     seqs = {s.user: s for s in ds.train_sequences}
     # a sorted: m0(5) m1(10) m2(20) m3(40) m5(40) m6(70) m9(90) -> val target m6, test target m9
@@ -37,8 +53,8 @@ def test_loo_positions_and_ties(tmp_path):
     assert seqs["a"].times == [5, 10, 20, 40, 40]
     val = {r.user: r for r in ds.val}
     test = {r.user: r for r in ds.test}
-    assert val["a"].target == 6 and val["a"].history == (2, 3, 5)          # last <= 3 train items
-    assert test["a"].target == 9 and test["a"].history == (3, 5, 6)        # includes the val item
+    assert val["a"].target == 6 and val["a"].history == (2, 3, 5)  # last <= 3 train items
+    assert test["a"].target == 9 and test["a"].history == (3, 5, 6)  # includes the val item
     assert val["a"].known_items == test["a"].known_items == frozenset({0, 1, 2, 3, 5, 6, 9})
     train_a = [(r.history, r.target) for r in ds.train if r.user == "a"]
     # positions with >= 2 previous train items; history = previous <= 3
@@ -72,21 +88,24 @@ def test_short_users_are_counted_not_silent(tmp_path):
     assert ds.dropped["interactions_of_dropped_users"] == 4
 
 
-@pytest.mark.parametrize("log, titles, pattern", [
-    ("u,m1,1\nu,m2\n", TITLES, r"log\.csv:2: malformed line \(expected 3 fields"),
-    ("u,m1,1\nu,m2,2\nu,m3,yesterday\n", TITLES, r"log\.csv:3: malformed line \(timestamp 'yesterday'"),
-    ("u,m1,1\n,m2,2\n", TITLES, r"log\.csv:2: malformed line \(empty user or item\)"),
-    ("u,m1,1\nu,m99,2\n", TITLES, r"log\.csv:2: unknown item id 'm99' \(not in titles\.csv\)"),
-    ("u,m1,1\nu,m2,2\nu,m1,1\n", TITLES, r"log\.csv:3: duplicate row .*first at line 1"),
-    ("", TITLES, r"log\.csv: empty file"),
-    ("user,item,timestamp\n\n", TITLES, r"log\.csv: empty file"),
-    ("u,m1,1\n", "item,title\nm1,One\nm2\n", r"titles\.csv:3: missing or empty title for item 'm2'"),
-    ("u,m1,1\n", "item,title\nm1,One\nm2,  \n", r"titles\.csv:3: missing or empty title"),
-    ("u,m1,1\n", "m1,One\nm1,Uno\n", r"titles\.csv:2: duplicate item id 'm1' \(first at line 1\)"),
-    ("u,m1,1\n", "m1,One,extra\n", r"titles\.csv:1: malformed line"),
-    ("u,m1,1\n", "", r"titles\.csv: empty file"),
-    ("u,m1,1\n", "1::One\n2::\n", r"titles\.csv:2: missing or empty title"),
-])
+@pytest.mark.parametrize(
+    "log, titles, pattern",
+    [
+        ("u,m1,1\nu,m2\n", TITLES, r"log\.csv:2: malformed line \(expected 3 fields"),
+        ("u,m1,1\nu,m2,2\nu,m3,yesterday\n", TITLES, r"log\.csv:3: malformed line \(timestamp 'yesterday'"),
+        ("u,m1,1\n,m2,2\n", TITLES, r"log\.csv:2: malformed line \(empty user or item\)"),
+        ("u,m1,1\nu,m99,2\n", TITLES, r"log\.csv:2: unknown item id 'm99' \(not in titles\.csv\)"),
+        ("u,m1,1\nu,m2,2\nu,m1,1\n", TITLES, r"log\.csv:3: duplicate row .*first at line 1"),
+        ("", TITLES, r"log\.csv: empty file"),
+        ("user,item,timestamp\n\n", TITLES, r"log\.csv: empty file"),
+        ("u,m1,1\n", "item,title\nm1,One\nm2\n", r"titles\.csv:3: missing or empty title for item 'm2'"),
+        ("u,m1,1\n", "item,title\nm1,One\nm2,  \n", r"titles\.csv:3: missing or empty title"),
+        ("u,m1,1\n", "m1,One\nm1,Uno\n", r"titles\.csv:2: duplicate item id 'm1' \(first at line 1\)"),
+        ("u,m1,1\n", "m1,One,extra\n", r"titles\.csv:1: malformed line"),
+        ("u,m1,1\n", "", r"titles\.csv: empty file"),
+        ("u,m1,1\n", "1::One\n2::\n", r"titles\.csv:2: missing or empty title"),
+    ],
+)
 def test_csv_errors_name_file_and_line(tmp_path, log, titles, pattern):
     with pytest.raises(ValueError, match=pattern):
         load(tmp_path, log, titles)

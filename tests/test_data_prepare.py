@@ -29,8 +29,9 @@ def csv_files(tmp_path):
 
 def config(csv_files, **kw):
     log, titles = csv_files
-    return build(PrepareConfig, {"dataset": "csv", "interactions": str(log), "titles": str(titles),
-                                 "seeds": "0,1", **kw})
+    return build(
+        PrepareConfig, {"dataset": "csv", "interactions": str(log), "titles": str(titles), "seeds": "0,1", **kw}
+    )
 
 
 def test_prepare_writes_layout(tmp_path, csv_files, capsys):
@@ -38,8 +39,16 @@ def test_prepare_writes_layout(tmp_path, csv_files, capsys):
     data = prepare(cfg, tmp_path / "run")
     out = tmp_path / "run" / "prepared"
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["items.jsonl", "meta.json", "test.seed0.jsonl.gz", "test.seed1.jsonl.gz",
-                     "train.seed0.jsonl.gz", "train_sequences.jsonl.gz", "val.seed0.jsonl.gz", "val.seed1.jsonl.gz"]
+    assert names == [
+        "items.jsonl",
+        "meta.json",
+        "test.seed0.jsonl.gz",
+        "test.seed1.jsonl.gz",
+        "train.seed0.jsonl.gz",
+        "train_sequences.jsonl.gz",
+        "val.seed0.jsonl.gz",
+        "val.seed1.jsonl.gz",
+    ]
     assert isinstance(data, PreparedData) and data.n_items == 60 and data.seeds == [0, 1]
     assert data.titles[3] == "Item 3"
     meta = data.meta
@@ -121,14 +130,40 @@ def test_config_validation(csv_files):
 
 def test_cli_prepare_and_clean_error(tmp_path, csv_files, capsys):
     log, titles = csv_files
-    rc = main(["prepare", "--dataset", "csv", "--interactions", str(log), "--titles", str(titles),
-               "--run", str(tmp_path / "run"), "--seeds", "3", "--num-candidates", "10"])
+    rc = main(
+        [
+            "prepare",
+            "--dataset",
+            "csv",
+            "--interactions",
+            str(log),
+            "--titles",
+            str(titles),
+            "--run",
+            str(tmp_path / "run"),
+            "--seeds",
+            "3",
+            "--num-candidates",
+            "10",
+        ]
+    )
     assert rc == 0
     data = PreparedData(tmp_path / "run" / "prepared")
     assert data.seeds == [3] and all(len(s.candidates) == 10 for s in data.samples("test", 3))
     log.write_text(log.read_text() + "u1,i999,5\n")
-    rc = main(["prepare", "--dataset", "csv", "--interactions", str(log), "--titles", str(titles),
-               "--run", str(tmp_path / "run")])
+    rc = main(
+        [
+            "prepare",
+            "--dataset",
+            "csv",
+            "--interactions",
+            str(log),
+            "--titles",
+            str(titles),
+            "--run",
+            str(tmp_path / "run"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and f"{log}:" in err and "unknown item id 'i999'" in err and "Traceback" not in err
     rc = main(["prepare", "--dataset", "csv", "--run", str(tmp_path / "run")])

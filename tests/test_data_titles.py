@@ -8,16 +8,19 @@ from r2rec.config import data_dir
 from r2rec.data.titles import fill_empty_titles, llara_movielens_title, read_id2name, read_u_item
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ("Usual Suspects, The (1995)", "The Usual Suspects"),
-    ("Toy Story (1995)", "Toy Story"),
-    ("Fish Called Wanda, A (1988)", "A Fish Called Wanda"),
-    # ", A" is checked before ", An" and also matches it: LLaRA's published titles carry this quirk.
-    ("American in Paris, An (1951)", "A American in Parisn"),
-    # ", The" wins over ", A" (checked first), and every occurrence of the hit is removed.
-    ("Good, The Bad and The Ugly, The (1966)", "The Good Bad and The Ugly"),
-    ("unknown", ""),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("Usual Suspects, The (1995)", "The Usual Suspects"),
+        ("Toy Story (1995)", "Toy Story"),
+        ("Fish Called Wanda, A (1988)", "A Fish Called Wanda"),
+        # ", A" is checked before ", An" and also matches it: LLaRA's published titles carry this quirk.
+        ("American in Paris, An (1951)", "A American in Parisn"),
+        # ", The" wins over ", A" (checked first), and every occurrence of the hit is removed.
+        ("Good, The Bad and The Ugly, The (1966)", "The Good Bad and The Ugly"),
+        ("unknown", ""),
+    ],
+)
 def test_llara_title_rule(raw, expected):
     assert llara_movielens_title(raw) == expected
 
@@ -30,8 +33,11 @@ def test_fill_empty_titles():
 
 def test_read_u_item_latin1_and_ids(tmp_path):
     p = tmp_path / "u.item"
-    p.write_bytes("1|Toy Story (1995)|x\n2|Cité des enfants perdus, La (1995)|x\n3|Usual Suspects, The (1995)|x\n"
-                  .encode("latin-1"))
+    p.write_bytes(
+        "1|Toy Story (1995)|x\n2|Cité des enfants perdus, La (1995)|x\n3|Usual Suspects, The (1995)|x\n".encode(
+            "latin-1"
+        )
+    )
     assert read_u_item(p) == {0: "Toy Story", 1: "Cité des enfants perdus, La", 2: "The Usual Suspects"}
 
 

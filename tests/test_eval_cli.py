@@ -32,8 +32,14 @@ def synthetic_train_run(tmp_path):
     run = tmp_path / "run"
     prep = run / "prepared"
     prep.mkdir(parents=True)
-    special = ["Star Wars (1977)", "Star Wars: Episode I (1999)", "Heat (1995)", "Heat and Dust (1983)",
-               "Amélie (2001)", "M*A*S*H (1970)"]
+    special = [
+        "Star Wars (1977)",
+        "Star Wars: Episode I (1999)",
+        "Heat (1995)",
+        "Heat and Dust (1983)",
+        "Amélie (2001)",
+        "M*A*S*H (1970)",
+    ]
     titles = {i: special[i] if i < len(special) else f"Movie {i} ({1960 + i})" for i in range(40)}
     write_jsonl(prep / "items.jsonl", [{"item": i, "title": t} for i, t in titles.items()])
     seqs = [{"user": f"u{u}", "items": rng.sample(range(40), 12), "times": list(range(12))} for u in range(20)]
@@ -49,8 +55,9 @@ def synthetic_train_run(tmp_path):
             r.shuffle(cands)
             rows.append(Sample(f"t{u}", tuple(hist), target, tuple(cands), "test", seed).to_json())
         write_jsonl(prep / f"test.seed{seed}.jsonl.gz", rows)
-    (prep / "meta.json").write_text(json.dumps({"dataset": "synthetic-movies", "n_items": 40, "seeds": [0, 1],
-                                                "num_candidates": 8}))
+    (prep / "meta.json").write_text(
+        json.dumps({"dataset": "synthetic-movies", "n_items": 40, "seeds": [0, 1], "num_candidates": 8})
+    )
     return run
 
 
@@ -122,9 +129,27 @@ def test_cli_reports_a_missing_checkpoint(synthetic_train_run, capsys):
 
 
 def test_cli_flags_and_overrides(synthetic_train_run, tiny_model_dir):
-    rc = main(["eval", "--run", str(synthetic_train_run), "--model", "base", "--max-samples", "2", "--batch-size",
-               "2", "--seeds", "0", f"model={tiny_model_dir}", "max_new_tokens=4", "precision=fp32", "n_bootstrap=20",
-               "prompt.context_chains=0", "method=flags"])
+    rc = main(
+        [
+            "eval",
+            "--run",
+            str(synthetic_train_run),
+            "--model",
+            "base",
+            "--max-samples",
+            "2",
+            "--batch-size",
+            "2",
+            "--seeds",
+            "0",
+            f"model={tiny_model_dir}",
+            "max_new_tokens=4",
+            "precision=fp32",
+            "n_bootstrap=20",
+            "prompt.context_chains=0",
+            "method=flags",
+        ]
+    )
     assert rc == 0
     saved = json.loads((synthetic_train_run / "results" / "flags.json").read_text())
     assert saved["n"] == 2 and saved["config"]["eval"]["batch_size"] == 2
@@ -151,8 +176,9 @@ def test_cli_reads_a_pipeline_config_and_the_runs_prompt(synthetic_train_run, tm
         cfg_file.write_text("eval: {models: [base, sft], seeds: [0, 1], max_new_tokens: 32}\n")
         p = argparse.ArgumentParser()
         add_arguments(p)
-        args = p.parse_args(["--run", str(synthetic_train_run), "--model", "base", "--config", str(cfg_file),
-                             "prompt.context_chains=1"])
+        args = p.parse_args(
+            ["--run", str(synthetic_train_run), "--model", "base", "--config", str(cfg_file), "prompt.context_chains=1"]
+        )
         ecfg, prompt = configs_from_args(args)
         assert ecfg.seeds == [0, 1] and ecfg.max_new_tokens == 32
         assert prompt.candidate_order == "transition" and prompt.context_chains == 1

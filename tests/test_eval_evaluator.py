@@ -26,16 +26,26 @@ def make_samples(n=30, seeds=SEEDS, k=20, rs=0):
             negs = rng.choice(np.setdiff1d(np.arange(1, 500), [t]), size=k - 1, replace=False)
             cands = np.concatenate([[t], negs])
             rng.shuffle(cands)
-            rows.append(Sample(user=f"u{i}", history=(1, 2, 3), target=int(t), candidates=tuple(int(c) for c in cands),
-                               split="test", seed=s))
+            rows.append(
+                Sample(
+                    user=f"u{i}",
+                    history=(1, 2, 3),
+                    target=int(t),
+                    candidates=tuple(int(c) for c in cands),
+                    split="test",
+                    seed=s,
+                )
+            )
         out[s] = rows
     return out
 
 
 def score_preds(samples, rs=0):
     rng = np.random.default_rng(rs)
-    return {s: [Prediction.from_sample(x, scores=rng.normal(size=len(x.candidates))) for x in xs]
-            for s, xs in samples.items()}
+    return {
+        s: [Prediction.from_sample(x, scores=rng.normal(size=len(x.candidates))) for x in xs]
+        for s, xs in samples.items()
+    }
 
 
 def proto(**kw):
@@ -45,11 +55,23 @@ def proto(**kw):
 
 # -- the contract -------------------------------------------------------------------------------------------
 
+
 def test_result_has_every_contract_field_for_a_ranker():
     samples = make_samples()
     r = evaluate(proto(), "sasrec", "synthetic", score_preds(samples), config={"lr": 1e-3}, wall_seconds=2.5)
-    for k in ("method", "dataset", "split", "seeds", "n", "hr1", "hr1_valid", "valid_ratio", "config",
-              "wall_seconds", "chance_hr1"):
+    for k in (
+        "method",
+        "dataset",
+        "split",
+        "seeds",
+        "n",
+        "hr1",
+        "hr1_valid",
+        "valid_ratio",
+        "config",
+        "wall_seconds",
+        "chance_hr1",
+    ):
         assert k in r, k
     for m in ("hr1", "hr1_valid", "valid_ratio", *RANK_METRICS):
         assert m in r
@@ -68,9 +90,15 @@ def test_point_estimate_is_mean_over_seeds_and_samples():
     samples = make_samples(n=10)
     # Seed 0: 4/10 correct; seed 1: 6/10; seed 2: 5/10 -> hr1 0.5, std 0.1.
     hits = {0: 4, 1: 6, 2: 5}
-    preds = {s: [Prediction.from_sample(x, answer=x.target if i < hits[s] else
-                                        next(c for c in x.candidates if c != x.target))
-                 for i, x in enumerate(xs)] for s, xs in samples.items()}
+    preds = {
+        s: [
+            Prediction.from_sample(
+                x, answer=x.target if i < hits[s] else next(c for c in x.candidates if c != x.target)
+            )
+            for i, x in enumerate(xs)
+        ]
+        for s, xs in samples.items()
+    }
     r = evaluate(proto(), "m", "d", preds, {}, 0.0)
     assert r["hr1"] == pytest.approx(0.5)
     assert r["hr1_std"] == pytest.approx(0.1)
@@ -85,10 +113,10 @@ def test_invalid_answers_count_as_misses_in_hr1_and_are_excluded_from_hr1_valid(
     answers = [xs[0].target, xs[1].target, xs[2].target, wrong(xs[3]), -1, None, 99999, None]
     preds = {0: [Prediction.from_sample(x, answer=a) for x, a in zip(xs, answers)]}
     r = evaluate(proto(seeds=(0,)), "llm", "d", preds, {}, 0.0)
-    assert r["hr1"] == pytest.approx(3 / 8)        # correct / all
+    assert r["hr1"] == pytest.approx(3 / 8)  # correct / all
     assert r["hr1_valid"] == pytest.approx(3 / 4)  # correct / valid (4 valid answers)
     assert r["valid_ratio"] == pytest.approx(4 / 8)
-    assert r["hr1_std"] is None                     # one seed: std undefined
+    assert r["hr1_std"] is None  # one seed: std undefined
 
 
 def test_no_valid_answer_gives_null_hr1_valid():
@@ -103,8 +131,10 @@ def test_no_valid_answer_gives_null_hr1_valid():
 def test_all_zero_scores_get_exactly_chance_even_with_target_first():
     # Put the target in the first slot of every candidate list: argmax-style tie-breaking would give 1.0.
     samples = make_samples(n=20)
-    samples = {s: [replace(x, candidates=(x.target, *[c for c in x.candidates if c != x.target])) for x in xs]
-               for s, xs in samples.items()}
+    samples = {
+        s: [replace(x, candidates=(x.target, *[c for c in x.candidates if c != x.target])) for x in xs]
+        for s, xs in samples.items()
+    }
     preds = {s: [Prediction.from_sample(x, scores=[0.0] * 20) for x in xs] for s, xs in samples.items()}
     r = evaluate(proto(), "popularity", "d", preds, {}, 0.0)
     assert r["hr1"] == pytest.approx(0.05)
@@ -114,8 +144,10 @@ def test_all_zero_scores_get_exactly_chance_even_with_target_first():
 
 def test_oracle_scores_are_perfect():
     samples = make_samples(n=15)
-    preds = {s: [Prediction.from_sample(x, scores=[float(c == x.target) for c in x.candidates]) for x in xs]
-             for s, xs in samples.items()}
+    preds = {
+        s: [Prediction.from_sample(x, scores=[float(c == x.target) for c in x.candidates]) for x in xs]
+        for s, xs in samples.items()
+    }
     r = evaluate(proto(), "oracle", "d", preds, {}, 0.0)
     for m in ("hr1", "hr1_valid", "valid_ratio", *RANK_METRICS):
         assert r[m] == pytest.approx(1.0), m
@@ -124,8 +156,9 @@ def test_oracle_scores_are_perfect():
 def test_faithfulness_is_averaged_where_present():
     samples = make_samples(n=4, seeds=(0,))
     fs = [1.0, 0.5, None, 0.0]
-    preds = {0: [Prediction.from_sample(x, answer=x.target, reasoning="r", faithfulness=f)
-                 for x, f in zip(samples[0], fs)]}
+    preds = {
+        0: [Prediction.from_sample(x, answer=x.target, reasoning="r", faithfulness=f) for x, f in zip(samples[0], fs)]
+    }
     r = evaluate(proto(seeds=(0,)), "r2rec", "d", preds, {}, 0.0)
     assert r["faithfulness"] == pytest.approx(0.5)
     assert "faithfulness" in r["metrics"]
@@ -133,8 +166,12 @@ def test_faithfulness_is_averaged_where_present():
 
 def test_mixed_scores_and_answers_omit_rank_metrics():
     samples = make_samples(n=6, seeds=(0,))
-    preds = {0: [Prediction.from_sample(x, scores=[0.0] * 20) if i % 2 else Prediction.from_sample(x, answer=x.target)
-                 for i, x in enumerate(samples[0])]}
+    preds = {
+        0: [
+            Prediction.from_sample(x, scores=[0.0] * 20) if i % 2 else Prediction.from_sample(x, answer=x.target)
+            for i, x in enumerate(samples[0])
+        ]
+    }
     r = evaluate(proto(seeds=(0,)), "m", "d", preds, {}, 0.0)
     assert "mrr" not in r
     assert r["hr1"] == pytest.approx((3 * 1.0 + 3 * 0.05) / 6)
@@ -158,6 +195,7 @@ def test_dataclass_config_is_recorded():
 
 
 # -- validation ---------------------------------------------------------------------------------------------
+
 
 def test_seed_mismatch():
     samples = make_samples(seeds=(0, 1))
@@ -249,6 +287,7 @@ def test_bad_method_name_and_protocol():
 
 def test_protocol_builds_from_config_overrides():
     from r2rec.config import build
+
     p = build(EvalProtocol, {"split": "val"}, ["seeds=[0, 1]", "n_bootstrap=50"])
     assert p.split == "val" and p.seeds == (0, 1) and p.n_bootstrap == 50
 

@@ -38,6 +38,7 @@ def scores_with(target_idx: int, target_score: float, others: dict[int, float], 
 
 # -- scores, no ties ---------------------------------------------------------------------------------------
 
+
 def test_target_ranked_first():
     p = pred(target=105, scores=scores_with(5, 1.0, {}))
     assert hr1(p) == 1.0 and hr_at_5(p) == 1.0 and ndcg_at_5(p) == 1.0 and ndcg_at_10(p) == 1.0 and mrr(p) == 1.0
@@ -61,6 +62,7 @@ def test_target_ranked_last():
 
 
 # -- scores with ties --------------------------------------------------------------------------------------
+
 
 def test_tie_with_two_others_at_top():
     # Target tied with 2 others at the top: its rank is uniform on {1, 2, 3}.
@@ -145,11 +147,12 @@ def test_invariant_to_candidate_order():
 
 # -- answers (LLMs) ----------------------------------------------------------------------------------------
 
+
 def test_answer_correct_wrong_invalid_none():
     assert (hr1(pred(answer=100)), valid(pred(answer=100))) == (1.0, 1.0)
-    assert (hr1(pred(answer=101)), valid(pred(answer=101))) == (0.0, 1.0)      # valid but wrong
-    assert (hr1(pred(answer=999)), valid(pred(answer=999))) == (0.0, 0.0)      # not a candidate: invalid miss
-    assert (hr1(pred(answer=None)), valid(pred(answer=None))) == (0.0, 0.0)    # no answer: invalid miss
+    assert (hr1(pred(answer=101)), valid(pred(answer=101))) == (0.0, 1.0)  # valid but wrong
+    assert (hr1(pred(answer=999)), valid(pred(answer=999))) == (0.0, 0.0)  # not a candidate: invalid miss
+    assert (hr1(pred(answer=None)), valid(pred(answer=None))) == (0.0, 0.0)  # no answer: invalid miss
 
 
 def test_answer_takes_precedence_over_scores():
@@ -172,6 +175,7 @@ def test_scores_only_top_answer():
 
 
 # -- input checks and the vectorised path -----------------------------------------------------------------
+
 
 def test_prediction_rejects_bad_scores():
     with pytest.raises(ValueError, match="19 scores for 20 candidates"):
@@ -214,8 +218,15 @@ def test_metric_arrays_mixed_answers_and_scores():
 
 
 def test_json_round_trip():
-    p = pred(target=100, scores=[0.5] * 20, answer=101, raw="<answer>x</answer>", reasoning="because",
-             faithfulness=0.75, extra={"k": 1})
+    p = pred(
+        target=100,
+        scores=[0.5] * 20,
+        answer=101,
+        raw="<answer>x</answer>",
+        reasoning="because",
+        faithfulness=0.75,
+        extra={"k": 1},
+    )
     q = Prediction.from_json(p.to_json())
     assert q == p
     assert "raw" not in pred(answer=100).to_json()  # optional fields only when present

@@ -44,8 +44,13 @@ def answer_preds(n_correct: dict[int, int], raw=False):
 
 def tied_preds():
     """A popularity-like ranker that cannot separate the candidates: all-zero scores."""
-    return {s: [Prediction(user=f"u{i}", seed=s, target=cands(i)[0], candidates=cands(i), scores=[0.0] * 20)
-                for i in range(N)] for s in SEEDS}
+    return {
+        s: [
+            Prediction(user=f"u{i}", seed=s, target=cands(i)[0], candidates=cands(i), scores=[0.0] * 20)
+            for i in range(N)
+        ]
+        for s in SEEDS
+    }
 
 
 PROTO = EvalProtocol(seeds=SEEDS, n_bootstrap=200)
@@ -54,11 +59,13 @@ PROTO = EvalProtocol(seeds=SEEDS, n_bootstrap=200)
 @pytest.fixture
 def results_dir(tmp_path):
     d = tmp_path / "results"
-    for method, preds in [("r2rec", answer_preds({0: 6, 1: 6}, raw=True)),
-                          ("base-llm", answer_preds({0: 2, 1: 2})),
-                          ("sasrec", answer_preds({0: 5, 1: 5})),
-                          ("gru4rec", answer_preds({0: 4, 1: 4})),
-                          ("popularity", tied_preds())]:
+    for method, preds in [
+        ("r2rec", answer_preds({0: 6, 1: 6}, raw=True)),
+        ("base-llm", answer_preds({0: 2, 1: 2})),
+        ("sasrec", answer_preds({0: 5, 1: 5})),
+        ("gru4rec", answer_preds({0: 4, 1: 4})),
+        ("popularity", tied_preds()),
+    ]:
         write_result(d, evaluate(PROTO, method, "synthetic", preds, {"m": method}, 1.0), preds)
     return d
 
@@ -144,8 +151,13 @@ def test_markdown_table_multi_dataset_and_one_seed():
 
 def test_headline_ratios(results_dir):
     results = load_results(results_dir)
-    h = headline_ratios(results, "r2rec", baselines=["sasrec", "gru4rec", "popularity", "sasrec-missing"],
-                        base_llm="base-llm", results_dir=results_dir)
+    h = headline_ratios(
+        results,
+        "r2rec",
+        baselines=["sasrec", "gru4rec", "popularity", "sasrec-missing"],
+        base_llm="base-llm",
+        results_dir=results_dir,
+    )
     # hr1: r2rec 0.30, best baseline sasrec 0.25, base LLM 0.10.
     assert h["vs_best_baseline"]["method"] == "sasrec"
     assert h["vs_best_baseline"]["relative"] == pytest.approx(0.30 / 0.25 - 1)

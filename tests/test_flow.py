@@ -28,7 +28,14 @@ LAYERS: dict[str, int] = {
     # leaves every layer may use: the package root, typed configs, crash-safe files (atomic writes, logs,
     # fingerprints), run folders and manifests, device and precision, and the completion grammar (answer
     # format + citation form, read by prompts, model and checks)
-    "r2rec": 0, "errors": 0, "config": 0, "io": 0, "log": 0, "runs": 0, "hardware": 0, "grammar": 0,
+    "r2rec": 0,
+    "errors": 0,
+    "config": 0,
+    "io": 0,
+    "log": 0,
+    "runs": 0,
+    "hardware": 0,
+    "grammar": 0,
     "data": 1,  # loaders, the Sample schema, splits, frozen candidates
     "signals": 2,  # classical scores from the train sequences (transition, co-occurrence, popularity)
     "graph": 3,  # the train-only interaction graph, the chain sampler, chain evidence
@@ -39,7 +46,11 @@ LAYERS: dict[str, int] = {
     "eval": 7,  # metrics, bootstrap CIs, the evaluator, result files, the LLM evaluation runner
     "baselines": 8,  # classical rankers, fitted and evaluated with eval's own metric definitions
     "report": 8,  # tables, plots, HTML from the result files
-    "pipeline": 9, "serve": 9, "serve_http": 9, "export": 9, "cli": 9,  # on top: they call the stage runners
+    "pipeline": 9,
+    "serve": 9,
+    "serve_http": 9,
+    "export": 9,
+    "cli": 9,  # on top: they call the stage runners
 }
 
 # Imports the layer order allows but the design does not.
@@ -73,8 +84,12 @@ def package(module: str) -> str:
 def _nodes(tree: ast.Module):
     """Every node except those under a top-level ``if __name__ == "__main__":``."""
     for stmt in tree.body:
-        if isinstance(stmt, ast.If) and isinstance(stmt.test, ast.Compare) \
-                and isinstance(stmt.test.left, ast.Name) and stmt.test.left.id == "__name__":
+        if (
+            isinstance(stmt, ast.If)
+            and isinstance(stmt.test, ast.Compare)
+            and isinstance(stmt.test.left, ast.Name)
+            and stmt.test.left.id == "__name__"
+        ):
             continue
         yield from ast.walk(stmt)
 
@@ -117,8 +132,9 @@ def violations(root: Path = SRC) -> list[str]:
             if dst not in LAYERS:
                 bad.append(f"{module} imports {target}, which has no layer")
             elif src in LAYERS and LAYERS[dst] > LAYERS[src]:
-                bad.append(f"{module} imports {target}: {src} (layer {LAYERS[src]}) is below "
-                           f"{dst} (layer {LAYERS[dst]})")
+                bad.append(
+                    f"{module} imports {target}: {src} (layer {LAYERS[src]}) is below {dst} (layer {LAYERS[dst]})"
+                )
             if (src, dst) in FORBIDDEN:
                 bad.append(f"{module} imports {target}: {FORBIDDEN[src, dst]}")
             if is_cli(target) and not is_cli(module):
@@ -178,7 +194,7 @@ CLEAN = {
     "baselines/base.py": 'REGISTRY = {"pop": "r2rec.baselines.simple:Pop"}\n',
     "baselines/simple.py": "from r2rec.baselines.base import REGISTRY\n",
     "baselines/cli.py": "from r2rec.baselines.simple import REGISTRY\n"
-                        "if __name__ == '__main__':\n    from r2rec.cli import main\n",
+    "if __name__ == '__main__':\n    from r2rec.cli import main\n",
     "pipeline.py": "from r2rec.eval.runner import run\n",
     "cli.py": "COMMANDS = {'eval': 'r2rec.eval.cli'}\n",
 }
@@ -188,23 +204,34 @@ def test_the_checker_passes_a_tree_that_follows_the_flow(tmp_path):
     assert violations(_tree(tmp_path, CLEAN)) == []
 
 
-@pytest.mark.parametrize("module, line, expected", [
-    # the yardstick importing what it measures, absolute, relative and lazy
-    ("eval/metrics.py", "from r2rec.train import rewards", "metrics imports r2rec.train.rewards: the yardstick"),
-    ("eval/metrics.py", "from ..train.rewards import json", "metrics imports r2rec.train.rewards: the yardstick"),
-    ("eval/metrics.py", "def f():\n    import r2rec.train.rewards", "imports r2rec.train.rewards: the yardstick"),
-    # a lower layer importing a higher one, also through a lazy registry entry
-    ("data/schema.py", "def f():\n    from r2rec.graph.graph import json", "data (layer 1) is below graph (layer 3)"),
-    ("graph/graph.py", 'REG = {"evidence": "r2rec.baselines.simple:Evidence"}', "graph (layer 3) is below baselines"),
-    ("llm/generate.py", "from r2rec.eval import metrics", "llm (layer 5) is below eval (layer 7)"),
-    # library code importing a command-line module
-    ("pipeline.py", "from r2rec.eval import cli", "r2rec.pipeline imports the command-line module r2rec.eval.cli"),
-    ("eval/runner.py", "from .cli import run", "r2rec.eval.runner imports the command-line module r2rec.eval.cli"),
-    # two packages of one layer importing each other
-    ("train/rewards.py", "from r2rec.thoughts import stage", "package cycle: thoughts -> train -> thoughts"),
-    # a package nobody placed
-    ("newpkg/thing.py", "", "r2rec.newpkg has no layer"),
-])
+@pytest.mark.parametrize(
+    "module, line, expected",
+    [
+        # the yardstick importing what it measures, absolute, relative and lazy
+        ("eval/metrics.py", "from r2rec.train import rewards", "metrics imports r2rec.train.rewards: the yardstick"),
+        ("eval/metrics.py", "from ..train.rewards import json", "metrics imports r2rec.train.rewards: the yardstick"),
+        ("eval/metrics.py", "def f():\n    import r2rec.train.rewards", "imports r2rec.train.rewards: the yardstick"),
+        # a lower layer importing a higher one, also through a lazy registry entry
+        (
+            "data/schema.py",
+            "def f():\n    from r2rec.graph.graph import json",
+            "data (layer 1) is below graph (layer 3)",
+        ),
+        (
+            "graph/graph.py",
+            'REG = {"evidence": "r2rec.baselines.simple:Evidence"}',
+            "graph (layer 3) is below baselines",
+        ),
+        ("llm/generate.py", "from r2rec.eval import metrics", "llm (layer 5) is below eval (layer 7)"),
+        # library code importing a command-line module
+        ("pipeline.py", "from r2rec.eval import cli", "r2rec.pipeline imports the command-line module r2rec.eval.cli"),
+        ("eval/runner.py", "from .cli import run", "r2rec.eval.runner imports the command-line module r2rec.eval.cli"),
+        # two packages of one layer importing each other
+        ("train/rewards.py", "from r2rec.thoughts import stage", "package cycle: thoughts -> train -> thoughts"),
+        # a package nobody placed
+        ("newpkg/thing.py", "", "r2rec.newpkg has no layer"),
+    ],
+)
 def test_the_checker_catches(tmp_path, module, line, expected):
     files = dict(CLEAN)
     files[module] = files.get(module, "") + line + "\n"

@@ -67,8 +67,9 @@ def test_hash_lookup_equals_dense_lookup(run):
 
 def test_hash_table_on_a_large_random_graph():
     users, items, pos = synthetic_edges(200_000, 2_000, 5_000, seed=1)
-    g = InteractionGraph.from_arrays([f"u{k}" for k in range(2_000)], 5_000, users, items, pos,
-                                     dense_lookup_max_cells=0)
+    g = InteractionGraph.from_arrays(
+        [f"u{k}" for k in range(2_000)], 5_000, users, items, pos, dense_lookup_max_cells=0
+    )
     # every stored edge is found with its first position; absent pairs are absent
     first = {}
     for u, i, p in zip(users[:20000].tolist(), items[:20000].tolist(), pos[:20000].tolist()):

@@ -63,11 +63,14 @@ def test_a_cpu_with_native_bf16_resolves_every_stage_to_bf16(monkeypatch, tmp_pa
     assert Generator(model, tok, GenerationConfig(progress=False)).compute.precision == "bf16"
 
 
-@pytest.mark.parametrize("flags, capability, ratio, why", [
-    ((), "AVX512", 0.4, "no avx512_bf16"),                    # no bf16 instructions at all
-    (("amx_bf16",), "AVX2", 0.4, "run at AVX2"),              # ATEN_CPU_CAPABILITY caps torch's kernels
-    (("avx512_bf16",), "AVX512", 40.0, "40x slower"),         # ONEDNN_MAX_CPU_ISA or other emulation
-])
+@pytest.mark.parametrize(
+    "flags, capability, ratio, why",
+    [
+        ((), "AVX512", 0.4, "no avx512_bf16"),  # no bf16 instructions at all
+        (("amx_bf16",), "AVX2", 0.4, "run at AVX2"),  # ATEN_CPU_CAPABILITY caps torch's kernels
+        (("avx512_bf16",), "AVX512", 40.0, "40x slower"),  # ONEDNN_MAX_CPU_ISA or other emulation
+    ],
+)
 def test_each_piece_of_evidence_can_veto_bf16(monkeypatch, flags, capability, ratio, why):
     fake_cpu(monkeypatch, flags=flags, capability=capability, ratio=ratio)
     compute = hardware.resolve("auto", "auto")

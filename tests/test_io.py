@@ -123,13 +123,17 @@ def test_fingerprints_are_stable(tmp_path):
     assert fingerprint(a) == fingerprint(b)  # key order does not matter
     assert fingerprint(a) != fingerprint({**a, "b": [2, 1]})  # list order does
     # Pinned: a stored key (eval parts, pipeline state, the teacher cache) must keep matching across versions.
-    assert fingerprint({"k": 1, "a": [1.5, None, "é"]}) == \
-        "474e2fed7b7264fd8d9a69f0cedd0154c9d0374d1a7806f4f2cbed28652e95b2"
+    assert (
+        fingerprint({"k": 1, "a": [1.5, None, "é"]})
+        == "474e2fed7b7264fd8d9a69f0cedd0154c9d0374d1a7806f4f2cbed28652e95b2"
+    )
     # ... and equal what earlier versions computed inline for those keys.
     payload = {"model": "m", "messages": [{"role": "user", "content": "Amélie"}]}
     assert fingerprint(payload) == hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-    assert fingerprint(payload, ensure_ascii=False) == hashlib.sha256(
-        json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    assert (
+        fingerprint(payload, ensure_ascii=False)
+        == hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    )
     f = tmp_path / "f.bin"
     f.write_bytes(b"abc")
     assert sha256_file(f) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"  # sha256("abc")

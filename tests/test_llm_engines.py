@@ -13,8 +13,10 @@ from r2rec.llm.models import load_model
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is the `test` extra (builds llama.cpp)")
 
-WORDS = ("Heat Casino Fargo Ronin Alien Brazil Vertigo Psycho Jaws Rocky Annie Hall Taxi Driver Star Wars Empire "
-         "Strikes Back Toy Story").split()
+WORDS = (
+    "Heat Casino Fargo Ronin Alien Brazil Vertigo Psycho Jaws Rocky Annie Hall Taxi Driver Star Wars Empire "
+    "Strikes Back Toy Story"
+).split()
 
 
 def _prompts(n: int, seed: int = 0):
@@ -27,8 +29,12 @@ def _prompts(n: int, seed: int = 0):
     for _ in range(n):
         c = [title() for _ in range(20)]
         history = ", ".join(title() for _ in range(8))
-        prompts.append([{"role": "system", "content": "You are a recommender."},
-                        {"role": "user", "content": f"History: {history}\nCandidates:\n" + "\n".join(c)}])
+        prompts.append(
+            [
+                {"role": "system", "content": "You are a recommender."},
+                {"role": "user", "content": f"History: {history}\nCandidates:\n" + "\n".join(c)},
+            ]
+        )
         cands.append(c)
     return prompts, cands
 
@@ -51,8 +57,15 @@ def monkeypatch_module():
     mp.undo()
 
 
-@pytest.mark.parametrize("mode,think,rank", [("constrained", True, True), ("constrained", False, True),
-                                             ("constrained", True, False), ("unconstrained", False, False)])
+@pytest.mark.parametrize(
+    "mode,think,rank",
+    [
+        ("constrained", True, True),
+        ("constrained", False, True),
+        ("constrained", True, False),
+        ("unconstrained", False, False),
+    ],
+)
 def test_llama_cpp_picks_what_torch_picks(engines, mode, think, rank):
     """Parity: the same answers (>= 95% of prompts) and the same candidate scores within float noise."""
     torch_gen, llama_gen = engines
@@ -75,7 +88,7 @@ def test_llama_cpp_picks_what_torch_picks(engines, mode, think, rank):
 def test_score_candidates_matches_torch(engines):
     torch_gen, llama_gen = engines
     prompts, cands = _prompts(4, seed=1)
-    thoughts = [["user 1 watched \"Heat\" and later \"Ronin\""], None, ["a thought"], None]
+    thoughts = [['user 1 watched "Heat" and later "Ronin"'], None, ["a thought"], None]
     a = torch_gen.score_candidates(prompts, cands, thoughts)
     b = llama_gen.score_candidates(prompts, cands, thoughts)
     for x, y in zip(a, b):
@@ -90,8 +103,9 @@ def test_export_merges_the_adapter(tiny_model_dir, tmp_path, monkeypatch):
 
     monkeypatch.setenv("R2REC_CACHE", str(tmp_path / "cache"))
     model, tok = load_model(tiny_model_dir)
-    peft = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"],
-                                            init_lora_weights=False))
+    peft = get_peft_model(
+        model, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    )
     peft.save_pretrained(tmp_path / "adapter")
     ids = tok("user 1 watched Heat and later Ronin", add_special_tokens=False)["input_ids"]
     with torch.no_grad():

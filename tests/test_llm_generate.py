@@ -15,8 +15,21 @@ from r2rec.llm.constrained import AnswerTrie, TrieLogitsProcessor, greedy_walk, 
 from r2rec.llm.generate import GenerationConfig, Generator
 
 # Shared long prefixes, titles inside titles, and characters that byte-level BPE splits oddly.
-TRICKY = ["Star Wars", "Star Wars: Episode I", "Star Trek", "Heat", "Heat and Dust", "Amélie (2001)", "M*A*S*H",
-          "+44", "Café Del Mar", "🎬 Emoji Movie", '"Quoted" Title (1999)', "Lee 'Scratch' Perry", "Ça (1990)"]
+TRICKY = [
+    "Star Wars",
+    "Star Wars: Episode I",
+    "Star Trek",
+    "Heat",
+    "Heat and Dust",
+    "Amélie (2001)",
+    "M*A*S*H",
+    "+44",
+    "Café Del Mar",
+    "🎬 Emoji Movie",
+    '"Quoted" Title (1999)',
+    "Lee 'Scratch' Perry",
+    "Ça (1990)",
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -38,13 +51,17 @@ def tiny(tiny_model_dir):
 
 def _prompts(n):
     # Different lengths, so a batch is left-padded.
-    return [[{"role": "system", "content": "Pick one."},
-             {"role": "user", "content": "history: " + ", ".join(TRICKY[: 1 + (3 * i) % len(TRICKY)])}]
-            for i in range(n)]
+    return [
+        [
+            {"role": "system", "content": "Pick one."},
+            {"role": "user", "content": "history: " + ", ".join(TRICKY[: 1 + (3 * i) % len(TRICKY)])},
+        ]
+        for i in range(n)
+    ]
 
 
 def _cands(n):
-    return [TRICKY[i % len(TRICKY):] + TRICKY[: i % len(TRICKY)] for i in range(n)]
+    return [TRICKY[i % len(TRICKY) :] + TRICKY[: i % len(TRICKY)] for i in range(n)]
 
 
 def test_trie_distinguishes_prefix_titles(tiny):
@@ -71,8 +88,15 @@ def test_constrained_answer_is_always_a_candidate(tiny, think):
     n = 7
     prompts, cands = _prompts(n), _cands(n)
     for seed in (0, 1):
-        cfg = GenerationConfig(max_new_tokens=12, batch_size=3, do_sample=True, temperature=2.0, seed=seed,
-                               progress=False, precision="fp32")
+        cfg = GenerationConfig(
+            max_new_tokens=12,
+            batch_size=3,
+            do_sample=True,
+            temperature=2.0,
+            seed=seed,
+            progress=False,
+            precision="fp32",
+        )
         outs = Generator(model, tok, cfg).generate(prompts, cands, think=think)
         for out, titles in zip(outs, cands):
             assert out.answer is not None and out.answer_title == titles[out.answer]
@@ -155,12 +179,21 @@ def test_direct_mode_agrees_with_hf_generate_and_trie_processor(tiny):
     mask = torch.tensor([[0] * (L - len(s)) + [1] * len(s) for s in seqs])
     proc = TrieLogitsProcessor(tries, L, tok.eos_token_id)
     with torch.inference_mode():
-        hf = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, logits_processor=[proc],
-                            max_new_tokens=max(t.depth for t in tries) + 1, pad_token_id=tok.pad_token_id)
+        hf = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=False,
+            logits_processor=[proc],
+            max_new_tokens=max(t.depth for t in tries) + 1,
+            pad_token_id=tok.pad_token_id,
+        )
     for b, (o, trie) in enumerate(zip(outs, tries)):
         gen_ids = hf[b, L:].tolist()
-        leaf = next(trie.walk(gen_ids[:k]) for k in range(1, len(gen_ids) + 1)
-                    if trie.walk(gen_ids[:k]) is not None and not trie.walk(gen_ids[:k]).children)
+        leaf = next(
+            trie.walk(gen_ids[:k])
+            for k in range(1, len(gen_ids) + 1)
+            if trie.walk(gen_ids[:k]) is not None and not trie.walk(gen_ids[:k]).children
+        )
         assert leaf.ends == [o.answer]
 
 
@@ -203,8 +236,9 @@ def test_non_canonical_reasoning_is_rolled_back(tiny):
     out = g.generate(prompt, [titles], think=True, rank=True)[0]
     assert out.thoughts == ["first   thought", "second"] and out.stop == "close"
     assert out.text.startswith("<think>\nfirst   thought\nsecond\n</think><answer>")
-    clean = Generator(model, tok, GenerationConfig(progress=False, precision="fp32")).score_candidates(prompt, [titles],
-                                                                                     [out.thoughts])[0]
+    clean = Generator(model, tok, GenerationConfig(progress=False, precision="fp32")).score_candidates(
+        prompt, [titles], [out.thoughts]
+    )[0]
     assert out.scores == pytest.approx(clean.scores, abs=1e-3)
 
 
@@ -224,8 +258,16 @@ def test_sampling_is_seeded(tiny):
     prompts, cands = _prompts(4), _cands(4)
 
     def run(seed):
-        cfg = GenerationConfig(max_new_tokens=6, batch_size=2, do_sample=True, temperature=2.0, top_p=0.9,
-                               seed=seed, progress=False, precision="fp32")
+        cfg = GenerationConfig(
+            max_new_tokens=6,
+            batch_size=2,
+            do_sample=True,
+            temperature=2.0,
+            top_p=0.9,
+            seed=seed,
+            progress=False,
+            precision="fp32",
+        )
         return [(o.text, o.answer) for o in Generator(model, tok, cfg).generate(prompts, cands)]
 
     assert run(3) == run(3)
@@ -257,7 +299,8 @@ def test_bf16_autocast_path(tiny):
     model, tok = tiny
     prompts, cands = _prompts(3), _cands(3)
     outs = Generator(model, tok, GenerationConfig(max_new_tokens=4, progress=False, precision="bf16")).generate(
-        prompts, cands, think=True, rank=True)
+        prompts, cands, think=True, rank=True
+    )
     for o, titles in zip(outs, cands):
         assert o.answer is not None and len(o.scores) == len(titles)
         assert all(s == s and s < 0 for s in o.scores)  # finite log-probs (NaN != NaN)

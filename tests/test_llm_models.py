@@ -15,8 +15,9 @@ def test_resolve_local_path_and_load(tiny_model_dir):
     model, tok = models.load_model(tiny_model_dir)
     assert tok.padding_side == "left" and tok.pad_token is not None
     assert model.config.num_hidden_layers == 2 and not model.training
-    assert tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
-                                   tokenize=False).endswith("<|im_start|>assistant\n")
+    assert tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
+    ).endswith("<|im_start|>assistant\n")
 
 
 def test_resolve_errors_and_hub_ids(tmp_path):

@@ -233,8 +233,10 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
     if importlib.util.find_spec("llama_cpp") is None:
-        pytest.skip("llama-cpp-python is not installed (pip install 'llama-cpp-python[server]'; it builds from "
-                    "source in several minutes): the real-server test needs it")
+        pytest.skip(
+            "llama-cpp-python is not installed (pip install 'llama-cpp-python[server]'; it builds from "
+            "source in several minutes): the real-server test needs it"
+        )
     from r2rec.llm.models import smollm2_gguf_path
 
     try:
@@ -244,9 +246,27 @@ def llama_server(tmp_path_factory):
     port = _free_port()
     # The server logs every request verbosely: to a file, since a full pipe would block it.
     log = open(tmp_path_factory.mktemp("llama") / "server.log", "w+b")
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-                             "--port", str(port), "--n_ctx", "2048", "--n_threads", "1", "--n_threads_batch", "1"],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(gguf),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "2048",
+            "--n_threads",
+            "1",
+            "--n_threads_batch",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 90
@@ -281,15 +301,19 @@ def test_real_server_thoughts_stage_survives_faults_and_resumes(llama_server, tm
         # 8 candidates keep the prompts short: the server answers the 6 hop requests in seconds.
         run = write_synthetic_run(tmp_path / "run", n_train_users=30, n_candidates=8, seed=4)
         proxy.schedule = ["drop", "500", "forward", "drop"]
-        cfg = ThoughtsConfig(teacher="openai:smollm2-135m", max_samples=2, chunk_size=2,
-                             teacher_options={"base_url": proxy.url + "/v1", "max_tokens": 16, "backoff_s": 0.05,
-                                              "concurrency": 2})
+        cfg = ThoughtsConfig(
+            teacher="openai:smollm2-135m",
+            max_samples=2,
+            chunk_size=2,
+            teacher_options={"base_url": proxy.url + "/v1", "max_tokens": 16, "backoff_s": 0.05, "concurrency": 2},
+        )
         stats = run_thoughts(run, cfg, progress=False)
         n_requests = 3 * stats["with_chain"]  # one per hop
         assert stats["attempted"] == 2 and n_requests > 0
         assert proxy.forwarded == n_requests  # each hop request reached the model exactly once
-        cache = [json.loads(x) for x in (run / "thoughts" / "cache" / "openai-smollm2-135m.jsonl")
-                 .read_text().splitlines()]
+        cache = [
+            json.loads(x) for x in (run / "thoughts" / "cache" / "openai-smollm2-135m.jsonl").read_text().splitlines()
+        ]
         assert len(cache) == len({c["key"] for c in cache}) == n_requests
         assert all(c["text"].strip() for c in cache)  # the model answered every hop
         assert sum(stats["by_reason"].values()) == 2

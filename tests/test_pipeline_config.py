@@ -29,7 +29,8 @@ def _config(tmp_path, methods=("random", "pop")):
         f"run: {tmp_path / 'run'}\n"
         f"prepare: {{dataset: csv, interactions: {tmp_path / 'log.csv'}, titles: {tmp_path / 'titles.csv'}, "
         f"seeds: [0, 1], num_candidates: 10}}\n"
-        f"baselines: {{methods: {json.dumps(list(methods))}}}\n")
+        f"baselines: {{methods: {json.dumps(list(methods))}}}\n"
+    )
     return cfg
 
 

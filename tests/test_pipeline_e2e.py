@@ -33,19 +33,34 @@ def _write_log(tmp_path):
         rows += [f"u{u},i{(start + t) % N_ITEMS},{1000 * u + t}" for t in range(PER_USER)]
     (tmp_path / "log.csv").write_text("\n".join(rows) + "\n")
     (tmp_path / "titles.csv").write_text(
-        "item,title\n" + "\n".join(f"i{i},Film {i} ({1950 + i})" for i in range(N_ITEMS)) + "\n")
+        "item,title\n" + "\n".join(f"i{i},Film {i} ({1950 + i})" for i in range(N_ITEMS)) + "\n"
+    )
 
 
 def _write_config(tmp_path, model) -> tuple:
     run = tmp_path / "run"
     llm = {"model": str(model), "precision": "fp32", "device": "cpu"}
     # A constant schedule: with the default warmup, the first step's learning rate is 0 and the adapter stays put.
-    train = {**llm, "batch_size": 2, "learning_rate": 1.0e-2, "lr_scheduler": "constant", "warmup_ratio": 0.0,
-             "eval_every": 0, "save_every": 10, "logging_steps": 1}
+    train = {
+        **llm,
+        "batch_size": 2,
+        "learning_rate": 1.0e-2,
+        "lr_scheduler": "constant",
+        "warmup_ratio": 0.0,
+        "eval_every": 0,
+        "save_every": 10,
+        "logging_steps": 1,
+    }
     cfg = {
         "run": str(run),
-        "prepare": {"dataset": "csv", "interactions": str(tmp_path / "log.csv"), "titles": str(tmp_path / "titles.csv"),
-                    "seeds": [0], "num_candidates": 6, "max_test_samples": N_TEST},
+        "prepare": {
+            "dataset": "csv",
+            "interactions": str(tmp_path / "log.csv"),
+            "titles": str(tmp_path / "titles.csv"),
+            "seeds": [0],
+            "num_candidates": 6,
+            "max_test_samples": N_TEST,
+        },
         "baselines": {"methods": BASELINES},
         "graph": {},
         "chains": {"k": 4},
@@ -56,11 +71,26 @@ def _write_config(tmp_path, model) -> tuple:
         # A random-weight model never writes a well-formed completion, so every registered reward is 0 and GRPO
         # would have no gradient (the stage then refuses to finish). `chars` (registered by the test) varies
         # inside each group and gives the update a signal; the real rewards are still computed and logged.
-        "rl": {**llm, "max_steps": 1, "num_generations": 2, "max_completion_length": 8, "max_prompts": 4,
-               "learning_rate": 1.0e-2, "eval_every": 0, "save_every": 1,
-               "reward_weights": {"format": 0.2, "valid": 0.2, "correct": 1.0, "chars": 1.0}},
-        "eval": {**llm, "models": MODELS, "no_context_ablation": True, "seeds": [0], "max_new_tokens": 8,
-                 "batch_size": N_TEST, "n_bootstrap": 20},
+        "rl": {
+            **llm,
+            "max_steps": 1,
+            "num_generations": 2,
+            "max_completion_length": 8,
+            "max_prompts": 4,
+            "learning_rate": 1.0e-2,
+            "eval_every": 0,
+            "save_every": 1,
+            "reward_weights": {"format": 0.2, "valid": 0.2, "correct": 1.0, "chars": 1.0},
+        },
+        "eval": {
+            **llm,
+            "models": MODELS,
+            "no_context_ablation": True,
+            "seeds": [0],
+            "max_new_tokens": 8,
+            "batch_size": N_TEST,
+            "n_bootstrap": 20,
+        },
         "report": {"n_boot": 20},
     }
     path = tmp_path / "e2e.yaml"
@@ -85,8 +115,7 @@ def _outputs(run) -> dict:
 
 
 @pytest.mark.slow
-def test_pipeline_runs_every_stage_on_a_tiny_model_then_skips_them_all(tmp_path, tiny_model_dir, monkeypatch,
-                                                                       capsys):
+def test_pipeline_runs_every_stage_on_a_tiny_model_then_skips_them_all(tmp_path, tiny_model_dir, monkeypatch, capsys):
     import torch
 
     from r2rec.train import rewards

@@ -34,14 +34,22 @@ def _keep_log_level():
 @pytest.fixture
 def base(tmp_path):
     """A valid config (csv data, cheap baselines) as a dict, and a function writing it with changes."""
-    (tmp_path / "log.csv").write_text("user,item,timestamp\n" + "".join(f"u{u},i{i},{i}\n" for u in range(3)
-                                                                        for i in range(6)))
+    (tmp_path / "log.csv").write_text(
+        "user,item,timestamp\n" + "".join(f"u{u},i{i},{i}\n" for u in range(3) for i in range(6))
+    )
     (tmp_path / "titles.csv").write_text("item,title\n" + "".join(f"i{i},Item {i}\n" for i in range(6)))
-    cfg = {"run": str(tmp_path / "run"),
-           "prepare": {"dataset": "csv", "interactions": str(tmp_path / "log.csv"),
-                       "titles": str(tmp_path / "titles.csv"), "seeds": [0], "num_candidates": 4},
-           "baselines": {"methods": ["random", "pop"]},
-           "sft": {"max_steps": 4, "learning_rate": 1.0e-3}}
+    cfg = {
+        "run": str(tmp_path / "run"),
+        "prepare": {
+            "dataset": "csv",
+            "interactions": str(tmp_path / "log.csv"),
+            "titles": str(tmp_path / "titles.csv"),
+            "seeds": [0],
+            "num_candidates": 4,
+        },
+        "baselines": {"methods": ["random", "pop"]},
+        "sft": {"max_steps": 4, "learning_rate": 1.0e-3},
+    }
 
     def write(**sections) -> Path:
         data = {**cfg, **sections}
@@ -67,51 +75,63 @@ def test_an_invalid_value_of_a_late_stage_stops_the_run_before_prepare(base):
     assert _refused(path) == f"{path}: sft.learning_rate: must be > 0, got -1"
 
 
-@pytest.mark.parametrize("sections, message", [
-    ({"sft": {"max_steps": -5}}, "sft.max_steps: must be >= 1"),
-    ({"sft_direct": {"batch_size": 0}}, "sft_direct.batch_size"),
-    ({"rl": {"max_steps": "many"}}, "rl.max_steps: expected int, got 'many'"),
-    ({"rl": {"num_generations": 1}}, "rl.num_generations: must be >= 2"),
-    ({"rl": {"loss_type": "ppo"}}, "rl.loss_type: expected one of"),
-    ({"rl": {"reward_weights": {"corect": 1.0}}}, "rl.reward_weights: unknown reward(s) ['corect']"),
-    ({"sft": {"lr_scheduler": "cosin"}}, "sft.lr_scheduler: expected one of"),
-    ({"sft": {"warmup_ratio": 1.5}}, "sft.warmup_ratio: must be in [0, 1)"),
-    ({"sft": {"max_steps": 2.5}}, "sft.max_steps: expected int, got 2.5"),
-    ({"sft": {"save_every": 0}}, "sft.save_every: must be >= 1"),
-    ({"sft": {"prompt": {"context_chains": -1}}}, "sft.prompt.context_chains: must be >= 0"),
-    ({"eval": {"n_bootstrap": 0}}, "eval.n_bootstrap: must be >= 1"),
-    ({"eval": {"max_new_tokens": -1}}, "eval.max_new_tokens: must be >= 0"),
-    ({"eval": {"split": "tset"}}, "eval.split: expected train, val or test"),
-    ({"eval": {"no_context_ablation": "maybe"}}, "eval.no_context_ablation: expected a boolean"),
-    ({"chains": {"batch_size": 0}}, "chains.batch_size: must be >= 1"),
-    ({"thoughts": {"chunk_size": 0}}, "thoughts.chunk_size: must be >= 1"),
-    ({"thoughts": {"teacher": "gpt4"}}, "thoughts.teacher: unknown teacher 'gpt4'"),
-    ({"thoughts": {"teacher_options": {"concurrency": 0}}}, "thoughts.teacher_options.concurrency: must be >= 1"),
-    ({"prompt": {"context_chains": -1}}, "prompt.context_chains: must be >= 0"),
-    ({"prepare": {"dataset": "csv", "seeds": [0, 0]}}, "prepare.seeds: must be a non-empty list of distinct"),
-    ({"baselines": {"methods": ["random"], "settings": {"random": {}, "transition": {"decay": 2.0}}}},
-     "need 0 < gap_decay <= 1"),
-    ({"report": {"n_boot": 0}}, "report.n_boot: expected an int >= 1"),
-    ({"graph": []}, "graph: expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "sections, message",
+    [
+        ({"sft": {"max_steps": -5}}, "sft.max_steps: must be >= 1"),
+        ({"sft_direct": {"batch_size": 0}}, "sft_direct.batch_size"),
+        ({"rl": {"max_steps": "many"}}, "rl.max_steps: expected int, got 'many'"),
+        ({"rl": {"num_generations": 1}}, "rl.num_generations: must be >= 2"),
+        ({"rl": {"loss_type": "ppo"}}, "rl.loss_type: expected one of"),
+        ({"rl": {"reward_weights": {"corect": 1.0}}}, "rl.reward_weights: unknown reward(s) ['corect']"),
+        ({"sft": {"lr_scheduler": "cosin"}}, "sft.lr_scheduler: expected one of"),
+        ({"sft": {"warmup_ratio": 1.5}}, "sft.warmup_ratio: must be in [0, 1)"),
+        ({"sft": {"max_steps": 2.5}}, "sft.max_steps: expected int, got 2.5"),
+        ({"sft": {"save_every": 0}}, "sft.save_every: must be >= 1"),
+        ({"sft": {"prompt": {"context_chains": -1}}}, "sft.prompt.context_chains: must be >= 0"),
+        ({"eval": {"n_bootstrap": 0}}, "eval.n_bootstrap: must be >= 1"),
+        ({"eval": {"max_new_tokens": -1}}, "eval.max_new_tokens: must be >= 0"),
+        ({"eval": {"split": "tset"}}, "eval.split: expected train, val or test"),
+        ({"eval": {"no_context_ablation": "maybe"}}, "eval.no_context_ablation: expected a boolean"),
+        ({"chains": {"batch_size": 0}}, "chains.batch_size: must be >= 1"),
+        ({"thoughts": {"chunk_size": 0}}, "thoughts.chunk_size: must be >= 1"),
+        ({"thoughts": {"teacher": "gpt4"}}, "thoughts.teacher: unknown teacher 'gpt4'"),
+        ({"thoughts": {"teacher_options": {"concurrency": 0}}}, "thoughts.teacher_options.concurrency: must be >= 1"),
+        ({"prompt": {"context_chains": -1}}, "prompt.context_chains: must be >= 0"),
+        ({"prepare": {"dataset": "csv", "seeds": [0, 0]}}, "prepare.seeds: must be a non-empty list of distinct"),
+        (
+            {"baselines": {"methods": ["random"], "settings": {"random": {}, "transition": {"decay": 2.0}}}},
+            "need 0 < gap_decay <= 1",
+        ),
+        ({"report": {"n_boot": 0}}, "report.n_boot: expected an int >= 1"),
+        ({"graph": []}, "graph: expected a mapping"),
+    ],
+)
 def test_types_and_ranges_of_every_section(base, sections, message):
     assert message in _refused(base(**sections))
 
 
-@pytest.mark.parametrize("sections, message", [
-    ({"sft": {"lerning_rate": 1e-4}}, "sft: unknown key(s) ['lerning_rate'] (did you mean 'learning_rate'?)"),
-    ({"prepair": {}}, "unknown section 'prepair' (did you mean 'prepare'?)"),
-    ({"skip": ["bogus"]}, "skip: unknown name 'bogus'"),
-    ({"skip": ["sft_direct"]}, "skip: unknown name 'sft_direct' (did you mean 'sft-direct'?)"),
-    ({"eval": {"models": ["bse"]}}, "eval.models: unknown name 'bse' (did you mean 'base'?)"),
-    ({"baselines": {"methods": ["random", "populr"]}}, "baselines.methods: unknown name 'populr'"),
-    ({"baselines": {"methods": ["random"], "settings": {"transition": {"windw": 3}}}},
-     "baselines.settings.transition: unknown key(s) ['windw'] (did you mean 'window'?)"),
-    ({"baselines": {"method": ["random"]}}, "baselines: unknown key(s) ['method'] (did you mean 'methods'?)"),
-    ({"thoughts": {"teacher_options": {"concurency": 2}}},
-     "thoughts.teacher_options: unknown key(s) ['concurency'] (did you mean 'concurrency'?)"),
-    ({"report": {"n_trace": 2}}, "report: unknown key(s) ['n_trace'] (did you mean 'n_traces'?)"),
-])
+@pytest.mark.parametrize(
+    "sections, message",
+    [
+        ({"sft": {"lerning_rate": 1e-4}}, "sft: unknown key(s) ['lerning_rate'] (did you mean 'learning_rate'?)"),
+        ({"prepair": {}}, "unknown section 'prepair' (did you mean 'prepare'?)"),
+        ({"skip": ["bogus"]}, "skip: unknown name 'bogus'"),
+        ({"skip": ["sft_direct"]}, "skip: unknown name 'sft_direct' (did you mean 'sft-direct'?)"),
+        ({"eval": {"models": ["bse"]}}, "eval.models: unknown name 'bse' (did you mean 'base'?)"),
+        ({"baselines": {"methods": ["random", "populr"]}}, "baselines.methods: unknown name 'populr'"),
+        (
+            {"baselines": {"methods": ["random"], "settings": {"transition": {"windw": 3}}}},
+            "baselines.settings.transition: unknown key(s) ['windw'] (did you mean 'window'?)",
+        ),
+        ({"baselines": {"method": ["random"]}}, "baselines: unknown key(s) ['method'] (did you mean 'methods'?)"),
+        (
+            {"thoughts": {"teacher_options": {"concurency": 2}}},
+            "thoughts.teacher_options: unknown key(s) ['concurency'] (did you mean 'concurrency'?)",
+        ),
+        ({"report": {"n_trace": 2}}, "report: unknown key(s) ['n_trace'] (did you mean 'n_traces'?)"),
+    ],
+)
 def test_unknown_keys_sections_and_stage_names_with_the_closest_known_one(base, sections, message):
     assert message in _refused(base(**sections))
 
@@ -121,7 +141,8 @@ def test_files_the_stages_read_must_exist_unless_this_run_writes_them(base, tmp_
     text = _refused(base(prepare={"dataset": "csv", "interactions": str(missing), "titles": str(missing)}))
     assert f"prepare.interactions: {missing} does not exist" in text
     assert "prepare.titles: required with dataset: csv" in _refused(
-        base(prepare={"dataset": "csv", "interactions": str(tmp_path / "log.csv")}))
+        base(prepare={"dataset": "csv", "interactions": str(tmp_path / "log.csv")})
+    )
     # A stage whose input a skipped stage would have written: refused before anything runs.
     path = base()
     text = _refused(path, only=["rl"])
@@ -139,8 +160,11 @@ def test_files_the_stages_read_must_exist_unless_this_run_writes_them(base, tmp_
     with pytest.raises(ConfigError, match=r"sft.model: .*no-model does not exist"):
         run_pipeline(base(sft={"model": str(tmp_path / "no-model")}), only=["sft"])
     # The same inputs are fine when the stages that write them are part of the run.
-    assert [s.name for s in validate(load_yaml(base()), None, only=["thoughts", "sft", "rl"])] == \
-        ["thoughts", "sft", "rl"]
+    assert [s.name for s in validate(load_yaml(base()), None, only=["thoughts", "sft", "rl"])] == [
+        "thoughts",
+        "sft",
+        "rl",
+    ]
 
 
 def test_only_and_force_name_stages(base):
@@ -171,10 +195,12 @@ def test_build_names_the_section_and_the_key():
     with pytest.raises(ConfigError) as err:
         build(SFTConfig, {"learning_rate": -1}, where="sft", path="configs/x.yaml")
     assert str(err.value) == "configs/x.yaml: sft.learning_rate: must be > 0, got -1"
-    for values, message in [({"max_steps": True}, "sft.max_steps: expected int, got True"),
-                            ({"lora_target_modules": 3}, "sft.lora_target_modules: expected a list"),
-                            ({"model": ["a"]}, "sft.model: expected str"),
-                            ({"max_steps": 0}, "sft.max_steps: must be >= 1 (or -1")]:
+    for values, message in [
+        ({"max_steps": True}, "sft.max_steps: expected int, got True"),
+        ({"lora_target_modules": 3}, "sft.lora_target_modules: expected a list"),
+        ({"model": ["a"]}, "sft.model: expected str"),
+        ({"max_steps": 0}, "sft.max_steps: must be >= 1 (or -1"),
+    ]:
         with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
             build(SFTConfig, values, where="sft")
     with pytest.raises(ConfigError, match=r"rl: unknown key\(s\) \['betta'\] \(did you mean 'beta'\?\)"):

@@ -27,8 +27,11 @@ from r2rec.io import JsonlLog, read_jsonl, read_log
 N_ITEMS = 12
 TITLES = "item,title\n" + "".join(f"m{i},Movie {i}\n" for i in range(N_ITEMS))
 # Three users of six interactions each: a leave-one-out split gives each a val and a test sample.
-ROWS = [(u, f"m{i}", 10 * k + j) for k, (u, first) in enumerate((("a", 0), ("b", 3), ("c", 6)))
-        for j, i in enumerate(range(first, first + 6))]
+ROWS = [
+    (u, f"m{i}", 10 * k + j)
+    for k, (u, first) in enumerate((("a", 0), ("b", 3), ("c", 6)))
+    for j, i in enumerate(range(first, first + 6))
+]
 LOG_BODY = "".join(f"{u},{i},{t}\n" for u, i, t in ROWS)
 LOG = "user,item,timestamp\n" + LOG_BODY
 PREPARE = ["--seeds", "0", "--num-candidates", "5"]
@@ -74,8 +77,20 @@ def prepare_csv(capsys, tmp_path, log, titles, *extra, log_name="log.csv", title
         else:
             p.write_bytes(_bytes(content))
         paths[key] = p
-    rc, err = cli(capsys, "prepare", "--dataset", "csv", "--interactions", paths["log"], "--titles",
-                  paths["titles"], "--run", tmp_path / "run", *PREPARE, *extra)
+    rc, err = cli(
+        capsys,
+        "prepare",
+        "--dataset",
+        "csv",
+        "--interactions",
+        paths["log"],
+        "--titles",
+        paths["titles"],
+        "--run",
+        tmp_path / "run",
+        *PREPARE,
+        *extra,
+    )
     return rc, err, paths
 
 
@@ -172,15 +187,43 @@ CSV_CASES = [
     ("log-symlink-loop", _loop, TITLES, (), "log", None, "symbolic links"),
     ("titles-dangling-symlink", LOG, _dangling, (), "titles", None, "symbolic link to a missing file"),
     ("log-is-a-pipe", _fifo, TITLES, (), "log", None, "not a regular file"),
-    ("log-truncated-gz", lambda p: p.write_bytes(gzip.compress(LOG.encode())[:-12]), TITLES, (), "log", None,
-     "truncated"),
+    (
+        "log-truncated-gz",
+        lambda p: p.write_bytes(gzip.compress(LOG.encode())[:-12]),
+        TITLES,
+        (),
+        "log",
+        None,
+        "truncated",
+    ),
     # the dataset as a whole
-    ("every-user-too-short", "".join(f"u{k},m{k},1\n" for k in range(5)), TITLES, (), "log", None,
-     "no user has the 5 interactions"),
-    ("too-few-items-for-candidates", LOG, TITLES, ("--num-candidates", "20"), "titles", None,
-     "fewer than num_candidates"),
-    ("user-knows-the-whole-catalogue", LOG + "".join(f"a,m{i},{100 + i}\n" for i in range(6, 12)), TITLES, (),
-     "log", None, "negatives"),
+    (
+        "every-user-too-short",
+        "".join(f"u{k},m{k},1\n" for k in range(5)),
+        TITLES,
+        (),
+        "log",
+        None,
+        "no user has the 5 interactions",
+    ),
+    (
+        "too-few-items-for-candidates",
+        LOG,
+        TITLES,
+        ("--num-candidates", "20"),
+        "titles",
+        None,
+        "fewer than num_candidates",
+    ),
+    (
+        "user-knows-the-whole-catalogue",
+        LOG + "".join(f"a,m{i},{100 + i}\n" for i in range(6, 12)),
+        TITLES,
+        (),
+        "log",
+        None,
+        "negatives",
+    ),
 ]
 CASE_NAMES = {"log-truncated-gz": "log.csv.gz"}
 
@@ -208,8 +251,19 @@ def test_unreadable_file(tmp_path, capsys, monkeypatch):
 
         monkeypatch.setattr(builtins, "open", deny)
     (tmp_path / "titles.csv").write_text(TITLES)
-    rc, err = cli(capsys, "prepare", "--dataset", "csv", "--interactions", log, "--titles", tmp_path / "titles.csv",
-                  "--run", tmp_path / "run", *PREPARE)
+    rc, err = cli(
+        capsys,
+        "prepare",
+        "--dataset",
+        "csv",
+        "--interactions",
+        log,
+        "--titles",
+        tmp_path / "titles.csv",
+        "--run",
+        tmp_path / "run",
+        *PREPARE,
+    )
     monkeypatch.undo()
     log.chmod(0o644)
     assert_one_error(rc, err, "prepare", log, None, "permission denied")
@@ -226,8 +280,11 @@ SAME_AS_CLEAN = [
     ("crlf-and-bom-both", BOM + LOG.replace("\n", "\r\n"), BOM + TITLES.replace("\n", "\r\n")),
     ("no-final-newline", LOG.rstrip("\n"), TITLES.rstrip("\n")),
     ("blank-lines", LOG.replace("\n", "\n\n"), "\n" + TITLES.replace("\n", "\n  \n")),
-    ("quoted-fields", "".join(f'"{u}","{i}","{t}"\n' for u, i, t in ROWS), TITLES.replace(",Movie", ',"Movie')
-     .replace("\n", '"\n').replace('title"', "title")),
+    (
+        "quoted-fields",
+        "".join(f'"{u}","{i}","{t}"\n' for u, i, t in ROWS),
+        TITLES.replace(",Movie", ',"Movie').replace("\n", '"\n').replace('title"', "title"),
+    ),
     ("spaces-around-fields", LOG.replace(",", " , "), TITLES.replace(",", ", ")),
     ("titles-id2name-format", LOG, "".join(f"m{i}::Movie {i}\n" for i in range(N_ITEMS))),
     ("titles-other-header", LOG, TITLES.replace("item,title", "movie_id,movie_title")),
@@ -241,8 +298,23 @@ def clean(tmp_path_factory):
     root = tmp_path_factory.mktemp("clean")
     (root / "log.csv").write_text(LOG)
     (root / "titles.csv").write_text(TITLES)
-    assert main(["prepare", "--dataset", "csv", "--interactions", str(root / "log.csv"), "--titles",
-                 str(root / "titles.csv"), "--run", str(root / "run"), *PREPARE]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "--dataset",
+                "csv",
+                "--interactions",
+                str(root / "log.csv"),
+                "--titles",
+                str(root / "titles.csv"),
+                "--run",
+                str(root / "run"),
+                *PREPARE,
+            ]
+        )
+        == 0
+    )
     return _prepared(root / "run")
 
 
@@ -272,8 +344,11 @@ def test_gzip_compressed_log_reads_the_same(clean, tmp_path, capsys):
 
 # -- GroupLens ml-100k from a data directory -------------------------------------------------------------------
 U_ITEM = "".join(f"{m}|Movie {m} (1995)|01-Jan-1995||http://x|0\n" for m in range(1, 13))
-U_DATA = "".join(f"{u}\t{m}\t3\t{880_000_000 + 10 * u + k}\n" for u in (1, 2, 3)
-                 for k, m in enumerate(range(1 + 3 * (u - 1), 7 + 3 * (u - 1))))
+U_DATA = "".join(
+    f"{u}\t{m}\t3\t{880_000_000 + 10 * u + k}\n"
+    for u in (1, 2, 3)
+    for k, m in enumerate(range(1 + 3 * (u - 1), 7 + 3 * (u - 1)))
+)
 
 ML_CASES = [
     ("udata-ts-beyond-int64", _with(U_DATA, 2, "1\t2\t3\t9223372036854775808"), U_ITEM, "u.data", 2, "2^63-1"),
@@ -295,29 +370,38 @@ def test_ml100k_bad_input_is_one_line(case, tmp_path, capsys):
     root.mkdir(parents=True)
     for name, content in (("u.data", data), ("u.item", item)):
         content(root / name) if callable(content) else (root / name).write_bytes(_bytes(content))
-    rc, err = cli(capsys, "prepare", "--dataset", "ml-100k", "--data-dir", tmp_path / "data", "--run",
-                  tmp_path / "run", *PREPARE)
+    rc, err = cli(
+        capsys, "prepare", "--dataset", "ml-100k", "--data-dir", tmp_path / "data", "--run", tmp_path / "run", *PREPARE
+    )
     assert_one_error(rc, err, "prepare", root / fault, line, fragment)
 
 
 def test_dataset_folder_that_is_a_file(tmp_path, capsys):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "ml-100k").write_text("")
-    rc, err = cli(capsys, "prepare", "--dataset", "ml-100k", "--data-dir", tmp_path / "data", "--run",
-                  tmp_path / "run", *PREPARE)
+    rc, err = cli(
+        capsys, "prepare", "--dataset", "ml-100k", "--data-dir", tmp_path / "data", "--run", tmp_path / "run", *PREPARE
+    )
     assert_one_error(rc, err, "prepare", tmp_path / "data" / "ml-100k", None, "is not a folder")
 
 
 # -- LLaRA's portable splits -----------------------------------------------------------------------------------
 def _llara_rows(user, items):
-    return [{"seq": items[max(0, k - 10):k], "len_seq": max(1, min(k, 10)), "next": items[k], "user": user}
-            for k in range(len(items))]
+    return [
+        {"seq": items[max(0, k - 10) : k], "len_seq": max(1, min(k, 10)), "next": items[k], "user": user}
+        for k in range(len(items))
+    ]
 
 
 LLARA = {
     "train": "".join(json.dumps(r) + "\n" for r in _llara_rows(7, list(range(14))) + _llara_rows(8, [20, 21, 22])),
-    "val": "".join(json.dumps(r) + "\n" for r in [{"seq": [1, 2, 3, 4], "len_seq": 4, "next": 5, "user": 30},
-                                                  {"seq": [6, 7, 8], "len_seq": 3, "next": 9, "user": 31}]),
+    "val": "".join(
+        json.dumps(r) + "\n"
+        for r in [
+            {"seq": [1, 2, 3, 4], "len_seq": 4, "next": 5, "user": 30},
+            {"seq": [6, 7, 8], "len_seq": 3, "next": 9, "user": 31},
+        ]
+    ),
     "test": json.dumps({"seq": [10, 11, 12], "len_seq": 3, "next": 30, "user": 40}) + "\n",
 }
 ID2NAME = "".join(f"{i}::Item {i}\n" for i in range(40))
@@ -340,20 +424,50 @@ def _gzv(text: str | bytes) -> bytes:
 LLARA_CASES = [
     ("train-truncated-gz", {"train": _gzv(LLARA["train"])[:-20]}, "train.jsonl.gz", None, "truncated"),
     ("val-not-gzip", {"val": LLARA["val"].encode()}, "val.jsonl.gz", None, "not a valid gzip file"),
-    ("test-trailing-garbage", {"test": _gzv(LLARA["test"]) + b"garbage"}, "test.jsonl.gz", None,
-     "past the end of the gzip stream"),
+    (
+        "test-trailing-garbage",
+        {"test": _gzv(LLARA["test"]) + b"garbage"},
+        "test.jsonl.gz",
+        None,
+        "past the end of the gzip stream",
+    ),
     ("val-line-not-an-object", {"val": _gzv("[1, 2, 3]\n")}, "val.jsonl.gz", 1, "not an object"),
     ("val-not-json", {"val": _gzv('{"seq": [1, 2\n')}, "val.jsonl.gz", 1, "malformed row"),
-    ("val-seq-is-a-string", {"val": _gzv('{"seq": "1234", "len_seq": 4, "next": 5, "user": 30}\n')},
-     "val.jsonl.gz", 1, "seq must be a list"),
-    ("val-float-item", {"val": _gzv('{"seq": [1, 2, 3], "len_seq": 3, "next": 5.5, "user": 30}\n')},
-     "val.jsonl.gz", 1, "expected an integer"),
-    ("val-unknown-item", {"val": _gzv('{"seq": [1, 2, 3], "len_seq": 3, "next": 99, "user": 30}\n')},
-     "val.jsonl.gz", 1, "unknown item id 99"),
-    ("val-invalid-utf8", {"val": _gzv(b'{"seq": [1, 2, 3], "len_seq": 3, "next": 5, "user": "\xff"}\n')},
-     "val.jsonl.gz", 1, "not valid UTF-8"),
-    ("val-every-row-too-short", {"val": _gzv('{"seq": [1], "len_seq": 1, "next": 5, "user": 30}\n')},
-     "val.jsonl.gz", None, "no row of 1 has len_seq >= min_history"),
+    (
+        "val-seq-is-a-string",
+        {"val": _gzv('{"seq": "1234", "len_seq": 4, "next": 5, "user": 30}\n')},
+        "val.jsonl.gz",
+        1,
+        "seq must be a list",
+    ),
+    (
+        "val-float-item",
+        {"val": _gzv('{"seq": [1, 2, 3], "len_seq": 3, "next": 5.5, "user": 30}\n')},
+        "val.jsonl.gz",
+        1,
+        "expected an integer",
+    ),
+    (
+        "val-unknown-item",
+        {"val": _gzv('{"seq": [1, 2, 3], "len_seq": 3, "next": 99, "user": 30}\n')},
+        "val.jsonl.gz",
+        1,
+        "unknown item id 99",
+    ),
+    (
+        "val-invalid-utf8",
+        {"val": _gzv(b'{"seq": [1, 2, 3], "len_seq": 3, "next": 5, "user": "\xff"}\n')},
+        "val.jsonl.gz",
+        1,
+        "not valid UTF-8",
+    ),
+    (
+        "val-every-row-too-short",
+        {"val": _gzv('{"seq": [1], "len_seq": 1, "next": 5, "user": 30}\n')},
+        "val.jsonl.gz",
+        None,
+        "no row of 1 has len_seq >= min_history",
+    ),
     ("id2name-gap", {"id2name": ID2NAME.replace("7::Item 7\n", "")}, "id2name.txt", None, "id 7 is missing"),
     ("id2name-negative-id", {"id2name": ID2NAME + "-1::Minus\n"}, "id2name.txt", 41, "malformed line"),
     ("id2name-latin1", {"id2name": ID2NAME.encode() + b"40::Caf\xe9\n"}, "id2name.txt", 41, "not valid UTF-8"),
@@ -365,8 +479,17 @@ def test_llara_bad_input_is_one_line(case, tmp_path, capsys):
     _, raw, fault, line, fragment = case
     raw = dict(raw)
     root = make_llara(tmp_path / "data" / "llara-movielens", raw.pop("id2name", ID2NAME), **raw)
-    rc, err = cli(capsys, "prepare", "--dataset", "llara-movielens", "--data-dir", tmp_path / "data", "--run",
-                  tmp_path / "run", *PREPARE)
+    rc, err = cli(
+        capsys,
+        "prepare",
+        "--dataset",
+        "llara-movielens",
+        "--data-dir",
+        tmp_path / "data",
+        "--run",
+        tmp_path / "run",
+        *PREPARE,
+    )
     path = root / fault if fault == "id2name.txt" else root / "portable" / fault
     assert_one_error(rc, err, "prepare", path, line, fragment)
 
@@ -374,12 +497,23 @@ def test_llara_bad_input_is_one_line(case, tmp_path, capsys):
 def test_llara_with_bom_and_crlf_reads_the_same(tmp_path, capsys):
     runs = []
     crlf = {"\n": "\r\n"}
-    variants = ((ID2NAME, LLARA["val"]), (BOM + ID2NAME.translate(str.maketrans(crlf)),
-                                          BOM + LLARA["val"].translate(str.maketrans(crlf))))
+    variants = (
+        (ID2NAME, LLARA["val"]),
+        (BOM + ID2NAME.translate(str.maketrans(crlf)), BOM + LLARA["val"].translate(str.maketrans(crlf))),
+    )
     for k, (id2name, val) in enumerate(variants):
         make_llara(tmp_path / f"d{k}" / "llara-movielens", id2name, val=_gzv(val))
-        rc, err = cli(capsys, "prepare", "--dataset", "llara-movielens", "--data-dir", tmp_path / f"d{k}", "--run",
-                      tmp_path / f"run{k}", *PREPARE)
+        rc, err = cli(
+            capsys,
+            "prepare",
+            "--dataset",
+            "llara-movielens",
+            "--data-dir",
+            tmp_path / f"d{k}",
+            "--run",
+            tmp_path / f"run{k}",
+            *PREPARE,
+        )
         assert rc == 0, err
         runs.append(_prepared(tmp_path / f"run{k}"))
     assert runs[0] == runs[1]
@@ -391,8 +525,23 @@ def prepared_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     (root / "log.csv").write_text(LOG)
     (root / "titles.csv").write_text(TITLES)
-    assert main(["prepare", "--dataset", "csv", "--interactions", str(root / "log.csv"), "--titles",
-                 str(root / "titles.csv"), "--run", str(root / "run"), *PREPARE]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "--dataset",
+                "csv",
+                "--interactions",
+                str(root / "log.csv"),
+                "--titles",
+                str(root / "titles.csv"),
+                "--run",
+                str(root / "run"),
+                *PREPARE,
+            ]
+        )
+        == 0
+    )
     return root / "run"
 
 
@@ -401,43 +550,114 @@ def _gz_lines(*lines: str | bytes) -> bytes:
 
 
 SEQ = '{"user": "a", "items": [0, 1, 2, 3], "times": [0, 1, 2, 3]}'
-SAMPLE = ('{"user": "a", "history": [0, 1, 2, 3], "target": 5, "candidates": [5, 6, 7, 8, 9], "split": "test", '
-          '"seed": 0}')
+SAMPLE = (
+    '{"user": "a", "history": [0, 1, 2, 3], "target": 5, "candidates": [5, 6, 7, 8, 9], "split": "test", "seed": 0}'
+)
 
 # (id, command, file under prepared/, its new bytes, line or None, fragment)
 RUN_CASES = [
     ("meta-not-json", "graph", "meta.json", b'{"n_items": 12,', None, "not valid JSON"),
     ("meta-a-list", "graph", "meta.json", b"[1, 2]", None, "not a prepare meta.json"),
-    ("meta-n-items-a-string", "graph", "meta.json", b'{"n_items": "12", "seeds": [0]}', None,
-     "not a prepare meta.json"),
+    (
+        "meta-n-items-a-string",
+        "graph",
+        "meta.json",
+        b'{"n_items": "12", "seeds": [0]}',
+        None,
+        "not a prepare meta.json",
+    ),
     ("meta-a-folder", "graph", "meta.json", _folder, None, "is a folder"),
     ("sequences-truncated-gz", "graph", "train_sequences.jsonl.gz", _gz_lines(SEQ, SEQ)[:-9], None, "truncated"),
-    ("sequences-not-gzip", "graph", "train_sequences.jsonl.gz", (SEQ + "\n").encode(), None,
-     "not a valid gzip file"),
-    ("sequences-trailing-garbage", "graph", "train_sequences.jsonl.gz", _gz_lines(SEQ) + b"xyz", None,
-     "past the end"),
-    ("sequences-line-not-an-object", "graph", "train_sequences.jsonl.gz", _gz_lines(SEQ, "[1, 2]"), 2,
-     "expected a JSON object"),
-    ("sequences-not-json", "graph", "train_sequences.jsonl.gz", _gz_lines(SEQ, '{"user": "b",'), 2,
-     "malformed JSON line"),
-    ("sequences-item-out-of-range", "graph", "train_sequences.jsonl.gz",
-     _gz_lines(SEQ.replace("[0, 1, 2, 3], \"times", "[0, 1, 2, 99], \"times")), 1, "outside the catalogue"),
-    ("sequences-time-beyond-int64", "graph", "train_sequences.jsonl.gz",
-     _gz_lines(SEQ.replace("2, 3]}", "2, 9223372036854775808]}")), 1, "'times'"),
-    ("sequences-times-length", "graph", "train_sequences.jsonl.gz",
-     _gz_lines(SEQ.replace("2, 3]}", "2]}")), 1, "'times'"),
-    ("sequences-invalid-utf8", "graph", "train_sequences.jsonl.gz",
-     _gz_lines(SEQ.encode().replace(b'"a"', b'"\xff"')), 1, "not valid UTF-8"),
-    ("samples-missing-target", "baseline", "test.seed0.jsonl.gz",
-     _gz_lines(SAMPLE.replace('"target": 5, ', "")), 1, "'target'"),
-    ("samples-target-not-a-candidate", "baseline", "test.seed0.jsonl.gz",
-     _gz_lines(SAMPLE.replace('"target": 5', '"target": 4')), 1, "among the candidates"),
-    ("samples-float-item", "baseline", "test.seed0.jsonl.gz",
-     _gz_lines(SAMPLE.replace("[0, 1, 2, 3]", "[0, 1.5, 2, 3]")), 1, "list of integer item ids"),
-    ("samples-nan-item", "baseline", "test.seed0.jsonl.gz",
-     _gz_lines(SAMPLE.replace("[0, 1, 2, 3]", "[0, NaN, 2, 3]")), 1, "list of integer item ids"),
-    ("samples-wrong-split", "baseline", "test.seed0.jsonl.gz",
-     _gz_lines(SAMPLE.replace('"split": "test"', '"split": "val"')), 1, "in the file of split 'test'"),
+    ("sequences-not-gzip", "graph", "train_sequences.jsonl.gz", (SEQ + "\n").encode(), None, "not a valid gzip file"),
+    ("sequences-trailing-garbage", "graph", "train_sequences.jsonl.gz", _gz_lines(SEQ) + b"xyz", None, "past the end"),
+    (
+        "sequences-line-not-an-object",
+        "graph",
+        "train_sequences.jsonl.gz",
+        _gz_lines(SEQ, "[1, 2]"),
+        2,
+        "expected a JSON object",
+    ),
+    (
+        "sequences-not-json",
+        "graph",
+        "train_sequences.jsonl.gz",
+        _gz_lines(SEQ, '{"user": "b",'),
+        2,
+        "malformed JSON line",
+    ),
+    (
+        "sequences-item-out-of-range",
+        "graph",
+        "train_sequences.jsonl.gz",
+        _gz_lines(SEQ.replace('[0, 1, 2, 3], "times', '[0, 1, 2, 99], "times')),
+        1,
+        "outside the catalogue",
+    ),
+    (
+        "sequences-time-beyond-int64",
+        "graph",
+        "train_sequences.jsonl.gz",
+        _gz_lines(SEQ.replace("2, 3]}", "2, 9223372036854775808]}")),
+        1,
+        "'times'",
+    ),
+    (
+        "sequences-times-length",
+        "graph",
+        "train_sequences.jsonl.gz",
+        _gz_lines(SEQ.replace("2, 3]}", "2]}")),
+        1,
+        "'times'",
+    ),
+    (
+        "sequences-invalid-utf8",
+        "graph",
+        "train_sequences.jsonl.gz",
+        _gz_lines(SEQ.encode().replace(b'"a"', b'"\xff"')),
+        1,
+        "not valid UTF-8",
+    ),
+    (
+        "samples-missing-target",
+        "baseline",
+        "test.seed0.jsonl.gz",
+        _gz_lines(SAMPLE.replace('"target": 5, ', "")),
+        1,
+        "'target'",
+    ),
+    (
+        "samples-target-not-a-candidate",
+        "baseline",
+        "test.seed0.jsonl.gz",
+        _gz_lines(SAMPLE.replace('"target": 5', '"target": 4')),
+        1,
+        "among the candidates",
+    ),
+    (
+        "samples-float-item",
+        "baseline",
+        "test.seed0.jsonl.gz",
+        _gz_lines(SAMPLE.replace("[0, 1, 2, 3]", "[0, 1.5, 2, 3]")),
+        1,
+        "list of integer item ids",
+    ),
+    (
+        "samples-nan-item",
+        "baseline",
+        "test.seed0.jsonl.gz",
+        _gz_lines(SAMPLE.replace("[0, 1, 2, 3]", "[0, NaN, 2, 3]")),
+        1,
+        "list of integer item ids",
+    ),
+    (
+        "samples-wrong-split",
+        "baseline",
+        "test.seed0.jsonl.gz",
+        _gz_lines(SAMPLE.replace('"split": "test"', '"split": "val"')),
+        1,
+        "in the file of split 'test'",
+    ),
     ("samples-truncated", "baseline", "test.seed0.jsonl.gz", _gz_lines(SAMPLE, SAMPLE)[:-5], None, "truncated"),
     ("samples-a-json-string", "baseline", "test.seed0.jsonl.gz", _gz_lines('"hello"'), 1, "got a string"),
     ("samples-nul", "baseline", "test.seed0.jsonl.gz", _gz_lines(SAMPLE + "\x00"), 1, "NUL byte"),
@@ -468,9 +688,11 @@ def test_prepared_titles_edited_by_hand(prepared_run, tmp_path):
     shutil.copytree(prepared_run, run)
     items = run / "prepared" / "items.jsonl"
     lines = items.read_text().splitlines()
-    for bad, fragment in ((lines[:3] + ['{"item": 3}'] + lines[4:], "'title' of item 3"),
-                          (lines + ['{"item": 12, "title": "one too many"}'], r"new integer id in 0\.\.11, got 12"),
-                          (lines + ['{"item": 0, "title": "again"}'], "'item' must be a new integer id")):
+    for bad, fragment in (
+        (lines[:3] + ['{"item": 3}'] + lines[4:], "'title' of item 3"),
+        (lines + ['{"item": 12, "title": "one too many"}'], r"new integer id in 0\.\.11, got 12"),
+        (lines + ['{"item": 0, "title": "again"}'], "'item' must be a new integer id"),
+    ):
         items.write_text("\n".join(bad) + "\n")
         with pytest.raises(InputError, match=fragment) as e:
             _ = PreparedData(run / "prepared").titles

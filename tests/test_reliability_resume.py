@@ -40,19 +40,24 @@ def _truncate(path, keep=None):
     path.write_bytes(data[: len(data) // 2 if keep is None else keep])
 
 
-@pytest.mark.parametrize("damage, why", [
-    (lambda c: _truncate(c / "trainer_state.json"), "trainer_state.json is unreadable"),
-    (lambda c: (c / "trainer_state.json").write_text(json.dumps({"global_step": 4})), "names step 4, not 6"),
-    (lambda c: (c / "trainer_state.json").write_text("[]"), "names step None"),
-    (lambda c: _truncate(c / "adapter_model.safetensors"), "adapter_model.safetensors"),
-    (lambda c: _truncate(c / "adapter_model.safetensors", keep=5), "adapter_model.safetensors is truncated"),
-    (lambda c: (c / "adapter_model.safetensors").write_bytes(b"\x10" + b"\0" * 7 + b"not json{}......"),
-     "unreadable safetensors header"),
-    (lambda c: (c / "adapter_model.safetensors").unlink(), "no weights"),
-    (lambda c: (c / "optimizer.pt").write_bytes(b""), "optimizer.pt is empty"),
-    (lambda c: _truncate(c / "optimizer.pt"), "optimizer.pt is truncated"),
-    (lambda c: (c / "scheduler.pt").unlink(), "no scheduler.pt"),
-])
+@pytest.mark.parametrize(
+    "damage, why",
+    [
+        (lambda c: _truncate(c / "trainer_state.json"), "trainer_state.json is unreadable"),
+        (lambda c: (c / "trainer_state.json").write_text(json.dumps({"global_step": 4})), "names step 4, not 6"),
+        (lambda c: (c / "trainer_state.json").write_text("[]"), "names step None"),
+        (lambda c: _truncate(c / "adapter_model.safetensors"), "adapter_model.safetensors"),
+        (lambda c: _truncate(c / "adapter_model.safetensors", keep=5), "adapter_model.safetensors is truncated"),
+        (
+            lambda c: (c / "adapter_model.safetensors").write_bytes(b"\x10" + b"\0" * 7 + b"not json{}......"),
+            "unreadable safetensors header",
+        ),
+        (lambda c: (c / "adapter_model.safetensors").unlink(), "no weights"),
+        (lambda c: (c / "optimizer.pt").write_bytes(b""), "optimizer.pt is empty"),
+        (lambda c: _truncate(c / "optimizer.pt"), "optimizer.pt is truncated"),
+        (lambda c: (c / "scheduler.pt").unlink(), "no scheduler.pt"),
+    ],
+)
 def test_a_damaged_newest_checkpoint_is_named_removed_and_the_previous_one_used(tmp_path, warnings, damage, why):
     out = _out(tmp_path)
     damage(out / "checkpoint-6")
@@ -101,9 +106,21 @@ def _sft_cfg(tiny_model_dir):
     from r2rec.config import build
     from r2rec.train.sft import SFTConfig
 
-    return build(SFTConfig, dict(model=str(tiny_model_dir), max_steps=4, batch_size=2, save_every=2,
-                                 save_total_limit=3, logging_steps=1, eval_every=0, precision="fp32",
-                                 max_length=2048, learning_rate=1e-3))
+    return build(
+        SFTConfig,
+        dict(
+            model=str(tiny_model_dir),
+            max_steps=4,
+            batch_size=2,
+            save_every=2,
+            save_total_limit=3,
+            logging_steps=1,
+            eval_every=0,
+            precision="fp32",
+            max_length=2048,
+            learning_rate=1e-3,
+        ),
+    )
 
 
 def _whole_catalogue(run):
@@ -117,8 +134,9 @@ def _whole_catalogue(run):
 
 
 @pytest.mark.parametrize("torn", ["trainer_state.json", "adapter_model.safetensors"])
-def test_sft_resumes_from_the_previous_checkpoint_when_the_newest_is_torn(tiny_model_dir, synthetic_train_run,
-                                                                          warnings, torn):
+def test_sft_resumes_from_the_previous_checkpoint_when_the_newest_is_torn(
+    tiny_model_dir, synthetic_train_run, warnings, torn
+):
     from r2rec.train.sft import run_sft
 
     run = _whole_catalogue(synthetic_train_run)
@@ -166,13 +184,16 @@ def test_a_torn_manifest_is_treated_as_absent_and_the_stage_reruns(tmp_path, war
 def test_a_torn_pipeline_state_reruns_its_stages(tmp_path, warnings):
     from r2rec.pipeline import run_pipeline
 
-    (tmp_path / "log.csv").write_text("user,item,timestamp\n" + "".join(
-        f"u{u},i{(u + k) % 20},{k}\n" for u in range(12) for k in range(8)))
+    (tmp_path / "log.csv").write_text(
+        "user,item,timestamp\n" + "".join(f"u{u},i{(u + k) % 20},{k}\n" for u in range(12) for k in range(8))
+    )
     (tmp_path / "titles.csv").write_text("item,title\n" + "".join(f"i{i},Item {i}\n" for i in range(20)))
     path = tmp_path / "p.yaml"
-    path.write_text(f"run: {tmp_path / 'run'}\nprepare: {{dataset: csv, interactions: {tmp_path / 'log.csv'}, "
-                    f"titles: {tmp_path / 'titles.csv'}, seeds: [0], num_candidates: 5}}\n"
-                    "baselines: {methods: [random]}\n")
+    path.write_text(
+        f"run: {tmp_path / 'run'}\nprepare: {{dataset: csv, interactions: {tmp_path / 'log.csv'}, "
+        f"titles: {tmp_path / 'titles.csv'}, seeds: [0], num_candidates: 5}}\n"
+        "baselines: {methods: [random]}\n"
+    )
     root = run_pipeline(path, only=["prepare", "baselines"])
     state = root / "manifests" / "pipeline.json"
     good = json.loads(state.read_text())

@@ -188,9 +188,18 @@ def run(tmp_path):
 
 
 def _cfg(server, **options) -> ThoughtsConfig:
-    return ThoughtsConfig(teacher="openai:m", max_samples=24, chunk_size=8,
-                          teacher_options={"base_url": server.url + "/v1", "backoff_s": 0.001, "max_retries": 2,
-                                           "concurrency": 2, **options})
+    return ThoughtsConfig(
+        teacher="openai:m",
+        max_samples=24,
+        chunk_size=8,
+        teacher_options={
+            "base_url": server.url + "/v1",
+            "backoff_s": 0.001,
+            "max_retries": 2,
+            "concurrency": 2,
+            **options,
+        },
+    )
 
 
 def _hop(body: dict) -> int:
@@ -245,8 +254,21 @@ def test_an_endpoint_down_for_good_stops_after_one_chunk(run, server):
 def test_the_cli_says_it_in_one_line_and_does_not_exit_0(run, server, capsys, monkeypatch):
     monkeypatch.setenv("R2REC_LOG_LEVEL", "ERROR")
     server.default = "503"
-    rc = main(["thoughts", "--run", str(run), "--teacher", "openai:m", "--max-samples", "4", "--base-url",
-               server.url + "/v1", "--set", "teacher_options={backoff_s: 0.001, max_retries: 1}"])
+    rc = main(
+        [
+            "thoughts",
+            "--run",
+            str(run),
+            "--teacher",
+            "openai:m",
+            "--max-samples",
+            "4",
+            "--base-url",
+            server.url + "/v1",
+            "--set",
+            "teacher_options={backoff_s: 0.001, max_retries: 1}",
+        ]
+    )
     captured = capsys.readouterr()
     lines = [x for x in captured.err.splitlines() if "error:" in x]
     assert rc != 0 and "Traceback" not in captured.err and len(lines) == 1
@@ -257,8 +279,10 @@ def test_the_cli_says_it_in_one_line_and_does_not_exit_0(run, server, capsys, mo
 # -- secrets -------------------------------------------------------------------------------------------------
 def test_redact_removes_keys_from_urls_bodies_and_text(monkeypatch):
     monkeypatch.setenv("R2REC_OPENAI_API_KEY", MARKER)
-    text = (f"https://user:{MARKER}@h/v1 https://h/v1?api_key={MARKER}&model=m Bearer {MARKER} "
-            f'{{"error": "bad key {MARKER}"}} hf_{"a" * 34} token={MARKER}')
+    text = (
+        f"https://user:{MARKER}@h/v1 https://h/v1?api_key={MARKER}&model=m Bearer {MARKER} "
+        f'{{"error": "bad key {MARKER}"}} hf_{"a" * 34} token={MARKER}'
+    )
     out = redact(text)
     assert MARKER not in out and "hf_aaaa" not in out and "model=m" in out and "https://***@h/v1" in out
     assert redact("https://h/v1?model=m") == "https://h/v1?model=m"  # nothing to hide: unchanged
@@ -287,8 +311,19 @@ def test_a_planted_key_reaches_no_message_log_or_file(run, server, capsys, monke
     url = server.url.replace("http://", f"http://user:{MARKER}@") + f"/v1?key={MARKER}"
 
     def command(base_url):
-        return ["thoughts", "--run", str(run), "--teacher", "openai:m", "--max-samples", "6", "--base-url",
-                base_url, "--set", "teacher_options={backoff_s: 0.001, max_retries: 1}"]
+        return [
+            "thoughts",
+            "--run",
+            str(run),
+            "--teacher",
+            "openai:m",
+            "--max-samples",
+            "6",
+            "--base-url",
+            base_url,
+            "--set",
+            "teacher_options={backoff_s: 0.001, max_retries: 1}",
+        ]
 
     outs = []
     try:
@@ -307,8 +342,9 @@ def test_a_planted_key_reaches_no_message_log_or_file(run, server, capsys, monke
             logging.getLogger(name).setLevel(logging.NOTSET)
     assert "HTTP Request" in second.err  # the request log was on, and redacted
     stats = json.loads((run / "thoughts" / "stats.json").read_text())
-    assert stats["config"]["teacher_options"]["base_url"] == server.url.replace("http://", "http://***@") + \
-        "/v1?key=***"
+    assert (
+        stats["config"]["teacher_options"]["base_url"] == server.url.replace("http://", "http://***@") + "/v1?key=***"
+    )
     for out in (*outs, second.out, second.err):
         assert MARKER not in out
     assert _files_with(run, MARKER) == []
@@ -317,8 +353,17 @@ def test_a_planted_key_reaches_no_message_log_or_file(run, server, capsys, monke
 
     server.default = "401"
     cfg = run.parent / "p.yaml"
-    cfg.write_text(json.dumps({"thoughts": {"teacher": "openai:m", "max_samples": 8, "teacher_options": {
-        "base_url": url, "max_retries": 0}}}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "thoughts": {
+                    "teacher": "openai:m",
+                    "max_samples": 8,
+                    "teacher_options": {"base_url": url, "max_retries": 0},
+                }
+            }
+        )
+    )
     with pytest.raises(PipelineError) as err:
         run_pipeline(cfg, run_root=run, only=["thoughts"])
     assert "HTTP 401" in str(err.value) and MARKER not in str(err.value)

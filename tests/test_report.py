@@ -70,8 +70,11 @@ def _predictions(method: str, seed: int) -> list[Prediction]:
             text, faith = _reasoning(i, hit)
             # rl records the order its prompt showed (here: reversed), as `r2rec eval` does.
             extra = {"shown_candidates": cands[::-1]} if method == "rl" else {}
-            preds.append(Prediction(user, seed, target, cands, answer=answer, raw=text, reasoning=text,
-                                    faithfulness=faith, extra=extra))
+            preds.append(
+                Prediction(
+                    user, seed, target, cands, answer=answer, raw=text, reasoning=text, faithfulness=faith, extra=extra
+                )
+            )
     return preds
 
 
@@ -101,14 +104,21 @@ def _base_correct() -> float:
 def make_run(root: Path, methods=tuple(CORRECT), curves: bool = True, thoughts: bool = True) -> Path:
     prepared = root / "prepared"
     write_jsonl(prepared / "items.jsonl", ({"item": i, "title": t} for i, t in _titles().items()))
-    write_jsonl(prepared / "train_sequences.jsonl.gz",
-                ({"user": u, "items": items, "times": list(range(len(items)))} for u, items in TRAIN.items()))
+    write_jsonl(
+        prepared / "train_sequences.jsonl.gz",
+        ({"user": u, "items": items, "times": list(range(len(items)))} for u, items in TRAIN.items()),
+    )
     for seed in SEEDS:
-        write_jsonl(prepared / f"test.seed{seed}.jsonl.gz",
-                    ({"user": u, "history": _history(i), "target": t, "candidates": c, "split": "test", "seed": seed}
-                     for i, (u, t, c) in enumerate(_samples(seed))))
-    (prepared / "meta.json").write_text(json.dumps({"dataset": "synthetic", "n_items": len(_titles()),
-                                                    "seeds": list(SEEDS), "num_candidates": K}))
+        write_jsonl(
+            prepared / f"test.seed{seed}.jsonl.gz",
+            (
+                {"user": u, "history": _history(i), "target": t, "candidates": c, "split": "test", "seed": seed}
+                for i, (u, t, c) in enumerate(_samples(seed))
+            ),
+        )
+    (prepared / "meta.json").write_text(
+        json.dumps({"dataset": "synthetic", "n_items": len(_titles()), "seeds": list(SEEDS), "num_candidates": K})
+    )
     protocol = EvalProtocol(split="test", seeds=SEEDS, num_candidates=K, n_bootstrap=200)
     for m in methods:
         preds = {s: _predictions(m, s) for s in SEEDS}
@@ -133,8 +143,9 @@ def make_run(root: Path, methods=tuple(CORRECT), curves: bool = True, thoughts: 
                 w.writerow([s, 0.01, 0.2 + s / 100, 0.3, 0.1 + s / 200])
     if thoughts:
         (root / "thoughts").mkdir(parents=True)
-        (root / "thoughts" / "stats.json").write_text(json.dumps(
-            {"kept": 120, "dropped": {"wrong_answer": 3, "invented_interaction": 7}, "kept_rate": 0.923}))
+        (root / "thoughts" / "stats.json").write_text(
+            json.dumps({"kept": 120, "dropped": {"wrong_answer": 3, "invented_interaction": 7}, "kept_rate": 0.923})
+        )
         (root / "thoughts" / "examples.md").write_text("# Example\n<script>alert('x')</script> & done\n")
     return root
 
@@ -152,6 +163,7 @@ def report(tmp_path_factory):
 
 
 # -- the Markdown -------------------------------------------------------------------------------------------
+
 
 def _row(md: str, method: str) -> str:
     return next(line for line in md.splitlines() if line.startswith(f"| `{method}` |"))
@@ -197,8 +209,9 @@ def test_markdown_headline_ratios_are_computed_from_the_results(report):
 def test_position_bias_and_validity(report):
     run, paths = report
     md = paths["markdown"].read_text()
-    bias_rows = {m: line for m in CORRECT for line in md.splitlines()
-                 if line.startswith(f"| `{m}` |") and line.count("%") >= 3}
+    bias_rows = {
+        m: line for m in CORRECT for line in md.splitlines() if line.startswith(f"| `{m}` |") and line.count("%") >= 3
+    }
     # base always answers the first listed candidate.
     assert "100.0%" in bias_rows["base"].split(" | ")[3]
     target_first = _base_correct()
@@ -236,11 +249,13 @@ def test_position_bias_shares_ties_and_uses_the_recorded_order():
 
 def test_position_bias_splits_hr1_by_departure_from_the_first_candidate():
     cands, shown = (5, 6, 7, 8), {"shown_candidates": [7, 5, 6, 8]}
-    preds = [Prediction("a", 0, 7, cands, answer=7, extra=shown),   # took the first, right
-             Prediction("b", 0, 6, cands, answer=7, extra=shown),   # took the first, wrong
-             Prediction("c", 0, 6, cands, answer=6, extra=shown),   # departed, right
-             Prediction("d", 0, 5, cands, answer=8, extra=shown),   # departed, wrong
-             Prediction("e", 0, 5, cands, answer=6, extra=shown)]   # departed, wrong
+    preds = [
+        Prediction("a", 0, 7, cands, answer=7, extra=shown),  # took the first, right
+        Prediction("b", 0, 6, cands, answer=7, extra=shown),  # took the first, wrong
+        Prediction("c", 0, 6, cands, answer=6, extra=shown),  # departed, right
+        Prediction("d", 0, 5, cands, answer=8, extra=shown),  # departed, wrong
+        Prediction("e", 0, 5, cands, answer=6, extra=shown),
+    ]  # departed, wrong
     pb = position_bias({0: preds})
     assert pb.hit_when_first == pytest.approx(0.5) and pb.departures == 3
     assert pb.hit_when_departing == pytest.approx(1 / 3)
@@ -269,7 +284,7 @@ def test_traces_mark_cited_interactions_real_or_invented(report):
     assert '**real**: the user (own history): "Movie 50"' in ex1
     assert '**real**: user t0: "Movie 7" (claimed after the previous one)' in ex1
     assert "3 of 4 cited interactions are real (faithfulness 0.75)" in ex2
-    assert ('**INVENTED**: user t1: "Movie 9" (this user never interacted with this item in train)' in ex2)
+    assert '**INVENTED**: user t1: "Movie 9" (this user never interacted with this item in train)' in ex2
     # The recomputed score agrees with the one the (fake) evaluator recorded.
     assert "recorded by the evaluator: 0.75" in ex2
 
@@ -278,8 +293,13 @@ def test_training_curves_and_teacher_stats(report):
     run, paths = report
     md = paths["markdown"].read_text()
     names = {p.stem for p in paths["plots"]}
-    assert {"run-synthetic-test-hr1", "run-synthetic-test-faithfulness", "run-sft-loss", "run-grpo-reward",
-            "run-val-hr1"} <= names
+    assert {
+        "run-synthetic-test-hr1",
+        "run-synthetic-test-faithfulness",
+        "run-sft-loss",
+        "run-grpo-reward",
+        "run-val-hr1",
+    } <= names
     for p in paths["plots"]:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"plots/{p.name}" in md
@@ -301,6 +321,7 @@ def test_read_curves_is_tolerant(tmp_path):
 
 # -- the HTML page ------------------------------------------------------------------------------------------
 
+
 def test_html_is_self_contained_and_escapes_data(report):
     run, paths = report
     page = paths["html"].read_text()
@@ -313,9 +334,10 @@ def test_html_is_self_contained_and_escapes_data(report):
     assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "<link" not in page and "http://" not in page and "https://" not in page
     # Each embedded plot decodes to the same PNG as the file beside the Markdown.
-    embedded = {m.group(1): base64.b64decode(m.group(2))
-                for m in re.finditer(r'data-plot="([^"]+)"><img alt="[^"]*" src="data:image/png;base64,([^"]+)"',
-                                     page)}
+    embedded = {
+        m.group(1): base64.b64decode(m.group(2))
+        for m in re.finditer(r'data-plot="([^"]+)"><img alt="[^"]*" src="data:image/png;base64,([^"]+)"', page)
+    }
     assert embedded == {p.stem: p.read_bytes() for p in paths["plots"]}
 
 
@@ -324,13 +346,14 @@ def test_markdown_escapes_data(report):
     md = paths["markdown"].read_text()
     # Outside code blocks (where text is literal anyway) markup from data is backslash-escaped.
     prose = re.sub(r"```.*?```", "", md, flags=re.S)
-    assert '<b class="inj">' not in prose and "\\<b class=\"inj\"\\>Bold\\</b\\> & Co" in prose
+    assert '<b class="inj">' not in prose and '\\<b class="inj"\\>Bold\\</b\\> & Co' in prose
     # A `|` inside a title must not split a table row or a bullet.
     line = next(line for line in md.splitlines() if "A\\|B" in line)
     assert "\\*star\\*" in line
 
 
 # -- missing and broken pieces ------------------------------------------------------------------------------
+
 
 def test_empty_run_gives_a_report_with_notes(tmp_path):
     root = tmp_path / "empty"
@@ -400,6 +423,7 @@ def test_load_run_reads_titles(run):
 
 
 # -- the command --------------------------------------------------------------------------------------------
+
 
 def test_cli_writes_the_report_and_a_manifest(run, capsys):
     assert main(["report", "--run", str(run), "--n-boot", "50"]) == 0

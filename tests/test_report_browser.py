@@ -20,7 +20,8 @@ from test_report import NASTY, make_run
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="headless Chromium not found (install it with: apt-get install -y chromium)")
+    CHROMIUM is None, reason="headless Chromium not found (install it with: apt-get install -y chromium)"
+)
 
 # After the load event, record what the browser made of the page into a <pre id="probe"> that --dump-dom
 # prints: each image's decoded size, every resource fetched, and whether data turned into markup.
@@ -44,10 +45,21 @@ window.addEventListener("load", () => {
 
 
 def _chromium(tmp_path, *args: str) -> str:
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--disable-dev-shm-usage", "--host-resolver-rules=MAP * ~NOTFOUND",  # no name resolves: offline
-           f"--user-data-dir={tmp_path / 'chromium-profile'}", *args]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--host-resolver-rules=MAP * ~NOTFOUND",  # no name resolves: offline
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        *args,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"chromium failed ({proc.returncode}): {proc.stderr[-2000:]}"
     return proc.stdout
@@ -94,15 +106,14 @@ def test_plots_render_with_real_pixels_and_nothing_is_fetched(page):
 def test_screenshot_shows_the_hr1_chart(page):
     tmp, paths = page
     shot = tmp / "shot.png"
-    _chromium(tmp, "--window-size=1200,2400", "--hide-scrollbars", f"--screenshot={shot}",
-              paths["html"].as_uri())
+    _chromium(tmp, "--window-size=1200,2400", "--hide-scrollbars", f"--screenshot={shot}", paths["html"].as_uri())
     from PIL import Image
 
     px = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     assert px.shape[:2] == (2400, 1200)
     assert px.std() > 10, "blank screenshot"
     # R2Rec's bar in the HR@1 chart is the only large area of this red on the page.
-    red = np.array([int(R2REC_COLOR[i:i + 2], 16) for i in (1, 3, 5)])
+    red = np.array([int(R2REC_COLOR[i : i + 2], 16) for i in (1, 3, 5)])
     near = (np.abs(px - red).sum(-1) < 30).sum()
     assert near > 500, f"only {near} pixels of the R2Rec bar colour: the HR@1 plot did not render"
 

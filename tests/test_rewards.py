@@ -90,8 +90,14 @@ def test_trl_reward_funcs_take_dataset_columns_as_kwargs():
     bad = format_completion(["t"], "Toy Story (1995)")
     # Conversational completions (a list of messages) as TRL passes them for chat prompts.
     completions = [[{"role": "assistant", "content": good}], [{"role": "assistant", "content": bad}], good]
-    kwargs = dict(prompts=["p"] * 3, completions=completions, candidate_titles=[CANDS] * 3,
-                  target_title=[TARGET] * 3, trainer_state=None, log_metric=None)
+    kwargs = dict(
+        prompts=["p"] * 3,
+        completions=completions,
+        candidate_titles=[CANDS] * 3,
+        target_title=[TARGET] * 3,
+        trainer_state=None,
+        log_metric=None,
+    )
     correct = funcs[2](**kwargs)
     assert correct == [1.0, 0.0, 1.0]
     assert funcs[0](**kwargs) == [1.0, 1.0, 1.0]

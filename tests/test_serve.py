@@ -28,8 +28,9 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def service(run, tiny_model_dir):
-    svc = RecommendService(run, model="base", base_model=str(tiny_model_dir), max_new_tokens=8, threads=1,
-                           batch_wait_ms=50)  # a wide window: the concurrency test's threads all make one batch
+    svc = RecommendService(
+        run, model="base", base_model=str(tiny_model_dir), max_new_tokens=8, threads=1, batch_wait_ms=50
+    )  # a wide window: the concurrency test's threads all make one batch
     yield svc
     svc.close()
 
@@ -42,8 +43,12 @@ def sample(run):
 def test_answer_is_a_shown_candidate_with_reasoning_and_faithfulness(run, service, sample):
     titles = service.titles
     # Mixed ways of naming items: a title (other case and spacing), an id, "id:<n>".
-    history = [titles[sample.history[0]].upper(), int(sample.history[1]), f"id:{sample.history[2]}",
-               *[f"  {titles[h]} " for h in sample.history[3:]]]
+    history = [
+        titles[sample.history[0]].upper(),
+        int(sample.history[1]),
+        f"id:{sample.history[2]}",
+        *[f"  {titles[h]} " for h in sample.history[3:]],
+    ]
     res = service.recommend(history, [titles[c] for c in sample.candidates])
     json.dumps(res, allow_nan=False)  # the HTTP layer sends it as is
 
@@ -92,39 +97,51 @@ def test_faithfulness_marks_real_and_invented_citations(service, sample):
     if g.position(0, a) > g.position(0, b):
         a, b = b, a
     never = next(i for i in sorted(titles) if not g.has_interaction(0, i))
-    lines = [cite(u, "watched", titles[a], titles[b]),  # real, and in that order
-             cite(u, "watched", titles[b], titles[a]),  # real items, wrong order
-             cite(u, "watched", titles[never]),  # no such interaction
-             cite("999999", "watched", titles[a]),  # no such user
-             cite(None, "watched", titles[sample.history[-1]]),  # the requesting user's own history
-             cite(u, "watched", "A Film That Does Not Exist")]
+    lines = [
+        cite(u, "watched", titles[a], titles[b]),  # real, and in that order
+        cite(u, "watched", titles[b], titles[a]),  # real items, wrong order
+        cite(u, "watched", titles[never]),  # no such interaction
+        cite("999999", "watched", titles[a]),  # no such user
+        cite(None, "watched", titles[sample.history[-1]]),  # the requesting user's own history
+        cite(u, "watched", "A Film That Does Not Exist"),
+    ]
     rep = service.faithfulness_report(lines, sample.history)
     got = [(c["status"], c["why"]) for c in rep["citations"]]
-    assert got == [("real", None), ("real", None), ("real", None), ("invented", "order"),
-                   ("invented", "no_interaction"), ("invented", "unknown_user"), ("real", None),
-                   ("invented", "unknown_item")]
+    assert got == [
+        ("real", None),
+        ("real", None),
+        ("real", None),
+        ("invented", "order"),
+        ("invented", "no_interaction"),
+        ("invented", "unknown_user"),
+        ("real", None),
+        ("invented", "unknown_item"),
+    ]
     assert rep["citations"][6]["user"] is None and rep["citations"][0]["user"] == u
     assert (rep["cited"], rep["real"]) == (8, 4) and rep["score"] == pytest.approx(0.5)
     assert service.faithfulness_report(["no citation here"], sample.history)["score"] is None
 
 
-@pytest.mark.parametrize("history, candidates, kw, message", [
-    ([], None, {}, "history: empty"),
-    (["Item 5", "Not A Real Item"], None, {}, "history[1]: unknown title 'Not A Real Item'"),
-    (["Item 5", "Itme 40"], None, {}, "did you mean 'Item 40'"),
-    ([5, 10 ** 6], None, {}, "history[1]: unknown item id 1000000"),
-    (["id:777777"], None, {}, "history[0]: unknown item id 777777"),
-    ([5, True], None, {}, "history[1]: expected a title (string) or an item id (integer), got True"),
-    ([5, 4.0], None, {}, "history[1]: expected a title"),
-    ("Item 5", None, {}, "history: expected a list"),
-    ([5], ["Item 8"], {}, "candidates: got 1, need between 2 and 50"),
-    ([5], [f"Item {i}" for i in range(10, 61)], {}, "candidates: got 51, need between 2 and 50"),
-    ([5], ["Item 8", "Item 9", "item 8"], {}, "candidates[2]: 'item 8' repeats candidates[0] (item 8)"),
-    ([5], ["Item 8", ""], {}, "candidates[1]: empty title"),
-    ([5], None, {"max_new_tokens": -1}, "max_new_tokens must be an integer in [0, 1024]"),
-    ([5], None, {"max_new_tokens": 10 ** 6}, "max_new_tokens must be an integer in [0, 1024]"),
-    ([5] * 1001, None, {}, "history: got 1001 items, at most 1000 are accepted"),
-])
+@pytest.mark.parametrize(
+    "history, candidates, kw, message",
+    [
+        ([], None, {}, "history: empty"),
+        (["Item 5", "Not A Real Item"], None, {}, "history[1]: unknown title 'Not A Real Item'"),
+        (["Item 5", "Itme 40"], None, {}, "did you mean 'Item 40'"),
+        ([5, 10**6], None, {}, "history[1]: unknown item id 1000000"),
+        (["id:777777"], None, {}, "history[0]: unknown item id 777777"),
+        ([5, True], None, {}, "history[1]: expected a title (string) or an item id (integer), got True"),
+        ([5, 4.0], None, {}, "history[1]: expected a title"),
+        ("Item 5", None, {}, "history: expected a list"),
+        ([5], ["Item 8"], {}, "candidates: got 1, need between 2 and 50"),
+        ([5], [f"Item {i}" for i in range(10, 61)], {}, "candidates: got 51, need between 2 and 50"),
+        ([5], ["Item 8", "Item 9", "item 8"], {}, "candidates[2]: 'item 8' repeats candidates[0] (item 8)"),
+        ([5], ["Item 8", ""], {}, "candidates[1]: empty title"),
+        ([5], None, {"max_new_tokens": -1}, "max_new_tokens must be an integer in [0, 1024]"),
+        ([5], None, {"max_new_tokens": 10**6}, "max_new_tokens must be an integer in [0, 1024]"),
+        ([5] * 1001, None, {}, "history: got 1001 items, at most 1000 are accepted"),
+    ],
+)
 def test_bad_inputs_are_clear_value_errors(service, history, candidates, kw, message):
     with pytest.raises(ValueError) as e:
         service.recommend(history, candidates, **kw)
@@ -207,8 +224,21 @@ def test_cli_recommend_text_json_and_errors(run, tiny_model_dir, sample, service
     from r2rec.cli import main
 
     titles = service.titles
-    base = ["recommend", "--run", str(run), "--model", "base", "--base-model", str(tiny_model_dir),
-            "--max-new-tokens", "4", "--threads", "1", "--history", "|".join(titles[h] for h in sample.history)]
+    base = [
+        "recommend",
+        "--run",
+        str(run),
+        "--model",
+        "base",
+        "--base-model",
+        str(tiny_model_dir),
+        "--max-new-tokens",
+        "4",
+        "--threads",
+        "1",
+        "--history",
+        "|".join(titles[h] for h in sample.history),
+    ]
     assert main(base + ["--candidates", "|".join(titles[c] for c in sample.candidates), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["item"] in sample.candidates and res["candidates_source"] == "given"
@@ -241,8 +271,11 @@ def test_given_candidates_in_the_whole_history_are_left_out(service):
 
 def test_candidates_all_in_the_history_are_a_clear_error(service):
     history = [f"Item {i}" for i in range(10, 24)]
-    with pytest.raises(NothingToRecommend, match=r"candidates: all 2 given candidates are in the history.*"
-                                                 r"allow_history=true"):
+    with pytest.raises(
+        NothingToRecommend,
+        match=r"candidates: all 2 given candidates are in the history.*"
+        r"allow_history=true",
+    ):
         service.recommend(history, ["Item 11", "item 12"])
 
 
@@ -279,11 +312,16 @@ def test_concurrent_requests_share_one_generation_call_and_get_the_sequential_an
     assert calls == [len(requests)]  # one batched call (batch_size 8, a 50 ms window)
     assert service.info()["generation_calls"] >= len(requests) + 1
     for a, b in zip(alone, together):
-        assert (a["item"], a["raw"], a["stop"], a["generated_tokens"]) == (b["item"], b["raw"], b["stop"],
-                                                                           b["generated_tokens"])
+        assert (a["item"], a["raw"], a["stop"], a["generated_tokens"]) == (
+            b["item"],
+            b["raw"],
+            b["stop"],
+            b["generated_tokens"],
+        )
         # Scores go through bf16 autocast where the CPU has it: a padded batch rounds a little differently.
-        assert [c["logprob"] for c in a["candidates"]] == pytest.approx([c["logprob"] for c in b["candidates"]],
-                                                                        rel=1e-3)
+        assert [c["logprob"] for c in a["candidates"]] == pytest.approx(
+            [c["logprob"] for c in b["candidates"]], rel=1e-3
+        )
 
 
 def test_micro_batcher_groups_by_key_up_to_the_batch_size():
@@ -335,17 +373,20 @@ def test_llama_cpp_engine_serves_what_torch_serves(run, tiny_model_dir, service,
     """``engine="llama.cpp"`` (an f32 GGUF export): the same answer and scores as the torch engine."""
     pytest.importorskip("llama_cpp")
     monkeypatch.setenv("R2REC_CACHE", str(tmp_path / "cache"))
-    svc = RecommendService(run, model="base", base_model=str(tiny_model_dir), max_new_tokens=8, threads=1,
-                           engine="llama.cpp", quant="f32")
-    ref = RecommendService(run, model="base", base_model=str(tiny_model_dir), max_new_tokens=8, threads=1,
-                           precision="fp32")  # the reference in the export's precision
+    svc = RecommendService(
+        run, model="base", base_model=str(tiny_model_dir), max_new_tokens=8, threads=1, engine="llama.cpp", quant="f32"
+    )
+    ref = RecommendService(
+        run, model="base", base_model=str(tiny_model_dir), max_new_tokens=8, threads=1, precision="fp32"
+    )  # the reference in the export's precision
     try:
         titles = [service.titles[c] for c in sample.candidates]
         a, b = ref.recommend(list(sample.history), titles), svc.recommend(list(sample.history), titles)
         assert svc.info()["engine"] == "llama.cpp" and ref.info()["engine"] == "torch"
         assert (b["item"], b["raw"]) == (a["item"], a["raw"])
-        assert [c["logprob"] for c in b["candidates"]] == pytest.approx([c["logprob"] for c in a["candidates"]],
-                                                                         abs=0.1)
+        assert [c["logprob"] for c in b["candidates"]] == pytest.approx(
+            [c["logprob"] for c in a["candidates"]], abs=0.1
+        )
         short = svc.recommend(list(sample.history), titles, max_new_tokens=2)  # another budget, same context
         assert short["item"] in sample.candidates
     finally:

@@ -38,8 +38,14 @@ def server(run, tiny_model_dir):
     """Base URL of the app served by uvicorn in a thread, on a free loopback port."""
     import uvicorn
 
-    service = RecommendService(run, model="base", base_model=str(tiny_model_dir), max_new_tokens=6, threads=1,
-                               max_new_tokens_limit=NEW_TOKENS_LIMIT)
+    service = RecommendService(
+        run,
+        model="base",
+        base_model=str(tiny_model_dir),
+        max_new_tokens=6,
+        threads=1,
+        max_new_tokens_limit=NEW_TOKENS_LIMIT,
+    )
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))  # the kernel picks a free port; uvicorn serves on this very socket
@@ -81,8 +87,9 @@ def test_recommend_returns_a_candidate_with_reasoning(client, sample):
     assert isinstance(res["reasoning"], list) and res["raw"].endswith(f"<answer>{res['title']}</answer>")
     assert "score" in res["faithfulness"] and "citations" in res["faithfulness"]
     # Titles work as well as ids, and without candidates the service generates them.
-    r = client.post("/recommend", json={"history": [res["history"][0]["title"], *sample.history[1:]],
-                                        "max_new_tokens": 2})
+    r = client.post(
+        "/recommend", json={"history": [res["history"][0]["title"], *sample.history[1:]], "max_new_tokens": 2}
+    )
     assert r.status_code == 200, r.text
     gen = r.json()
     assert gen["candidates_source"] == "generated" and len(gen["candidates"]) == 20
@@ -105,25 +112,31 @@ def test_concurrent_requests_get_the_sequential_answer(client, server, sample):
     assert {(r.json()["item"], r.json()["raw"]) for r in got} == {(want["item"], want["raw"])}
 
 
-@pytest.mark.parametrize("body, status, message", [
-    ({"history": ["Item 5", "No Such Movie"]}, 422, "history[1]: unknown title 'No Such Movie'"),
-    ({"history": []}, 422, "history: List should have at least 1 item"),
-    ({"history": [5] * 1001}, 422, "history: List should have at most 1000 items"),
-    ({"history": [5, ""]}, 422, "history.1.title: String should have at least 1 character"),
-    ({"history": [5, " "]}, 422, "history[1]: empty title"),
-    ({"candidates": ["Item 5", "Item 6"]}, 422, "history: Field required"),
-    ({"history": [5], "candidates": [8]}, 422, "candidates: List should have at least 2 items"),
-    ({"history": [5], "candidates": list(range(10, 61))}, 422, "candidates: List should have at most 50 items"),
-    ({"history": [5], "candidates": [8, 9, 8]}, 422, "candidates[2]: 8 repeats candidates[0]"),
-    ({"history": [5, 1.5]}, 422, "history.1.id: Input should be a valid integer"),
-    ({"history": [5, True]}, 422, "history.1.id: Input should be a valid integer"),
-    ({"history": "Item 5"}, 422, "history: Input should be a valid list"),
-    ({"history": [5], "user": "x"}, 422, "user: Extra inputs are not permitted"),
-    ({"history": [5], "allow_history": "yes"}, 422, "allow_history: Input should be a valid boolean"),
-    ({"history": [5], "max_new_tokens": 5000}, 422, f"max_new_tokens: Input should be less than or equal to "
-                                                    f"{NEW_TOKENS_LIMIT}"),
-    ({"history": [5, 8, 9], "candidates": [9, 8]}, 400, "candidates: all 2 given candidates are in the history"),
-])
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        ({"history": ["Item 5", "No Such Movie"]}, 422, "history[1]: unknown title 'No Such Movie'"),
+        ({"history": []}, 422, "history: List should have at least 1 item"),
+        ({"history": [5] * 1001}, 422, "history: List should have at most 1000 items"),
+        ({"history": [5, ""]}, 422, "history.1.title: String should have at least 1 character"),
+        ({"history": [5, " "]}, 422, "history[1]: empty title"),
+        ({"candidates": ["Item 5", "Item 6"]}, 422, "history: Field required"),
+        ({"history": [5], "candidates": [8]}, 422, "candidates: List should have at least 2 items"),
+        ({"history": [5], "candidates": list(range(10, 61))}, 422, "candidates: List should have at most 50 items"),
+        ({"history": [5], "candidates": [8, 9, 8]}, 422, "candidates[2]: 8 repeats candidates[0]"),
+        ({"history": [5, 1.5]}, 422, "history.1.id: Input should be a valid integer"),
+        ({"history": [5, True]}, 422, "history.1.id: Input should be a valid integer"),
+        ({"history": "Item 5"}, 422, "history: Input should be a valid list"),
+        ({"history": [5], "user": "x"}, 422, "user: Extra inputs are not permitted"),
+        ({"history": [5], "allow_history": "yes"}, 422, "allow_history: Input should be a valid boolean"),
+        (
+            {"history": [5], "max_new_tokens": 5000},
+            422,
+            f"max_new_tokens: Input should be less than or equal to {NEW_TOKENS_LIMIT}",
+        ),
+        ({"history": [5, 8, 9], "candidates": [9, 8]}, 400, "candidates: all 2 given candidates are in the history"),
+    ],
+)
 def test_bad_requests_are_clear_4xx_json(client, body, status, message):
     r = client.post("/recommend", json=body)
     assert r.status_code == status, r.text
@@ -151,8 +164,10 @@ def test_openapi_schema_states_the_limits_and_errors(client):
     assert set(op["responses"]) == {"200", "400", "413", "422", "503"}
     schemas = spec["components"]["schemas"]
     assert op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/Recommendation")
-    assert all(op["responses"][c]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
-               for c in ("400", "413", "422", "503"))
+    assert all(
+        op["responses"][c]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+        for c in ("400", "413", "422", "503")
+    )
     assert "Retry-After" in op["responses"]["503"]["headers"]
     req = schemas["RecommendRequest"]
     assert req["required"] == ["history"] and req["additionalProperties"] is False
@@ -162,8 +177,12 @@ def test_openapi_schema_states_the_limits_and_errors(client):
     assert (cands["minItems"], cands["maxItems"]) == (2, 50)
     budget = next(a for a in req["properties"]["max_new_tokens"]["anyOf"] if a.get("type") == "integer")
     assert (budget["minimum"], budget["maximum"]) == (0, NEW_TOKENS_LIMIT)
-    assert req["properties"]["allow_history"] == {"type": "boolean", "default": False, "title": "Allow History",
-                                                  "description": req["properties"]["allow_history"]["description"]}
+    assert req["properties"]["allow_history"] == {
+        "type": "boolean",
+        "default": False,
+        "title": "Allow History",
+        "description": req["properties"]["allow_history"]["description"],
+    }
     # Every field of the answer is declared, and the answer validates against it.
     rec = schemas["Recommendation"]
     assert all(p.get("description") or "$ref" in p for p in rec["properties"].values())
@@ -180,8 +199,13 @@ def test_errors_of_the_service_map_to_400_and_503():
             self.exc = exc
 
         def info(self):
-            return {"max_history_items": 5, "max_candidates": 4, "max_new_tokens_limit": 8, "max_history": 3,
-                    "max_pending": 2}
+            return {
+                "max_history_items": 5,
+                "max_candidates": 4,
+                "max_new_tokens_limit": 8,
+                "max_history": 3,
+                "max_pending": 2,
+            }
 
         def recommend(self, *args, **kw):
             raise self.exc
@@ -202,11 +226,35 @@ def test_schemathesis_finds_no_mismatch_between_schema_and_behaviour(server, tmp
     pytest.importorskip("schemathesis", reason="schemathesis comes with the test extra")
     config = tmp_path / "schemathesis.toml"
     config.write_text('[checks.negative_data_rejection]\nexpected-statuses = ["400", "405", "413", "422"]\n')
-    cmd = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run", f"{server}/openapi.json",
-           "--checks", "all",
-           "--exclude-checks", "positive_data_acceptance", "--max-examples", "25", "--seed", "1", "--workers", "2",
-           "--phases", "examples,coverage,fuzzing", "--suppress-health-check", "all", "--request-timeout", "30",
-           "--report", "junit", "--report-dir", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "--config-file",
+        str(config),
+        "run",
+        f"{server}/openapi.json",
+        "--checks",
+        "all",
+        "--exclude-checks",
+        "positive_data_acceptance",
+        "--max-examples",
+        "25",
+        "--seed",
+        "1",
+        "--workers",
+        "2",
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--suppress-health-check",
+        "all",
+        "--request-timeout",
+        "30",
+        "--report",
+        "junit",
+        "--report-dir",
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
 
@@ -225,7 +273,7 @@ def test_oversized_body_is_413(client):
     # No Content-Length (chunked transfer): cut off while streaming in.
     def chunks():
         for k in range(0, len(big), 8192):
-            yield big[k:k + 8192]
+            yield big[k : k + 8192]
 
     r = client.post("/recommend", content=chunks(), headers={"content-type": "application/json"})
     assert "content-length" not in {k.lower() for k in r.request.headers}

@@ -27,11 +27,18 @@ def _records(run):
 
 
 def _ctx(prompt=None):
-    chain = {"u1": "train/4", "i_a": 1, "i_b": 3, "shared": [1, 5], "n_shared": 2, "slot_a": 2, "pos_a": 0,
-             "pos_b": 2}
-    return TraceContext(key="k", prompt=prompt or [], chain=chain, history_titles=["A", "B", "Heat"],
-                        target_title="Ronin", user="4", titles={"i_a": "Heat", "i_b": "Ronin"}, noun="movies",
-                        verb="watched")
+    chain = {"u1": "train/4", "i_a": 1, "i_b": 3, "shared": [1, 5], "n_shared": 2, "slot_a": 2, "pos_a": 0, "pos_b": 2}
+    return TraceContext(
+        key="k",
+        prompt=prompt or [],
+        chain=chain,
+        history_titles=["A", "B", "Heat"],
+        target_title="Ronin",
+        user="4",
+        titles={"i_a": "Heat", "i_b": "Ronin"},
+        noun="movies",
+        verb="watched",
+    )
 
 
 def test_masked_views_reveal_one_hop_at_a_time():
@@ -96,8 +103,7 @@ class Inventing(TemplateTeacher):
 
     def write(self, requests):
         out = super().write(requests)
-        return [o.replace(f"User {r.revealed['u1']} ", "User 999 ") if r.hop == 2 else o
-                for r, o in zip(requests, out)]
+        return [o.replace(f"User {r.revealed['u1']} ", "User 999 ") if r.hop == 2 else o for r, o in zip(requests, out)]
 
 
 class WrongAnswer(TemplateTeacher):
@@ -184,8 +190,9 @@ def test_manifest_skip_and_cli(run, capsys):
 
 def test_hf_teacher_runs_the_stage(run, tiny_model_dir):
     """A local causal LM (a tiny random Llama with SmolLM2's tokenizer) goes through the same stage and filter."""
-    cfg = ThoughtsConfig(teacher=f"hf:{tiny_model_dir}", max_samples=6, chunk_size=6,
-                         teacher_options={"max_tokens": 12, "batch_size": 6})
+    cfg = ThoughtsConfig(
+        teacher=f"hf:{tiny_model_dir}", max_samples=6, chunk_size=6, teacher_options={"max_tokens": 12, "batch_size": 6}
+    )
     stats = run_thoughts(run, cfg, progress=False)
     assert stats["attempted"] == 6 and sum(stats["by_reason"].values()) == 6
     assert stats["by_reason"]["kept"] == len(_records(run))

@@ -74,8 +74,7 @@ def test_transition_order_follows_the_transition_baseline(run, prepared, window)
 
 
 def test_ranked_chains_explain_the_top_candidates_in_order(run, prepared):
-    builder = PromptBuilder(run, PromptConfig(candidate_order="transition", chain_selection="ranked",
-                                              context_chains=3))
+    builder = PromptBuilder(run, PromptConfig(candidate_order="transition", chain_selection="ranked", context_chains=3))
     strongest = PromptBuilder(run, PromptConfig(candidate_order="transition", context_chains=200))
     checker = CitationChecker(builder.graph, builder.titles)
     samples = prepared.samples("val", 0) + prepared.samples("train", 0)[:40]
@@ -85,7 +84,7 @@ def test_ranked_chains_explain_the_top_candidates_in_order(run, prepared):
         assert len(items) == len(set(items)) <= 3
         # one chain per candidate, following the candidates' prompt order ...
         assert items == [c for c in p.candidates if c in items]
-        head = p.candidates[: 12]
+        head = p.candidates[:12]
         reachable = [c for c in head if any(x["i_b"] == c for x in every.chains)]
         assert items == reachable[:3]  # ... the first candidates that have a chain
         for c, line in zip(p.chains, p.context_lines):

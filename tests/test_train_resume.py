@@ -70,8 +70,7 @@ def test_best_val_keeps_the_earliest_best_point_and_its_weights(tiny_model_dir, 
 
     from r2rec.train.common import BEST_DIR, keep_final, lora_config, val_callback
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                           lora_config(4, 8, 0.0, ["q_proj"]))
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora_config(4, 8, 0.0, ["q_proj"]))
     scores = iter([0.1, 0.3, 0.3, 0.2])  # steps 0, 1, 2, 3: the best is step 1 (step 2 only ties it)
     out = tmp_path / "out"
     out.mkdir()

@@ -11,14 +11,29 @@ from r2rec.train.sft import SFTConfig, run_sft
 
 
 def _sft(tiny_model_dir, run):
-    run_sft(run, build(SFTConfig, dict(model=str(tiny_model_dir), max_steps=1, batch_size=2, eval_every=0,
-                                       precision="fp32", save_every=10)))
+    run_sft(
+        run,
+        build(
+            SFTConfig,
+            dict(model=str(tiny_model_dir), max_steps=1, batch_size=2, eval_every=0, precision="fp32", save_every=10),
+        ),
+    )
 
 
 def _cfg(tiny_model_dir, **kw):
-    base = dict(model=str(tiny_model_dir), max_steps=2, num_generations=2, prompts_per_step=1,
-                max_completion_length=8, eval_every=0, save_every=1, precision="fp32", learning_rate=1e-2,
-                beta=0.0, max_prompts=4)
+    base = dict(
+        model=str(tiny_model_dir),
+        max_steps=2,
+        num_generations=2,
+        prompts_per_step=1,
+        max_completion_length=8,
+        eval_every=0,
+        save_every=1,
+        precision="fp32",
+        learning_rate=1e-2,
+        beta=0.0,
+        max_prompts=4,
+    )
     base.update(kw)
     return build(RLConfig, base)
 
@@ -52,8 +67,12 @@ def test_grpo_step_changes_adapter_logs_reward_and_resumes(tiny_model_dir, synth
     _sft(tiny_model_dir, synthetic_train_run)
     sft = _adapter(synthetic_train_run / "checkpoints/sft/final")
     # beta > 0 exercises TRL's frozen reference copy of the adapter; micro-batches of 1 the accumulation path.
-    cfg = _cfg(tiny_model_dir, beta=0.04, micro_batch_size=1,
-               reward_weights={"format": 0.2, "valid": 0.2, "correct": 1.0, "chars": 1.0})
+    cfg = _cfg(
+        tiny_model_dir,
+        beta=0.04,
+        micro_batch_size=1,
+        reward_weights={"format": 0.2, "valid": 0.2, "correct": 1.0, "chars": 1.0},
+    )
     final = run_rl(synthetic_train_run, cfg)
     rl = _adapter(final)
     assert set(rl) == set(sft)  # the policy adapter only, same layout as SFT's (eval loads both the same way)

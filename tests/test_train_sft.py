@@ -11,8 +11,17 @@ from r2rec.train.sft import SFTConfig, load_traces, run_sft
 
 
 def _cfg(tiny_model_dir, **kw):
-    base = dict(model=str(tiny_model_dir), max_steps=2, batch_size=2, save_every=2, logging_steps=1,
-                eval_every=0, precision="fp32", max_length=2048, learning_rate=1e-3)
+    base = dict(
+        model=str(tiny_model_dir),
+        max_steps=2,
+        batch_size=2,
+        save_every=2,
+        logging_steps=1,
+        eval_every=0,
+        precision="fp32",
+        max_length=2048,
+        learning_rate=1e-3,
+    )
     base.update(kw)
     return build(SFTConfig, base)
 
@@ -54,13 +63,14 @@ def test_loss_mask_covers_only_the_completion(tiny_model_dir, synthetic_train_ru
         if variant == "direct":
             assert "<think>" not in text
     recs = load_traces(synthetic_train_run / "thoughts/sft.jsonl.gz", variant)
-    assert all(r["completion"][0]["content"].startswith("<think>" if variant == "iot" else "<answer>")
-               for r in recs)
+    assert all(r["completion"][0]["content"].startswith("<think>" if variant == "iot" else "<answer>") for r in recs)
 
 
 def test_direct_variant_trains_and_logs_val_hr1(tiny_model_dir, synthetic_train_run):
-    final = run_sft(synthetic_train_run, _cfg(tiny_model_dir, variant="direct", eval_every=1, eval_samples=4,
-                                               prompt={"context_chains": 0}))
+    final = run_sft(
+        synthetic_train_run,
+        _cfg(tiny_model_dir, variant="direct", eval_every=1, eval_samples=4, prompt={"context_chains": 0}),
+    )
     assert final == synthetic_train_run / "checkpoints/sft-direct/final"
     assert (final / "adapter_config.json").exists()
     val = [json.loads(line) for line in open(synthetic_train_run / "checkpoints/sft-direct/val.jsonl")]
@@ -93,8 +103,15 @@ def test_resume_continues_from_the_saved_step(tiny_model_dir, synthetic_train_ru
 
     from safetensors.torch import load_file
 
-    cfg = _cfg(tiny_model_dir, max_steps=4, save_every=2, save_total_limit=3, eval_every=2, eval_samples=2,
-               eval_max_new_tokens=4)
+    cfg = _cfg(
+        tiny_model_dir,
+        max_steps=4,
+        save_every=2,
+        save_total_limit=3,
+        eval_every=2,
+        eval_samples=2,
+        eval_max_new_tokens=4,
+    )
     out = synthetic_train_run / "checkpoints/sft"
     final = run_sft(synthetic_train_run, cfg)
     straight = load_file(str(final / "adapter_model.safetensors"))
@@ -113,6 +130,7 @@ def test_resume_continues_from_the_saved_step(tiny_model_dir, synthetic_train_ru
     resumed = load_file(str(final / "adapter_model.safetensors"))
     # Same data order, RNG and optimiser state after resuming: the same adapter as the uninterrupted run.
     import torch
+
     for k in straight:
         torch.testing.assert_close(resumed[k], straight[k], rtol=1e-4, atol=1e-6)
 
@@ -137,8 +155,15 @@ def test_new_traces_start_over_instead_of_resuming(tiny_model_dir, synthetic_tra
     import gzip
     import shutil
 
-    cfg = _cfg(tiny_model_dir, max_steps=2, save_every=1, save_total_limit=3, eval_every=2, eval_samples=2,
-               eval_max_new_tokens=4)
+    cfg = _cfg(
+        tiny_model_dir,
+        max_steps=2,
+        save_every=1,
+        save_total_limit=3,
+        eval_every=2,
+        eval_samples=2,
+        eval_max_new_tokens=4,
+    )
     out = synthetic_train_run / "checkpoints/sft"
     final = run_sft(synthetic_train_run, cfg)
     assert [json.loads(line)["step"] for line in open(out / "val.jsonl")] == [0, 2]
@@ -184,18 +209,23 @@ def test_in_context_filter_keeps_traces_that_restate_a_shown_chain():
     from r2rec.train.sft import context_citations, restates_context
 
     shown = 'user 7 watched "Heat (1995)" and later "Fargo (1996)"'
-    msgs = build_messages(["Heat (1995)"], ["Fargo (1996)", "Toy Story (1995)"],
-                          [shown + " (shares 3 of the user's items)"])
+    msgs = build_messages(
+        ["Heat (1995)"], ["Fargo (1996)", "Toy Story (1995)"], [shown + " (shares 3 of the user's items)"]
+    )
     assert context_citations(msgs) == [shown]
     cites_shown = format_completion([f"Then {shown}, so Fargo."], "Fargo (1996)")
     cites_other = format_completion(['Then user 9 watched "Heat (1995)" and later "Fargo (1996)".'], "Fargo (1996)")
+
     def ex(c):
         return {"prompt": msgs, "completion": [{"role": "assistant", "content": c}]}
 
     assert restates_context(ex(cites_shown)) and not restates_context(ex(cites_other))
     # The direct ablation is filtered on its record's reasoning, so it keeps the same samples.
-    direct = {"prompt": msgs, "completion": [{"role": "assistant", "content": "<answer>Fargo (1996)</answer>"}],
-              "reasoning": cites_shown}
+    direct = {
+        "prompt": msgs,
+        "completion": [{"role": "assistant", "content": "<answer>Fargo (1996)</answer>"}],
+        "reasoning": cites_shown,
+    }
     assert restates_context(direct)
     no_context = build_messages(["Heat (1995)"], ["Fargo (1996)"])
     assert not restates_context({"prompt": no_context, "completion": [{"role": "assistant", "content": cites_shown}]})

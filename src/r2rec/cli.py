@@ -76,8 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         mod = _load(name)
     except ModuleNotFoundError as e:
         parser.error(f"command {name!r} is not available in this build ({e})")
-    cmd_parser = argparse.ArgumentParser(prog=f"r2rec {name}", description=COMMANDS[name][1],
-                                         epilog="Progress goes to stderr; R2REC_LOG_LEVEL=WARNING quiets it.")
+    cmd_parser = argparse.ArgumentParser(
+        prog=f"r2rec {name}",
+        description=COMMANDS[name][1],
+        epilog="Progress goes to stderr; R2REC_LOG_LEVEL=WARNING quiets it.",
+    )
     mod.add_arguments(cmd_parser)
     args = cmd_parser.parse_args(rest)
     from r2rec.log import setup

@@ -71,8 +71,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         raise ValueError(f"{where}: expected a boolean, got {value!r}")
     if tp in (int, float, str):
         # bool is an int to Python, a float would lose its fraction, a list or mapping is no string: all refused.
-        wrong = (isinstance(value, bool) and tp is not str) or isinstance(value, (list, tuple, dict)) or \
-            (tp is int and isinstance(value, float) and not value.is_integer())
+        wrong = (
+            (isinstance(value, bool) and tp is not str)
+            or isinstance(value, (list, tuple, dict))
+            or (tp is int and isinstance(value, float) and not value.is_integer())
+        )
         try:
             if not wrong:
                 return tp(value)
@@ -110,7 +113,7 @@ def _config_message(msg: str, cls: type, where: str, names: set[str]) -> str:
     prefixes = sorted({c.__name__ for c in cls.__mro__ if c is not object} | {where}, key=len, reverse=True)
     for prefix in prefixes:
         if msg.startswith(prefix + ".") or msg.startswith(prefix + ":") or msg.startswith(prefix + " "):
-            msg = msg[len(prefix):].lstrip(".: ")
+            msg = msg[len(prefix) :].lstrip(".: ")
             break
     key, _, rest = msg.partition(" ")
     key = key.rstrip(":")
@@ -119,8 +122,13 @@ def _config_message(msg: str, cls: type, where: str, names: set[str]) -> str:
     return f"{where}: {msg}"
 
 
-def build(cls: type[T], values: dict | None = None, overrides: list[str] | None = None, where: str = "",
-          path: str | os.PathLike | None = None) -> T:
+def build(
+    cls: type[T],
+    values: dict | None = None,
+    overrides: list[str] | None = None,
+    where: str = "",
+    path: str | os.PathLike | None = None,
+) -> T:
     """Build dataclass ``cls`` from a mapping plus ``key=value`` overrides.
 
     Every fault is a :class:`r2rec.errors.ConfigError` naming ``where`` (the YAML section) and the key, with

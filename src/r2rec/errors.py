@@ -34,8 +34,11 @@ class InputNotFound(InputError, FileNotFoundError):
 
 # -- secrets ---------------------------------------------------------------------------------------------
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s?#]+)@")
-_SECRET_PARAM = re.compile(r"(?P<name>[?&;](?:[\w.-]*?(?:key|token|secret|password|passwd|sig|signature|auth|"
-                           r"credential)[\w.-]*))=(?P<value>[^&#\s\"']+)", re.IGNORECASE)
+_SECRET_PARAM = re.compile(
+    r"(?P<name>[?&;](?:[\w.-]*?(?:key|token|secret|password|passwd|sig|signature|auth|"
+    r"credential)[\w.-]*))=(?P<value>[^&#\s\"']+)",
+    re.IGNORECASE,
+)
 _BEARER = re.compile(r"(?P<name>\b(?:Bearer|Basic|Token)\s+)[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE)
 # Token formats of the common providers (OpenAI sk-..., Hugging Face hf_..., Groq gsk_..., xAI xai-...).
 _KEY_LIKE = re.compile(r"\b(?:sk-[A-Za-z0-9_-]{16,}|hf_[A-Za-z0-9]{30,}|gsk_[A-Za-z0-9]{20,}|xai-[A-Za-z0-9]{20,})")

@@ -36,7 +36,7 @@ EMULATED_RATIO = 2.0
 class Compute:
     """Where and in which precision the LLM runs, and why."""
 
-    device: str     # "cpu" or "cuda"
+    device: str  # "cpu" or "cuda"
     precision: str  # "bf16", "fp16" or "fp32"
     reason: str
 
@@ -136,8 +136,9 @@ def resolve(precision: str = "auto", device: str = "auto", where: str = "") -> C
     if device == "auto":
         device = "cuda" if cuda_available() else "cpu"
     elif device == "cuda" and not cuda_available():
-        raise ValueError(f"{where or 'compute'}.device: 'cuda' requested but torch sees no CUDA device "
-                         "(use device: auto or cpu)")
+        raise ValueError(
+            f"{where or 'compute'}.device: 'cuda' requested but torch sees no CUDA device (use device: auto or cpu)"
+        )
     if device == "cuda":
         import torch
 
@@ -150,8 +151,12 @@ def resolve(precision: str = "auto", device: str = "auto", where: str = "") -> C
     if precision == "fp16" and device == "cpu":
         raise ValueError(f"{where or 'compute'}.precision: fp16 is for CUDA; on a CPU use auto, bf16 or fp32")
     if precision == "bf16" and not native:
-        log.warning("%s: precision bf16 was asked for, but %s; every matmul will be many times slower than in "
-                    "fp32 (set precision: auto or fp32)", where or "compute", why)
+        log.warning(
+            "%s: precision bf16 was asked for, but %s; every matmul will be many times slower than in "
+            "fp32 (set precision: auto or fp32)",
+            where or "compute",
+            why,
+        )
         return Compute(device, "bf16", f"asked for; {why}")
     return Compute(device, precision, "asked for")
 

@@ -145,8 +145,9 @@ def _complete_rows(path: Path, raw: bytes) -> tuple[list[dict], int]:
         except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, nesting too deep
             raise InputError(f"malformed line in an append-only log ({_json_fault(e)})", path, lineno) from None
         if not isinstance(row, dict):
-            raise InputError(f"malformed line in an append-only log (a JSON {_json_type(row)}, not an object)",
-                             path, lineno)
+            raise InputError(
+                f"malformed line in an append-only log (a JSON {_json_type(row)}, not an object)", path, lineno
+            )
         rows.append(row)
     return rows, end
 
@@ -274,8 +275,9 @@ def _gzip_fault(e: BaseException, lines: int) -> str:
     return f"not a valid gzip file{after} ({e})"
 
 
-def iter_lines(path: str | os.PathLike, what: str = "file", *, encoding: str = "utf-8",
-               max_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, str]]:
+def iter_lines(
+    path: str | os.PathLike, what: str = "file", *, encoding: str = "utf-8", max_bytes: int = MAX_LINE_BYTES
+) -> Iterator[tuple[int, str]]:
     """(line number, text without its line ending) of each line of the text file at ``path``, gunzipped when
     the name ends in ``.gz``. Lines end in LF or CRLF; a UTF-8 byte-order mark at the start is dropped. The
     file is read as bytes and decoded line by line, so every fault is an :class:`InputError` naming the file
@@ -299,34 +301,51 @@ def iter_lines(path: str | os.PathLike, what: str = "file", *, encoding: str = "
                     return
                 lineno += 1
                 if len(b) > max_bytes and not b.endswith(b"\n"):
-                    raise InputError(f"line longer than {max_bytes:,} bytes (a binary file, or a field that "
-                                     "swallowed the rest of the file?)", path, lineno)
+                    raise InputError(
+                        f"line longer than {max_bytes:,} bytes (a binary file, or a field that "
+                        "swallowed the rest of the file?)",
+                        path,
+                        lineno,
+                    )
                 if lineno == 1:
                     if b.startswith(codecs.BOM_UTF8):
-                        b = b[len(codecs.BOM_UTF8):]
+                        b = b[len(codecs.BOM_UTF8) :]
                     elif b.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
                         raise InputError(f"UTF-16 text; save the file as {encoding.upper()}", path, lineno)
                     elif not gz and b.startswith(b"\x1f\x8b"):
-                        raise InputError("gzip-compressed data in a file whose name does not end in .gz; "
-                                         "decompress it first", path, lineno)
+                        raise InputError(
+                            "gzip-compressed data in a file whose name does not end in .gz; decompress it first",
+                            path,
+                            lineno,
+                        )
                 b = b[:-2] if b.endswith(b"\r\n") else b[:-1] if b.endswith(b"\n") else b
                 if b"\0" in b or b"\r" in b:
-                    for byte, fault in ((b"\0", "a NUL byte (a binary or UTF-16 file?)"),
-                                        (b"\r", "a carriage return inside the line (CR-only line endings? "
-                                                "save the file with LF or CRLF line endings)")):
+                    for byte, fault in (
+                        (b"\0", "a NUL byte (a binary or UTF-16 file?)"),
+                        (
+                            b"\r",
+                            "a carriage return inside the line (CR-only line endings? "
+                            "save the file with LF or CRLF line endings)",
+                        ),
+                    ):
                         if byte in b:
                             raise InputError(f"{fault} at column {b.find(byte) + 1}", path, lineno)
                 try:
                     text = b.decode(encoding)
                 except UnicodeDecodeError as e:
-                    raise InputError(f"not valid {encoding.upper()} text (byte 0x{b[e.start]:02x} at column "
-                                     f"{e.start + 1}); save the file as {encoding.upper()}", path, lineno) from None
+                    raise InputError(
+                        f"not valid {encoding.upper()} text (byte 0x{b[e.start]:02x} at column "
+                        f"{e.start + 1}); save the file as {encoding.upper()}",
+                        path,
+                        lineno,
+                    ) from None
                 yield lineno, text
     except InputError:
         raise
     except OSError as e:  # the file went away or failed while being read
-        raise InputError(f"cannot read the {what}{f' after line {lineno}' if lineno else ''}: "
-                         f"{e.strerror or e}", path) from None
+        raise InputError(
+            f"cannot read the {what}{f' after line {lineno}' if lineno else ''}: {e.strerror or e}", path
+        ) from None
 
 
 def _json_fault(e: BaseException) -> str:
@@ -341,8 +360,9 @@ def _json_type(value: Any) -> str:
     return {list: "list", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
 
 
-def iter_jsonl(path: str | os.PathLike, what: str = "JSON-lines file",
-               max_bytes: int = MAX_JSONL_LINE_BYTES) -> Iterator[tuple[int, dict]]:
+def iter_jsonl(
+    path: str | os.PathLike, what: str = "JSON-lines file", max_bytes: int = MAX_JSONL_LINE_BYTES
+) -> Iterator[tuple[int, dict]]:
     """(line number, object) of each non-blank line of the JSON-lines file at ``path`` (gunzipped when it ends
     in ``.gz``); a line that is not JSON, or JSON that is not an object, is an :class:`InputError` naming the
     file and line, as are the faults of :func:`iter_lines`."""

@@ -106,6 +106,7 @@ def _sft_configs(variant: str, where: str):
         from .train.sft import SFTConfig
 
         return build(SFTConfig, {**section, "variant": variant}, where=where, path=path)
+
     return configs
 
 
@@ -121,8 +122,7 @@ def _eval_configs(section: dict, cfg: dict, path: str | None):
     from .prompting import PromptConfig
 
     section = dict(section)
-    kinds = _names(section.pop("models", ["base", "sft-direct", "sft", "rl"]), list(MODEL_KINDS), "eval.models",
-                   path)
+    kinds = _names(section.pop("models", ["base", "sft-direct", "sft", "rl"]), list(MODEL_KINDS), "eval.models", path)
     # Inference-time ablation: the final model with the interaction chains removed from its prompts.
     no_chains = section.pop("no_context_ablation", True)
     if not isinstance(no_chains, bool):
@@ -132,8 +132,9 @@ def _eval_configs(section: dict, cfg: dict, path: str | None):
     if no_chains and kinds:
         final = kinds[-1]
         ablated = build(PromptConfig, {**(cfg.get("prompt") or {}), "context_chains": 0}, where="prompt", path=path)
-        jobs.append((final, build(EvalConfig, {**section, "method": f"{final}-no-chains"}, where="eval", path=path),
-                     ablated))
+        jobs.append(
+            (final, build(EvalConfig, {**section, "method": f"{final}-no-chains"}, where="eval", path=path), ablated)
+        )
     return jobs
 
 
@@ -187,6 +188,7 @@ def _sft(variant: str, where: str):
         from .train.sft import run_sft
 
         run_sft(run.root, _sft_configs(variant, where)(section, cfg, None), force=force)
+
     return fn
 
 
@@ -224,8 +226,9 @@ STAGES: list[Stage] = [
     Stage("graph", ("prepare",), _graph, "graph", _graph_configs),
     Stage("chains", ("graph",), _chains, "chains", _chains_configs),
     Stage("thoughts", ("chains",), _thoughts, "thoughts", _thoughts_configs),
-    Stage("sft-direct", ("thoughts",), _sft("direct", "sft_direct"), "sft_direct",
-          _sft_configs("direct", "sft_direct")),
+    Stage(
+        "sft-direct", ("thoughts",), _sft("direct", "sft_direct"), "sft_direct", _sft_configs("direct", "sft_direct")
+    ),
     Stage("sft", ("thoughts",), _sft("iot", "sft"), "sft", _sft_configs("iot", "sft")),
     Stage("rl", ("sft",), _rl, "rl", _rl_configs),
     Stage("eval", ("sft", "sft-direct", "rl"), _eval, "eval", _eval_configs),
@@ -264,6 +267,7 @@ def _local_path(model: str) -> bool:
 def _check_files(cfg: dict, configs: dict[str, object], todo: list[str], run: Path, path: str | None) -> None:
     """Files a stage about to run reads and no stage of this run will write must exist now: the csv inputs, a
     local model path, and the outputs of skipped stages (``skip``, ``--only``) that later stages read."""
+
     def need(file: Path, where: str, producer: str | None = None) -> None:
         if file.exists() or (producer is not None and producer in todo):
             return
@@ -296,8 +300,13 @@ def _check_files(cfg: dict, configs: dict[str, object], todo: list[str], run: Pa
                 need(Path(ecfg.model).expanduser(), "eval.model")
 
 
-def validate(cfg: dict, config_path: str | Path | None = None, only: list[str] | None = None,
-             force: list[str] | None = None, run_root: str | Path | None = None) -> list[Stage]:
+def validate(
+    cfg: dict,
+    config_path: str | Path | None = None,
+    only: list[str] | None = None,
+    force: list[str] | None = None,
+    run_root: str | Path | None = None,
+) -> list[Stage]:
     """Check the whole config before any stage runs, and return the stages to run.
 
     Every section is built into its stage's config objects (types, ranges, unknown keys, with the closest known
@@ -308,8 +317,11 @@ def validate(cfg: dict, config_path: str | Path | None = None, only: list[str] |
     sections = [s.section for s in STAGES]
     for name in cfg:
         if name not in sections and name not in TOP_KEYS:
-            raise ConfigError(f"unknown section {name!r}{did_you_mean(str(name), sections + list(TOP_KEYS))}; "
-                              f"sections: {sections + list(TOP_KEYS)}", path=path)
+            raise ConfigError(
+                f"unknown section {name!r}{did_you_mean(str(name), sections + list(TOP_KEYS))}; "
+                f"sections: {sections + list(TOP_KEYS)}",
+                path=path,
+            )
     for name in sections + ["prompt"]:
         if cfg.get(name) is not None and not isinstance(cfg[name], dict):
             raise ConfigError(f"{name}: expected a mapping of key: value, got {cfg[name]!r}", path=path)
@@ -335,8 +347,12 @@ def _key(stage: Stage, section: dict, prompt: dict, keys: dict[str, str]) -> str
     return fingerprint(payload)[:16]
 
 
-def run_pipeline(config_path: str | Path, run_root: str | Path | None = None, only: list[str] | None = None,
-                 force: list[str] | None = None) -> Path:
+def run_pipeline(
+    config_path: str | Path,
+    run_root: str | Path | None = None,
+    only: list[str] | None = None,
+    force: list[str] | None = None,
+) -> Path:
     try:
         cfg = load_yaml(config_path)
     except ValueError as e:
@@ -369,8 +385,10 @@ def run_pipeline(config_path: str | Path, run_root: str | Path | None = None, on
             log.info(f"{head}: interrupted; rerun the same command to resume")
             raise
         except Exception as e:
-            raise PipelineError(f"stage {stage.name!r} failed (run {run.root}, config section "
-                                f"{stage.section!r} of {config_path}): {type(e).__name__}: {redact(str(e))}") from e
+            raise PipelineError(
+                f"stage {stage.name!r} failed (run {run.root}, config section "
+                f"{stage.section!r} of {config_path}): {type(e).__name__}: {redact(str(e))}"
+            ) from e
         state[stage.name] = key
         atomic_write_json(state_path, state)
         seconds, rss = time.perf_counter() - t0, _peak_rss_gib()
@@ -461,8 +479,10 @@ def _show_stage_times(run: RunDir) -> None:
                 computes.append(f"{one['device']} {one['precision']}")
         compute = ", ".join(sorted(set(computes)))
         print(f"| {name} | {times[name]['seconds']} | {times[name]['peak_rss_gib']} | {compute} |")
-    print(f"| total | {sum(t['seconds'] for t in times.values()):.1f} | "
-          f"{max(t['peak_rss_gib'] for t in times.values())} | |")
+    print(
+        f"| total | {sum(t['seconds'] for t in times.values()):.1f} | "
+        f"{max(t['peak_rss_gib'] for t in times.values())} | |"
+    )
 
 
 def show_results(root: str | Path) -> None:
@@ -486,6 +506,8 @@ def show_results(root: str | Path) -> None:
     service = RecommendService(run.root)
     # Catalogue ids, not titles: some catalogues (ml-100k) hold two items with one title.
     res = service.recommend(list(sample.history), list(sample.candidates))
-    print(f"\n## One recommendation ({service.kind} model), test user {sample.user}; "
-          f"the true next item was \"{titles[sample.target]}\"\n")
+    print(
+        f"\n## One recommendation ({service.kind} model), test user {sample.user}; "
+        f'the true next item was "{titles[sample.target]}"\n'
+    )
     print(format_text(res))

@@ -80,8 +80,9 @@ class RunDir:
         try:
             manifest = json.loads(path.read_text())
         except (OSError, ValueError) as e:
-            log.warning(f"[run] {path}: unreadable manifest ({type(e).__name__}), treated as absent: the stage "
-                        "runs again")
+            log.warning(
+                f"[run] {path}: unreadable manifest ({type(e).__name__}), treated as absent: the stage runs again"
+            )
             return None
         if not isinstance(manifest, dict):
             log.warning(f"[run] {path}: not a manifest (no JSON object), treated as absent: the stage runs again")
@@ -97,9 +98,21 @@ class RunDir:
         new = json.loads(json.dumps(new, default=str))
         return all(old.get(k) == new[k] for k in ("inputs", "config", "seed"))
 
-    def write_manifest(self, stage: str, inputs: Iterable[Path], config: Any, seed: int | None = None,
-                       outputs: Iterable[Path] = (), extra: dict | None = None) -> Path:
+    def write_manifest(
+        self,
+        stage: str,
+        inputs: Iterable[Path],
+        config: Any,
+        seed: int | None = None,
+        outputs: Iterable[Path] = (),
+        extra: dict | None = None,
+    ) -> Path:
         m = self.fingerprint(inputs, config, seed)
-        m.update(stage=stage, outputs=[str(p) for p in outputs], versions=_versions(),
-                 finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {}))
+        m.update(
+            stage=stage,
+            outputs=[str(p) for p in outputs],
+            versions=_versions(),
+            finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **(extra or {}),
+        )
         return atomic_write_json(self.manifest_path(stage), redact_obj(json.loads(json.dumps(m, default=str))))

@@ -91,11 +91,19 @@ class MicroBatcher:
     count the ``run`` calls made and the items they took.
     """
 
-    def __init__(self, run: Callable[[Any, list], list], max_batch: int, max_wait_s: float,
-                 max_pending: int = MAX_PENDING, name: str = "r2rec-batcher"):
+    def __init__(
+        self,
+        run: Callable[[Any, list], list],
+        max_batch: int,
+        max_wait_s: float,
+        max_pending: int = MAX_PENDING,
+        name: str = "r2rec-batcher",
+    ):
         if max_batch < 1 or max_pending < 1 or max_wait_s < 0:
-            raise ValueError(f"max_batch and max_pending must be >= 1 and max_wait_s >= 0, got "
-                             f"{max_batch}, {max_pending}, {max_wait_s}")
+            raise ValueError(
+                f"max_batch and max_pending must be >= 1 and max_wait_s >= 0, got "
+                f"{max_batch}, {max_pending}, {max_wait_s}"
+            )
         self._run, self.max_batch, self.max_wait_s, self.max_pending = run, max_batch, max_wait_s, max_pending
         self._cond = threading.Condition()
         self._pending: list[tuple[float, Any, Any, Future]] = []  # (arrival, key, item, future), oldest first
@@ -136,7 +144,7 @@ class MicroBatcher:
                 if left <= 0:
                     break
                 self._cond.wait(left)
-            batch = [p for p in self._pending if p[1] == key][:self.max_batch]
+            batch = [p for p in self._pending if p[1] == key][: self.max_batch]
             taken = {id(p) for p in batch}
             self._pending = [p for p in self._pending if id(p) not in taken]
             self.calls, self.items = self.calls + 1, self.items + len(batch)
@@ -197,13 +205,27 @@ class RecommendService:
     the model; everything else keeps no per-call state. :meth:`close` stops the worker.
     """
 
-    def __init__(self, run_dir: str | Path, model: str = "auto", prompt=None, base_model: str = "",
-                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, max_candidates: int = MAX_CANDIDATES,
-                 num_candidates: int | None = None, rank: bool = True, precision: str = "auto", device: str = "auto",
-                 threads: int = 0, max_history_items: int = MAX_HISTORY_ITEMS,
-                 max_new_tokens_limit: int = MAX_NEW_TOKENS_LIMIT, batch_size: int = BATCH_SIZE,
-                 batch_wait_ms: float = BATCH_WAIT_MS, max_pending: int = MAX_PENDING, engine: str = "torch",
-                 quant: str = "q8_0"):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        model: str = "auto",
+        prompt=None,
+        base_model: str = "",
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        max_candidates: int = MAX_CANDIDATES,
+        num_candidates: int | None = None,
+        rank: bool = True,
+        precision: str = "auto",
+        device: str = "auto",
+        threads: int = 0,
+        max_history_items: int = MAX_HISTORY_ITEMS,
+        max_new_tokens_limit: int = MAX_NEW_TOKENS_LIMIT,
+        batch_size: int = BATCH_SIZE,
+        batch_wait_ms: float = BATCH_WAIT_MS,
+        max_pending: int = MAX_PENDING,
+        engine: str = "torch",
+        quant: str = "q8_0",
+    ):
         from r2rec.baselines.simple import TransitionRecommender
         from r2rec.eval.runner import EvalConfig, resolve_checkpoint
         from r2rec.graph.graph import graph_for_run
@@ -214,13 +236,16 @@ class RecommendService:
 
         self.run = RunDir(run_dir)
         if not (self.run.prepared / "meta.json").exists():
-            raise FileNotFoundError(f"{self.run.prepared / 'meta.json'}: not a prepared run "
-                                    f"(run `r2rec prepare` first)")
+            raise FileNotFoundError(
+                f"{self.run.prepared / 'meta.json'}: not a prepared run (run `r2rec prepare` first)"
+            )
         if max_candidates < 2:
             raise ValueError(f"max_candidates must be >= 2, got {max_candidates}")
         if max_history_items < 1 or batch_size < 1 or max_pending < 1 or batch_wait_ms < 0:
-            raise ValueError(f"max_history_items, batch_size and max_pending must be >= 1 and batch_wait_ms >= 0, "
-                             f"got {max_history_items}, {batch_size}, {max_pending}, {batch_wait_ms}")
+            raise ValueError(
+                f"max_history_items, batch_size and max_pending must be >= 1 and batch_wait_ms >= 0, "
+                f"got {max_history_items}, {batch_size}, {max_pending}, {batch_wait_ms}"
+            )
         if not 0 <= max_new_tokens_limit <= MAX_NEW_TOKENS_LIMIT:
             raise ValueError(f"max_new_tokens_limit must be in [0, {MAX_NEW_TOKENS_LIMIT}], got {max_new_tokens_limit}")
         self.prepared = PreparedData(self.run.prepared)
@@ -228,8 +253,9 @@ class RecommendService:
         self.max_candidates = int(max_candidates)
         self.num_candidates = int(num_candidates or meta.get("num_candidates", 20))
         if not 2 <= self.num_candidates <= self.max_candidates:
-            raise ValueError(f"num_candidates must be in [2, max_candidates={self.max_candidates}], "
-                             f"got {self.num_candidates}")
+            raise ValueError(
+                f"num_candidates must be in [2, max_candidates={self.max_candidates}], got {self.num_candidates}"
+            )
         # Prompts show the last max_history items, as every prepared sample does.
         self.max_history = int(meta.get("max_history", 10))
         self.max_history_items = int(max_history_items)
@@ -259,19 +285,33 @@ class RecommendService:
         self.compute = resolve(precision, device, "serve")
         # Decoded as r2rec eval decodes (greedy: the same request always gets the same answer), up to batch_size
         # requests in one call; each request may set its own budget, and a batch shares one.
-        self.decoding = DecodingConfig(max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
-                                       precision=self.compute.precision, engine=engine, quant=quant)
+        self.decoding = DecodingConfig(
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size,
+            precision=self.compute.precision,
+            engine=engine,
+            quant=quant,
+        )
         # One model (torch weights, or a llama.cpp context on its GGUF export: r2rec.llm.engines); one generator
         # per reasoning budget is derived from it.
         self._generator, self.engine = load_generator(
-            model_name, adapter, self.decoding.generation(progress=False), device=self.compute.device,
-            engine=engine, quant=quant, threads=threads)
+            model_name,
+            adapter,
+            self.decoding.generation(progress=False),
+            device=self.compute.device,
+            engine=engine,
+            quant=quant,
+            threads=threads,
+        )
         log.info(f"[serve] compute: {self._generator.compute.describe()}; engine {self.engine.describe()}")
         self._lock = threading.Lock()
         self._generators: dict[int, Any] = {}  # budget -> Generator
         self._batcher = MicroBatcher(
             lambda budget, items: self._generate([m for m, _ in items], [t for _, t in items], budget),
-            max_batch=self.batch_size, max_wait_s=self.batch_wait_ms / 1000, max_pending=self.max_pending)
+            max_batch=self.batch_size,
+            max_wait_s=self.batch_wait_ms / 1000,
+            max_pending=self.max_pending,
+        )
 
     # -- inputs ----------------------------------------------------------------------------------------
     def _budget(self, n) -> int:
@@ -293,18 +333,26 @@ class RecommendService:
                 if m is not None:
                     return self.resolve_item(int(m.group(1)), where)
                 close = difflib.get_close_matches(key, list(self._by_title), n=3, cutoff=0.75)
-                hint = f"; did you mean {', '.join(repr(self.titles[self._by_title[k][0]]) for k in close)}?" \
-                    if close else ""
-                raise ValueError(f"{where}: unknown title {entry!r} (not in the catalogue of "
-                                 f"{self.run.prepared / 'items.jsonl'}){hint}")
+                hint = (
+                    f"; did you mean {', '.join(repr(self.titles[self._by_title[k][0]]) for k in close)}?"
+                    if close
+                    else ""
+                )
+                raise ValueError(
+                    f"{where}: unknown title {entry!r} (not in the catalogue of "
+                    f"{self.run.prepared / 'items.jsonl'}){hint}"
+                )
             if len(ids) > 1:
-                raise ValueError(f"{where}: title {entry!r} names {len(ids)} catalogue items (ids {ids}); "
-                                 f"pass one of them as \"id:<n>\"")
+                raise ValueError(
+                    f"{where}: title {entry!r} names {len(ids)} catalogue items (ids {ids}); "
+                    f'pass one of them as "id:<n>"'
+                )
             return ids[0]
         entry = int(entry)
         if entry not in self.titles:
-            raise ValueError(f"{where}: unknown item id {entry} (not in the catalogue of "
-                             f"{self.run.prepared / 'items.jsonl'})")
+            raise ValueError(
+                f"{where}: unknown item id {entry} (not in the catalogue of {self.run.prepared / 'items.jsonl'})"
+            )
         return entry
 
     def resolve_items(self, entries: Sequence[str | int], name: str, limit: int | None = None) -> list[int]:
@@ -321,19 +369,21 @@ class RecommendService:
         by_key: dict[str, int] = {}
         for j, item in enumerate(ids):
             if item in first:
-                raise ValueError(f"candidates[{j}]: {entries[j]!r} repeats candidates[{first[item]}] "
-                                 f"(item {item})")
+                raise ValueError(f"candidates[{j}]: {entries[j]!r} repeats candidates[{first[item]}] (item {item})")
             first[item] = j
             # Two items with one title cannot be told apart in the answer.
             key = normalize_title(self.titles[item])
             if key in by_key:
-                raise ValueError(f"candidates[{j}]: item {item} has the same title {self.titles[item]!r} as "
-                                 f"candidates[{by_key[key]}]; the answer could not tell them apart")
+                raise ValueError(
+                    f"candidates[{j}]: item {item} has the same title {self.titles[item]!r} as "
+                    f"candidates[{by_key[key]}]; the answer could not tell them apart"
+                )
             by_key[key] = j
 
     # -- candidate generation --------------------------------------------------------------------------
-    def generate_candidates(self, history: Sequence[int], n: int | None = None,
-                            exclude: Sequence[int] = ()) -> list[int]:
+    def generate_candidates(
+        self, history: Sequence[int], n: int | None = None, exclude: Sequence[int] = ()
+    ) -> list[int]:
         """Top ``n`` items outside ``history`` and ``exclude`` by train-only chain evidence, then transitions +
         popularity. ``history`` is what the prompt shows (the evidence is scored from it); ``exclude`` adds the
         rest of what the user consumed.
@@ -349,8 +399,8 @@ class RecommendService:
             raise NothingToRecommend("history: covers the whole catalogue, so no candidate is left to recommend")
         probe = Sample(_USER, tuple(map(int, history)), int(pool[0]), tuple(map(int, pool)), _SPLIT, 0)
         assert self.builder.sampler is not None  # the service always loads the graph
-        evidence = self.builder.sampler.candidate_evidence_batch([probe])[0][:len(pool)]
-        transition = self._transition.score([probe])[0][:len(pool)]
+        evidence = self.builder.sampler.candidate_evidence_batch([probe])[0][: len(pool)]
+        transition = self._transition.score([probe])[0][: len(pool)]
         order = np.lexsort((pool, -transition, -evidence))  # last key is the primary one
         out, keys = [], set()
         for j in order:
@@ -370,14 +420,30 @@ class RecommendService:
         ``why`` says what is invented: unknown_user, unknown_item, no_interaction, not_in_history, order.
         """
         f = self.checker.check("\n".join(reasoning), history)
-        return {"score": _finite(f.score), "cited": f.cited, "real": f.real,
-                "citations": [{"user": c.user, "title": c.title, "items": list(c.items),
-                               "status": "real" if c.real else "invented", "why": c.why or None}
-                              for c in f.citations]}
+        return {
+            "score": _finite(f.score),
+            "cited": f.cited,
+            "real": f.real,
+            "citations": [
+                {
+                    "user": c.user,
+                    "title": c.title,
+                    "items": list(c.items),
+                    "status": "real" if c.real else "invented",
+                    "why": c.why or None,
+                }
+                for c in f.citations
+            ],
+        }
 
     # -- the request -----------------------------------------------------------------------------------
-    def recommend(self, history: Sequence[str | int], candidates: Sequence[str | int] | None = None,
-                  max_new_tokens: int | None = None, allow_history: bool = False) -> dict:
+    def recommend(
+        self,
+        history: Sequence[str | int],
+        candidates: Sequence[str | int] | None = None,
+        max_new_tokens: int | None = None,
+        allow_history: bool = False,
+    ) -> dict:
         """Choose one candidate for a user with ``history`` (oldest first); see the module docstring.
 
         ValueError for invalid input, :class:`NothingToRecommend` (a ValueError) when no candidate is left once
@@ -401,9 +467,11 @@ class RecommendService:
             removed = [c for c in given if c in consumed_set]
             source = "given"
             if not cands:
-                raise NothingToRecommend(f"candidates: all {len(given)} given candidates are in the history, so "
-                                         f"none is left to recommend; give others, or allow_history=true to "
-                                         f"recommend items the user already interacted with")
+                raise NothingToRecommend(
+                    f"candidates: all {len(given)} given candidates are in the history, so "
+                    f"none is left to recommend; give others, or allow_history=true to "
+                    f"recommend items the user already interacted with"
+                )
         sample = Sample(_USER, tuple(hist), cands[0], tuple(cands), _SPLIT, 0)
         prompt = self.builder.prompt(sample)
         shown = [self.builder.title(c) for c in prompt.candidates]
@@ -417,9 +485,10 @@ class RecommendService:
             "reasoning": list(out.thoughts),
             "raw": out.text,
             "faithfulness": self.faithfulness_report(out.thoughts, hist),
-            "candidates": [{"item": c, "title": t, "evidence": _finite(e), "logprob": _finite(s),
-                            "chosen": c == item}
-                           for c, t, e, s in zip(prompt.candidates, shown, prompt.evidence, scores)],
+            "candidates": [
+                {"item": c, "title": t, "evidence": _finite(e), "logprob": _finite(s), "chosen": c == item}
+                for c, t, e, s in zip(prompt.candidates, shown, prompt.evidence, scores)
+            ],
             "candidates_source": source,
             "candidates_removed": [{"item": c, "title": self.titles[c]} for c in removed],
             "allow_history": bool(allow_history),
@@ -438,7 +507,8 @@ class RecommendService:
             gen = self._generators.get(budget)
             if gen is None:  # one per budget, kept: building one reads the whole vocabulary (~0.1 s)
                 gen = self._generators[budget] = self._generator.configured(
-                    self.decoding.generation(max_new_tokens=budget, progress=False))
+                    self.decoding.generation(max_new_tokens=budget, progress=False)
+                )
             return gen.generate(prompts, titles, mode="constrained", think=self.think, rank=self.rank)
 
     def close(self) -> None:
@@ -446,15 +516,28 @@ class RecommendService:
         self._batcher.close()
 
     def info(self) -> dict:
-        return {"run": str(self.run.root), "dataset": self.prepared.meta.get("dataset"), "model": self.kind,
-                "checkpoint": self.described, "device": self.compute.device,
-                "precision": self._generator.compute.precision, "engine": self.engine.engine,
-                "think": self.think, "items": len(self.titles),
-                "max_candidates": self.max_candidates, "num_candidates": self.num_candidates,
-                "max_history": self.max_history, "max_history_items": self.max_history_items,
-                "max_new_tokens": self.max_new_tokens, "max_new_tokens_limit": self.max_new_tokens_limit,
-                "batch_size": self.batch_size, "batch_wait_ms": self.batch_wait_ms, "max_pending": self.max_pending,
-                "generation_calls": self._batcher.calls, "requests_generated": self._batcher.items}
+        return {
+            "run": str(self.run.root),
+            "dataset": self.prepared.meta.get("dataset"),
+            "model": self.kind,
+            "checkpoint": self.described,
+            "device": self.compute.device,
+            "precision": self._generator.compute.precision,
+            "engine": self.engine.engine,
+            "think": self.think,
+            "items": len(self.titles),
+            "max_candidates": self.max_candidates,
+            "num_candidates": self.num_candidates,
+            "max_history": self.max_history,
+            "max_history_items": self.max_history_items,
+            "max_new_tokens": self.max_new_tokens,
+            "max_new_tokens_limit": self.max_new_tokens_limit,
+            "batch_size": self.batch_size,
+            "batch_wait_ms": self.batch_wait_ms,
+            "max_pending": self.max_pending,
+            "generation_calls": self._batcher.calls,
+            "requests_generated": self._batcher.items,
+        }
 
 
 # -- CLI ---------------------------------------------------------------------------------------------------
@@ -468,44 +551,78 @@ def split_items(text: str | None) -> list[str] | None:
 def add_service_arguments(p) -> None:
     """Flags shared by ``r2rec recommend`` and ``r2rec serve``."""
     p.add_argument("--run", required=True, help="run folder (runs/<name>)")
-    p.add_argument("--model", choices=MODEL_CHOICES, default="auto",
-                   help="which model: auto = rl, else sft, else base (default auto)")
+    p.add_argument(
+        "--model",
+        choices=MODEL_CHOICES,
+        default="auto",
+        help="which model: auto = rl, else sft, else base (default auto)",
+    )
     p.add_argument("--base-model", default="", help="base LLM override (registry name or local dir)")
-    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
-                   help=f"reasoning budget in tokens (default {DEFAULT_MAX_NEW_TOKENS}, as r2rec eval)")
-    p.add_argument("--max-candidates", type=int, default=MAX_CANDIDATES,
-                   help=f"most candidates a request may give (default {MAX_CANDIDATES})")
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=DEFAULT_MAX_NEW_TOKENS,
+        help=f"reasoning budget in tokens (default {DEFAULT_MAX_NEW_TOKENS}, as r2rec eval)",
+    )
+    p.add_argument(
+        "--max-candidates",
+        type=int,
+        default=MAX_CANDIDATES,
+        help=f"most candidates a request may give (default {MAX_CANDIDATES})",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
-                   help="auto = bf16 where the machine runs it natively, else fp32 (see README); under bf16 an "
-                        "answer decoded in a batch may differ from the answer alone, in fp32 it does not")
-    p.add_argument("--engine", choices=("torch", "llama.cpp", "auto"), default="torch",
-                   help="torch (default, batches requests) or llama.cpp (a GGUF export, one request at a time; "
-                        "the `engine` extra); see README, Inference engines")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "bf16", "fp16", "fp32"),
+        default="auto",
+        help="auto = bf16 where the machine runs it natively, else fp32 (see README); under bf16 an "
+        "answer decoded in a batch may differ from the answer alone, in fp32 it does not",
+    )
+    p.add_argument(
+        "--engine",
+        choices=("torch", "llama.cpp", "auto"),
+        default="torch",
+        help="torch (default, batches requests) or llama.cpp (a GGUF export, one request at a time; "
+        "the `engine` extra); see README, Inference engines",
+    )
     p.add_argument("--quant", choices=("q8_0", "f16", "f32"), default="q8_0", help="llama.cpp weights")
 
 
 def service_from_args(args) -> RecommendService:
     """The service of ``r2rec recommend``/``serve``; the serving limits are flags of ``r2rec serve`` only."""
-    return RecommendService(args.run, model=args.model, base_model=args.base_model,
-                            max_new_tokens=args.max_new_tokens, max_candidates=args.max_candidates,
-                            threads=args.threads, precision=args.precision,
-                            max_history_items=getattr(args, "max_history_items", MAX_HISTORY_ITEMS),
-                            max_new_tokens_limit=getattr(args, "max_new_tokens_limit", MAX_NEW_TOKENS_LIMIT),
-                            batch_size=getattr(args, "batch_size", BATCH_SIZE),
-                            batch_wait_ms=getattr(args, "batch_wait_ms", BATCH_WAIT_MS),
-                            max_pending=getattr(args, "max_pending", MAX_PENDING), engine=args.engine,
-                            quant=args.quant)
+    return RecommendService(
+        args.run,
+        model=args.model,
+        base_model=args.base_model,
+        max_new_tokens=args.max_new_tokens,
+        max_candidates=args.max_candidates,
+        threads=args.threads,
+        precision=args.precision,
+        max_history_items=getattr(args, "max_history_items", MAX_HISTORY_ITEMS),
+        max_new_tokens_limit=getattr(args, "max_new_tokens_limit", MAX_NEW_TOKENS_LIMIT),
+        batch_size=getattr(args, "batch_size", BATCH_SIZE),
+        batch_wait_ms=getattr(args, "batch_wait_ms", BATCH_WAIT_MS),
+        max_pending=getattr(args, "max_pending", MAX_PENDING),
+        engine=args.engine,
+        quant=args.quant,
+    )
 
 
 def add_arguments(p) -> None:
     add_service_arguments(p)
-    p.add_argument("--history", required=True,
-                   help='the user\'s items, oldest first, separated by "|" (titles, or "id:<n>")')
-    p.add_argument("--candidates", default=None,
-                   help='candidate items separated by "|" (default: the top 20 by train-graph evidence)')
-    p.add_argument("--allow-history", action="store_true",
-                   help="allow recommending items already in the history (default: they are filtered out)")
+    p.add_argument(
+        "--history", required=True, help='the user\'s items, oldest first, separated by "|" (titles, or "id:<n>")'
+    )
+    p.add_argument(
+        "--candidates",
+        default=None,
+        help='candidate items separated by "|" (default: the top 20 by train-graph evidence)',
+    )
+    p.add_argument(
+        "--allow-history",
+        action="store_true",
+        help="allow recommending items already in the history (default: they are filtered out)",
+    )
     p.add_argument("--json", action="store_true", help="print the whole answer as JSON")
 
 
@@ -534,7 +651,7 @@ def format_text(res: dict) -> str:
         for c in f["citations"]:
             who = "the user" if c["user"] is None else f"user {c['user']}"
             verdict = "real" if c["status"] == "real" else f"invented: {c['why']}"
-            lines.append(f"  [{verdict}] {who} - \"{c['title']}\"")
+            lines.append(f'  [{verdict}] {who} - "{c["title"]}"')
     else:
         lines.append("faithfulness: the reasoning cites no interaction")
     return "\n".join(lines)

@@ -66,20 +66,25 @@ class Candidate(BaseModel):
     item: int = Field(description="catalogue id")
     title: str = Field(description="title as the prompt shows it")
     evidence: float | None = Field(description="train-only chain evidence the prompt ranks candidates by")
-    logprob: float | None = Field(description="log-probability of this title as the answer (null: not scored "
-                                              "or underflowed)")
+    logprob: float | None = Field(
+        description="log-probability of this title as the answer (null: not scored or underflowed)"
+    )
     chosen: bool = Field(description="this candidate is the answer")
 
 
 class Citation(BaseModel):
-    user: str | None = Field(description="the cited user as written; null = the requesting user (checked "
-                                         "against the request's history)")
+    user: str | None = Field(
+        description="the cited user as written; null = the requesting user (checked against the request's history)"
+    )
     title: str = Field(description="the cited title as written")
     items: list[int] = Field(description="catalogue items with that title (empty: unknown title)")
-    status: Literal["real", "invented"] = Field(description="whether the interaction is in the train graph "
-                                                            "(or the history)")
-    why: str | None = Field(description="what is invented: unknown_user, unknown_item, no_interaction, "
-                                        "not_in_history, order; null when real")
+    status: Literal["real", "invented"] = Field(
+        description="whether the interaction is in the train graph (or the history)"
+    )
+    why: str | None = Field(
+        description="what is invented: unknown_user, unknown_item, no_interaction, "
+        "not_in_history, order; null when real"
+    )
 
 
 class Faithfulness(BaseModel):
@@ -100,17 +105,19 @@ class Recommendation(BaseModel):
     faithfulness: Faithfulness
     candidates: list[Candidate] = Field(description="the candidates in prompt order")
     candidates_source: Literal["given", "generated"] = Field(
-        description="given by the request, or generated from the train graph's evidence")
-    candidates_removed: list[ItemRef] = Field(description="given candidates left out because they are in the "
-                                                          "history")
+        description="given by the request, or generated from the train graph's evidence"
+    )
+    candidates_removed: list[ItemRef] = Field(description="given candidates left out because they are in the history")
     allow_history: bool = Field(description="whether history items could be recommended")
     candidate_order: str = Field(description="how the prompt ranks the candidates (transition, evidence, frozen)")
     history: list[ItemRef] = Field(description="the history the prompt shows (the last max_history items)")
-    history_dropped: int = Field(description="older history items not shown to the model (still filtered out "
-                                             "of the candidates)")
+    history_dropped: int = Field(
+        description="older history items not shown to the model (still filtered out of the candidates)"
+    )
     context: list[str] = Field(description="interaction chains shown to the model")
     stop: Literal["close", "eos", "length", "none"] = Field(
-        description="why the reasoning ended: closing tag, end of sequence, max_new_tokens, or none")
+        description="why the reasoning ended: closing tag, end of sequence, max_new_tokens, or none"
+    )
     generated_tokens: int = Field(description="tokens the model chose (reasoning + answer)")
     seconds: float = Field(description="time spent on the request, waiting for a batch included")
 
@@ -135,8 +142,9 @@ class Health(BaseModel):
     batch_wait_ms: float = Field(description="how long a batch is held open for more requests")
     max_pending: int = Field(description="most requests waiting for the model before 503")
     generation_calls: int = Field(description="generation calls made so far (one per batch)")
-    requests_generated: int = Field(description="requests those calls decoded (over generation_calls: the mean "
-                                                "batch size)")
+    requests_generated: int = Field(
+        description="requests those calls decoded (over generation_calls: the mean batch size)"
+    )
 
 
 class ErrorBody(BaseModel):
@@ -148,9 +156,11 @@ class ErrorBody(BaseModel):
 # A string is validated as a title, anything else as an id: an error names one of the two ("history.1.id: Input
 # should be a valid integer"), not both branches of the union.
 Title = Annotated[StrictStr, StringConstraints(min_length=1, max_length=MAX_TITLE_CHARS), Tag("title")]
-ItemName = Annotated[Title | Annotated[StrictInt, Tag("id")],
-                     Discriminator(lambda v: "title" if isinstance(v, str) else "id"),
-                     Field(description='a title (matched ignoring case and spacing), a catalogue id, or "id:<n>"')]
+ItemName = Annotated[
+    Title | Annotated[StrictInt, Tag("id")],
+    Discriminator(lambda v: "title" if isinstance(v, str) else "id"),
+    Field(description='a title (matched ignoring case and spacing), a catalogue id, or "id:<n>"'),
+]
 
 
 def create_app(service, max_body_bytes: int = MAX_BODY_BYTES):
@@ -172,17 +182,23 @@ def create_app(service, max_body_bytes: int = MAX_BODY_BYTES):
 
         model_config = ConfigDict(extra="forbid")
         history: list[ItemName] = Field(
-            min_length=1, max_length=info["max_history_items"],
+            min_length=1,
+            max_length=info["max_history_items"],
             description=f"items the user interacted with, oldest first; the prompt shows the last "
-                        f"{info['max_history']}, and none of them is recommended unless allow_history is true")
-        candidates: Annotated[list[ItemName], Field(min_length=2, max_length=info["max_candidates"])] | None = \
-            Field(default=None, description="the items to choose from (distinct titles); null or absent: the "
-                                            "service generates them from the train graph. Those in the history "
-                                            "are left out.")
+            f"{info['max_history']}, and none of them is recommended unless allow_history is true",
+        )
+        candidates: Annotated[list[ItemName], Field(min_length=2, max_length=info["max_candidates"])] | None = Field(
+            default=None,
+            description="the items to choose from (distinct titles); null or absent: the "
+            "service generates them from the train graph. Those in the history "
+            "are left out.",
+        )
         max_new_tokens: Annotated[StrictInt, Field(ge=0, le=info["max_new_tokens_limit"])] | None = Field(
-            default=None, description="reasoning budget in tokens (default: the service's)")
+            default=None, description="reasoning budget in tokens (default: the service's)"
+        )
         allow_history: StrictBool = Field(
-            default=False, description="allow recommending items already in the history (re-consumption)")
+            default=False, description="allow recommending items already in the history (re-consumption)"
+        )
 
     @asynccontextmanager
     async def lifespan(app):
@@ -192,8 +208,9 @@ def create_app(service, max_body_bytes: int = MAX_BODY_BYTES):
         limiter.total_tokens = max(limiter.total_tokens, info["max_pending"] + 1)
         yield
 
-    app = FastAPI(title="r2rec", description="R2Rec: pick the next item among candidates, with reasoning.",
-                  lifespan=lifespan)
+    app = FastAPI(
+        title="r2rec", description="R2Rec: pick the next item among candidates, with reasoning.", lifespan=lifespan
+    )
 
     def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers)
@@ -230,20 +247,27 @@ def create_app(service, max_body_bytes: int = MAX_BODY_BYTES):
         return {"model": ErrorBody, "description": description, **extra}
 
     # A plain (sync) endpoint: FastAPI runs it in its thread pool; the service batches concurrent requests.
-    @app.post("/recommend", response_model=Recommendation, responses={
-        400: err("The body is not JSON, or every candidate is in the history (nothing left to recommend)."),
-        413: err(f"The body is over {max_body_bytes} bytes."),
-        422: err("Invalid content: wrong types, unknown titles or ids, duplicate candidates, a limit exceeded."),
-        503: err("Too many requests are waiting for the model; retry after the given seconds.",
-                 headers={"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}),
-    })
+    @app.post(
+        "/recommend",
+        response_model=Recommendation,
+        responses={
+            400: err("The body is not JSON, or every candidate is in the history (nothing left to recommend)."),
+            413: err(f"The body is over {max_body_bytes} bytes."),
+            422: err("Invalid content: wrong types, unknown titles or ids, duplicate candidates, a limit exceeded."),
+            503: err(
+                "Too many requests are waiting for the model; retry after the given seconds.",
+                headers={"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+            ),
+        },
+    )
     def recommend(req: RecommendRequest):
         """Choose the user's next item among the candidates (given, or generated from the train graph), with the
         reasoning that led there and which of the interactions it cites are real. Greedy decoding: the same
         request always gets the same answer, alone or batched with others."""
         try:
-            return service.recommend(req.history, req.candidates, max_new_tokens=req.max_new_tokens,
-                                     allow_history=req.allow_history)
+            return service.recommend(
+                req.history, req.candidates, max_new_tokens=req.max_new_tokens, allow_history=req.allow_history
+            )
         except NothingToRecommend as e:
             return error(400, str(e))
         except ValueError as e:
@@ -325,8 +349,10 @@ def is_loopback(host: str) -> bool:
 
 def check_host(host: str, allow_remote: bool) -> None:
     if not allow_remote and not is_loopback(host):
-        raise ValueError(f"--host {host}: not a loopback address; the service has no authentication, so binding "
-                         f"it to a network interface needs --allow-remote (put it behind a proxy that does auth)")
+        raise ValueError(
+            f"--host {host}: not a loopback address; the service has no authentication, so binding "
+            f"it to a network interface needs --allow-remote (put it behind a proxy that does auth)"
+        )
 
 
 # -- CLI ---------------------------------------------------------------------------------------------------
@@ -343,20 +369,47 @@ def add_arguments(p) -> None:
     add_service_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1, loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--allow-remote", action="store_true",
-                   help="allow binding to a non-loopback address (the service has no authentication)")
-    p.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES,
-                   help=f"largest accepted request body (default {MAX_BODY_BYTES})")
-    p.add_argument("--max-history-items", type=int, default=MAX_HISTORY_ITEMS,
-                   help=f"most history entries a request may give (default {MAX_HISTORY_ITEMS})")
-    p.add_argument("--max-new-tokens-limit", type=int, default=MAX_NEW_TOKENS_LIMIT,
-                   help=f"largest max_new_tokens a request may ask for (default {MAX_NEW_TOKENS_LIMIT})")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
-                   help=f"most concurrent requests decoded together (default {BATCH_SIZE}; 1 = one at a time)")
-    p.add_argument("--batch-wait-ms", type=float, default=BATCH_WAIT_MS,
-                   help=f"how long a batch waits for more requests (default {BATCH_WAIT_MS} ms)")
-    p.add_argument("--max-pending", type=int, default=MAX_PENDING,
-                   help=f"most requests waiting for the model; more get 503 (default {MAX_PENDING})")
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow binding to a non-loopback address (the service has no authentication)",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=MAX_BODY_BYTES,
+        help=f"largest accepted request body (default {MAX_BODY_BYTES})",
+    )
+    p.add_argument(
+        "--max-history-items",
+        type=int,
+        default=MAX_HISTORY_ITEMS,
+        help=f"most history entries a request may give (default {MAX_HISTORY_ITEMS})",
+    )
+    p.add_argument(
+        "--max-new-tokens-limit",
+        type=int,
+        default=MAX_NEW_TOKENS_LIMIT,
+        help=f"largest max_new_tokens a request may ask for (default {MAX_NEW_TOKENS_LIMIT})",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=BATCH_SIZE,
+        help=f"most concurrent requests decoded together (default {BATCH_SIZE}; 1 = one at a time)",
+    )
+    p.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=BATCH_WAIT_MS,
+        help=f"how long a batch waits for more requests (default {BATCH_WAIT_MS} ms)",
+    )
+    p.add_argument(
+        "--max-pending",
+        type=int,
+        default=MAX_PENDING,
+        help=f"most requests waiting for the model; more get 503 (default {MAX_PENDING})",
+    )
     p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
 
 
@@ -372,8 +425,7 @@ def run(args) -> int:
     log.info(f"[serve] {json.dumps(service.info())}")
     log.info(f"[serve] POST http://{args.host}:{args.port}/recommend  GET /health")
     try:
-        uvicorn.run(create_app(service, args.max_body_bytes), host=args.host, port=args.port,
-                    log_level=args.log_level)
+        uvicorn.run(create_app(service, args.max_body_bytes), host=args.host, port=args.port, log_level=args.log_level)
     finally:
         service.close()
     return 0

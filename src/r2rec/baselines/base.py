@@ -99,8 +99,7 @@ def candidate_matrix(samples: Sequence[Sample]) -> np.ndarray:
     return np.asarray([s.candidates for s in samples], dtype=np.int64)
 
 
-def pad_histories(histories: Sequence[Sequence[int]], max_len: int, shift: int = 1,
-                  align: str = "left") -> np.ndarray:
+def pad_histories(histories: Sequence[Sequence[int]], max_len: int, shift: int = 1, align: str = "left") -> np.ndarray:
     """Histories as ``int64 [n, max_len]``: the last ``max_len`` items, ids shifted by ``shift`` so 0 is padding.
 
     ``align="left"`` pads on the left (the newest item is always in the last column, as SASRec reads it);
@@ -112,9 +111,9 @@ def pad_histories(histories: Sequence[Sequence[int]], max_len: int, shift: int =
         if not h:
             continue
         if align == "left":
-            out[r, max_len - len(h):] = np.asarray(h) + shift
+            out[r, max_len - len(h) :] = np.asarray(h) + shift
         else:
-            out[r, :len(h)] = np.asarray(h) + shift
+            out[r, : len(h)] = np.asarray(h) + shift
     return out
 
 

@@ -20,11 +20,20 @@ log = logging.getLogger(__name__)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", help=f"baseline: one of {', '.join(BASELINES)}, or 'all'")
     p.add_argument("--run", required=True, help="run folder holding prepared/ (from `r2rec prepare`)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None,
-                   help="candidate seeds to evaluate (default: every prepared seed); the first one seeds the fit")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="candidate seeds to evaluate (default: every prepared seed); the first one seeds the fit",
+    )
     p.add_argument("--split", default="test", choices=["test", "val"], help="split to evaluate (default test)")
-    p.add_argument("--as", dest="method", default=None,
-                   help="name of the result file (default NAME), to keep tuned variants side by side")
+    p.add_argument(
+        "--as",
+        dest="method",
+        default=None,
+        help="name of the result file (default NAME), to keep tuned variants side by side",
+    )
     p.add_argument("--config", default=None, help="YAML file; its `baselines: {NAME: {...}}` section is used")
     p.add_argument("--force", action="store_true", help="rerun even if the manifest says it is up to date")
     p.add_argument("overrides", nargs="*", help="config overrides key=value (see the model's config dataclass)")
@@ -47,10 +56,13 @@ def run(args: argparse.Namespace) -> int:
 
         section = load_yaml(args.config).get("baselines", {}) or {}
     for name in names:
-        result = run_baseline(args.run, name, args.overrides, args.seeds, section.get(name), args.method,
-                              args.split, args.force)
-        log.info(f"[baseline] {result['method']}: hr1 {result['hr1']:.4f} (n={result['n']}, "
-              f"seeds {result['seeds']}, {result['wall_seconds']:.1f}s)")
+        result = run_baseline(
+            args.run, name, args.overrides, args.seeds, section.get(name), args.method, args.split, args.force
+        )
+        log.info(
+            f"[baseline] {result['method']}: hr1 {result['hr1']:.4f} (n={result['n']}, "
+            f"seeds {result['seeds']}, {result['wall_seconds']:.1f}s)"
+        )
     results = [r for r in load_results(RunDir(args.run).results) if r.get("split") == args.split]
     print()
     print(markdown_table(results))

@@ -34,8 +34,10 @@ class EvidenceConfig:
 
     def __post_init__(self):
         if self.min_shared < 1 or self.max_users_per_item < 0 or not 0 < self.recency_decay <= 1:
-            raise ValueError(f"need min_shared >= 1, max_users_per_item >= 0, 0 < recency_decay <= 1; got "
-                             f"{self.min_shared}, {self.max_users_per_item}, {self.recency_decay}")
+            raise ValueError(
+                f"need min_shared >= 1, max_users_per_item >= 0, 0 < recency_decay <= 1; got "
+                f"{self.min_shared}, {self.max_users_per_item}, {self.recency_decay}"
+            )
 
 
 class EvidenceRecommender(Recommender):
@@ -45,9 +47,16 @@ class EvidenceRecommender(Recommender):
     def fit(self, prepared: PreparedData, seed: int = 0) -> EvidenceRecommender:
         graph = InteractionGraph.from_sequences(prepared.train_sequences(), prepared.n_items)
         c = self.config
-        self.sampler = ChainSampler(graph, ChainConfig(
-            k=0, min_shared=c.min_shared, max_users_per_item=c.max_users_per_item, recency_decay=c.recency_decay,
-            seed=seed))
+        self.sampler = ChainSampler(
+            graph,
+            ChainConfig(
+                k=0,
+                min_shared=c.min_shared,
+                max_users_per_item=c.max_users_per_item,
+                recency_decay=c.recency_decay,
+                seed=seed,
+            ),
+        )
         self.seed = seed
         self.fit_info = {"graph": graph.stats()}
         return self

@@ -32,8 +32,13 @@ class GRU4RecNet(nn.Module):
         super().__init__()
         self.item_emb = nn.Embedding(n_items + 1, cfg.hidden, padding_idx=0)  # id 0 = padding
         self.drop = FastDropout(cfg.dropout)
-        self.gru = nn.GRU(cfg.hidden, cfg.hidden, num_layers=cfg.n_blocks, batch_first=True,
-                          dropout=cfg.dropout if cfg.n_blocks > 1 else 0.0)
+        self.gru = nn.GRU(
+            cfg.hidden,
+            cfg.hidden,
+            num_layers=cfg.n_blocks,
+            batch_first=True,
+            dropout=cfg.dropout if cfg.n_blocks > 1 else 0.0,
+        )
         self.head = nn.Linear(cfg.hidden, cfg.hidden)
         self.out_bias = nn.Parameter(torch.zeros(n_items))
         nn.init.normal_(self.item_emb.weight, std=0.02)
@@ -43,8 +48,9 @@ class GRU4RecNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``[B, L]`` right-padded shifted ids -> logits ``[B, n_items]`` for the next item."""
         lengths = (x > 0).sum(dim=1).clamp(min=1)  # an empty history reads one padding step
-        packed = pack_padded_sequence(self.drop(self.item_emb(x)), lengths.cpu(), batch_first=True,
-                                      enforce_sorted=False)
+        packed = pack_padded_sequence(
+            self.drop(self.item_emb(x)), lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
         _, h_n = self.gru(packed)
         rep = self.head(self.drop(h_n[-1]))
         return rep @ self.item_emb.weight[1:].T + self.out_bias

@@ -52,8 +52,7 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, self.weight.shape, eps=self.eps) * self.weight + self.bias
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-              drop: nn.Module) -> torch.Tensor:
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, drop: nn.Module) -> torch.Tensor:
     """Masked scaled dot-product attention as plain ops, dropout on the weights.
 
     Not ``F.scaled_dot_product_attention``: with dropout it runs ``softmax``, whose CPU backward kernel (AVX2

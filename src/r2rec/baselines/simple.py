@@ -100,8 +100,10 @@ class TransitionConfig:
         if self.window < 1 or self.max_history < 1:
             raise ValueError(f"window and max_history: must be >= 1, got {self.window}, {self.max_history}")
         if not (0 < self.gap_decay <= 1 and 0 < self.decay <= 1) or self.pop_weight < 0:
-            raise ValueError(f"need 0 < gap_decay <= 1, 0 < decay <= 1, pop_weight >= 0; got {self.gap_decay}, "
-                             f"{self.decay}, {self.pop_weight}")
+            raise ValueError(
+                f"need 0 < gap_decay <= 1, 0 < decay <= 1, pop_weight >= 0; got {self.gap_decay}, "
+                f"{self.decay}, {self.pop_weight}"
+            )
 
 
 class TransitionRecommender(Recommender):
@@ -111,8 +113,7 @@ class TransitionRecommender(Recommender):
     def fit(self, prepared: PreparedData, seed: int = 0) -> TransitionRecommender:
         c = self.config
         seqs = prepared.train_sequences()
-        self.matrix_ = transition_matrix((s.items for s in seqs), prepared.n_items, c.window, c.gap_decay,
-                                         c.normalize)
+        self.matrix_ = transition_matrix((s.items for s in seqs), prepared.n_items, c.window, c.gap_decay, c.normalize)
         counts = item_counts(seqs, prepared.n_items)
         self.pop_ = counts / max(counts.max(), 1.0)
         self.seed = seed

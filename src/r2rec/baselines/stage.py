@@ -22,9 +22,16 @@ from r2rec.runs import RunDir
 log = logging.getLogger(__name__)
 
 
-def run_baseline(run_dir: str | Path, name: str, overrides: Sequence[str] | None = None,
-                 seeds: Sequence[int] | None = None, values: dict | None = None, method: str | None = None,
-                 split: str = "test", force: bool = False) -> dict:
+def run_baseline(
+    run_dir: str | Path,
+    name: str,
+    overrides: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    values: dict | None = None,
+    method: str | None = None,
+    split: str = "test",
+    force: bool = False,
+) -> dict:
     """Fit baseline ``name`` on ``run_dir``'s prepared data, evaluate it on ``split``; return the result dict.
 
     ``values``: config mapping (e.g. a YAML section), ``overrides``: ``key=value`` strings on top of it.
@@ -47,9 +54,12 @@ def run_baseline(run_dir: str | Path, name: str, overrides: Sequence[str] | None
     model = make_recommender(name, values, list(overrides or []))
     method = method or name
     stage = f"baseline-{method}"
-    inputs = [run.prepared / "meta.json", run.prepared / "train_sequences.jsonl.gz",
-              samples_path(run.prepared, "val", prepared.seeds[0]),
-              *(samples_path(run.prepared, split, k) for k in seeds)]
+    inputs = [
+        run.prepared / "meta.json",
+        run.prepared / "train_sequences.jsonl.gz",
+        samples_path(run.prepared, "val", prepared.seeds[0]),
+        *(samples_path(run.prepared, split, k) for k in seeds),
+    ]
     stage_config = {"baseline": name, "model": asdict(model.config), "split": split, "seeds": seeds}
     out = result_path(run.results, method)
     if not force and out.exists() and run.manifest_matches(stage, inputs, stage_config, seeds[0]):
@@ -64,11 +74,13 @@ def run_baseline(run_dir: str | Path, name: str, overrides: Sequence[str] | None
         scores = model.score(samples[k])
         preds[k] = [Prediction.from_sample(s, scores=row) for s, row in zip(samples[k], scores)]
     wall = time.time() - start
-    protocol = EvalProtocol(split=split, seeds=tuple(seeds),
-                            num_candidates=len(samples[seeds[0]][0].candidates) if samples[seeds[0]] else 20)
+    protocol = EvalProtocol(
+        split=split,
+        seeds=tuple(seeds),
+        num_candidates=len(samples[seeds[0]][0].candidates) if samples[seeds[0]] else 20,
+    )
     dataset = str(prepared.meta.get("dataset", prepared.meta.get("name", run.root.name)))
-    result = evaluate(protocol, method, dataset, preds, config=stage_config, wall_seconds=wall,
-                      samples_by_seed=samples)
+    result = evaluate(protocol, method, dataset, preds, config=stage_config, wall_seconds=wall, samples_by_seed=samples)
     result["fit"] = model.fit_info
     write_result(run.results, result, preds)
     run.write_manifest(stage, inputs, stage_config, seeds[0], outputs=[out])

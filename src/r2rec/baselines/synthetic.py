@@ -19,9 +19,18 @@ import numpy as np
 from r2rec.data.schema import PreparedData, Sample, write_jsonl
 
 
-def write_synthetic_prepared(root: str | Path, n_users: int = 40, n_pattern_items: int = 50, seq_len: int = 20,
-                             seeds: Sequence[int] = (0, 1), n_candidates: int = 20, max_history: int = 10,
-                             noise: float = 0.0, holdout_targets: bool = False, seed: int = 0) -> PreparedData:
+def write_synthetic_prepared(
+    root: str | Path,
+    n_users: int = 40,
+    n_pattern_items: int = 50,
+    seq_len: int = 20,
+    seeds: Sequence[int] = (0, 1),
+    n_candidates: int = 20,
+    max_history: int = 10,
+    noise: float = 0.0,
+    holdout_targets: bool = False,
+    seed: int = 0,
+) -> PreparedData:
     root = Path(root)
     rng = np.random.default_rng(seed)
     n_items = n_pattern_items + (2 * n_users if holdout_targets else 0)
@@ -38,8 +47,10 @@ def write_synthetic_prepared(root: str | Path, n_users: int = 40, n_pattern_item
         full.append(seq)
 
     write_jsonl(root / "items.jsonl", ({"item": i, "title": f"Item {i}"} for i in range(n_items)))
-    write_jsonl(root / "train_sequences.jsonl.gz",
-                ({"user": u, "items": s[:-2], "times": list(range(len(s) - 2))} for u, s in zip(users, full)))
+    write_jsonl(
+        root / "train_sequences.jsonl.gz",
+        ({"user": u, "items": s[:-2], "times": list(range(len(s) - 2))} for u, s in zip(users, full)),
+    )
     for k in seeds:
         for split, cut in (("val", -2), ("test", -1)):
             split_rng = np.random.default_rng([seed, k, 0 if split == "val" else 1])
@@ -53,7 +64,13 @@ def write_synthetic_prepared(root: str | Path, n_users: int = 40, n_pattern_item
                 split_rng.shuffle(cands)
                 rows.append(Sample(user, tuple(history), target, tuple(cands), split, k).to_json())
             write_jsonl(root / f"{split}.seed{k}.jsonl.gz", rows)
-    meta = {"dataset": "synthetic", "n_items": n_items, "n_users": n_users, "seeds": list(seeds),
-            "num_candidates": n_candidates, "max_history": max_history}
+    meta = {
+        "dataset": "synthetic",
+        "n_items": n_items,
+        "n_users": n_users,
+        "seeds": list(seeds),
+        "num_candidates": n_candidates,
+        "max_history": max_history,
+    }
     (root / "meta.json").write_text(json.dumps(meta, indent=2))
     return PreparedData(root)

@@ -39,7 +39,7 @@ from r2rec.data.schema import PreparedData, Sample
 # Config fields that no longer exist, with the reason, so an old config fails with an explanation.
 REMOVED_KEYS = {
     "max_minutes": "the wall-clock budget is gone: a fit stopped by time depended on the machine's speed; "
-                   "training now stops by epochs only (set max_epochs and patience instead)",
+    "training now stops by epochs only (set max_epochs and patience instead)",
 }
 
 
@@ -81,8 +81,10 @@ class NeuralConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.dropout < 1 or self.lr <= 0 or self.weight_decay < 0 or self.threads < 0:
-            raise ValueError(f"need 0 <= dropout < 1, lr > 0, weight_decay >= 0, threads >= 0; got dropout "
-                             f"{self.dropout}, lr {self.lr}, weight_decay {self.weight_decay}, threads {self.threads}")
+            raise ValueError(
+                f"need 0 <= dropout < 1, lr > 0, weight_decay >= 0, threads >= 0; got dropout "
+                f"{self.dropout}, lr {self.lr}, weight_decay {self.weight_decay}, threads {self.threads}"
+            )
 
 
 def reject_removed_keys(values: dict | None, overrides: Sequence[str] | None = None) -> None:
@@ -92,8 +94,9 @@ def reject_removed_keys(values: dict | None, overrides: Sequence[str] | None = N
         raise ValueError("; ".join(f"{k}: {REMOVED_KEYS[k]}" for k in gone))
 
 
-def next_item_examples(sequences: Sequence[Sequence[int]], max_len: int,
-                       min_history: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def next_item_examples(
+    sequences: Sequence[Sequence[int]], max_len: int, min_history: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """All ``(history -> next item)`` examples of the sequences.
 
     Returns ``X int64 [N, max_len]`` (left-padded, ids shifted by +1 so 0 is padding) and
@@ -142,10 +145,15 @@ class NeuralRecommender(Recommender):
         curve = run.pop("curve")
         self.seed = seed
         self.fit_info = {
-            "train_examples": int(len(y)), **run, "val_seed": val_seed,
-            "max_epochs": self.config.max_epochs, "patience": self.config.patience,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
-            "fit_seconds": round(time.time() - start, 2), "curve": curve,
+            "train_examples": int(len(y)),
+            **run,
+            "val_seed": val_seed,
+            "max_epochs": self.config.max_epochs,
+            "patience": self.config.patience,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__,
+            "fit_seconds": round(time.time() - start, 2),
+            "curve": curve,
         }
         return self
 
@@ -163,8 +171,9 @@ class NeuralRecommender(Recommender):
         for epoch in bar:
             row = self._train_epoch(opt, Xt, yt, rng.permutation(len(yt)))
             metric = val_hit_rate(self.score(val), val) if val else {"hr1": 0.0, "mrr": 0.0}
-            curve.append({"epoch": epoch, "loss": row.pop("loss"), "val_hr1": metric["hr1"],
-                          "val_mrr": metric["mrr"], **row})
+            curve.append(
+                {"epoch": epoch, "loss": row.pop("loss"), "val_hr1": metric["hr1"], "val_mrr": metric["mrr"], **row}
+            )
             bar.set_postfix(loss=f"{curve[-1]['loss']:.3f}", val_hr1=f"{metric['hr1']:.3f}")
             if (metric["hr1"], metric["mrr"]) > best:
                 best, best_epoch = (metric["hr1"], metric["mrr"]), epoch
@@ -175,16 +184,24 @@ class NeuralRecommender(Recommender):
         bar.close()
         self.net.load_state_dict(best_state)
         self.net.eval()
-        return {"epochs_run": len(curve), "best_epoch": best_epoch, "best_val_hr1": best[0],
-                "best_val_mrr": best[1], "stopped_by": stopped_by, "curve": curve}
+        return {
+            "epochs_run": len(curve),
+            "best_epoch": best_epoch,
+            "best_val_hr1": best[0],
+            "best_val_mrr": best[1],
+            "stopped_by": stopped_by,
+            "curve": curve,
+        }
 
     def _examples(self, prepared: PreparedData) -> tuple[np.ndarray, np.ndarray]:
         """The train examples in the layout this model reads; kept so the leakage test can check them."""
         c = self.config
         X, y = next_item_examples([s.items for s in prepared.train_sequences()], c.max_len, c.min_history)
         if len(y) == 0:
-            raise ValueError(f"{prepared.root}: no training examples (train sequences shorter than "
-                             f"min_history + 1 = {c.min_history + 1})")
+            raise ValueError(
+                f"{prepared.root}: no training examples (train sequences shorter than "
+                f"min_history + 1 = {c.min_history + 1})"
+            )
         if self.align == "right":
             X = _left_to_right(X)
         self.train_inputs_, self.train_targets_ = X, y
@@ -199,7 +216,7 @@ class NeuralRecommender(Recommender):
         perm = torch.from_numpy(order)
         total = 0.0
         for i in range(0, len(perm), self.config.batch_size):
-            idx = perm[i:i + self.config.batch_size]
+            idx = perm[i : i + self.config.batch_size]
             loss = torch.nn.functional.cross_entropy(self.net(Xt[idx]), yt[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -207,8 +224,11 @@ class NeuralRecommender(Recommender):
             total += loss.item() * len(idx)
         # Wall and process CPU time (all threads): on a shared CPU the wall time grows with other jobs' load,
         # the CPU time much less. Reported only; nothing depends on them.
-        return {"loss": total / len(order), "train_seconds": round(time.time() - t_wall, 3),
-                "train_cpu_seconds": round(time.process_time() - t_cpu, 3)}
+        return {
+            "loss": total / len(order),
+            "train_seconds": round(time.time() - t_wall, 3),
+            "train_cpu_seconds": round(time.process_time() - t_cpu, 3),
+        }
 
     # -- score -----------------------------------------------------------------------------------------
     def score(self, samples: Sequence[Sample], batch_size: int = 1024) -> np.ndarray:
@@ -227,8 +247,8 @@ class NeuralRecommender(Recommender):
         out = []
         with torch.no_grad():
             for i in range(0, len(X), batch_size):
-                logits = self.net(torch.from_numpy(X[i:i + batch_size]))
-                out.append(torch.gather(logits, 1, safe[i:i + batch_size]).double().numpy())
+                logits = self.net(torch.from_numpy(X[i : i + batch_size]))
+                out.append(torch.gather(logits, 1, safe[i : i + batch_size]).double().numpy())
         self.net.train(was_training)
         # An id outside the catalogue cannot be recommended: a score below any logit (finite, so JSON-safe).
         return np.where(ok, np.concatenate(out), -1e9)
@@ -249,8 +269,11 @@ def _deterministic_torch(threads: int) -> Iterator[None]:
     """Deterministic kernels and ``threads`` CPU threads for the fit, the caller's settings restored after."""
     import torch
 
-    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled())
+    saved = (
+        torch.get_num_threads(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
     try:

@@ -54,14 +54,16 @@ def draw_negatives(rows: Sequence[Row], n_items: int, k: int, rng: np.random.Gen
     free = n_items - sizes[groups]
     if (free < k).any():
         bad = int(np.argmax(free < k))
-        raise ValueError(f"row {bad} (user {rows[bad].user}): only {free[bad]} items outside known_items, "
-                         f"cannot draw {k} negatives from a catalogue of {n_items}")
+        raise ValueError(
+            f"row {bad} (user {rows[bad].user}): only {free[bad]} items outside known_items, "
+            f"cannot draw {k} negatives from a catalogue of {n_items}"
+        )
     # Block width: about 1.5x the expected number of draws for a typical row, plus slack for repeats.
     typical_free = float(np.median(free)) / n_items
     width = min(int(math.ceil(1.5 * k / typical_free)) + 16, 4 * n_items)
     out = np.empty((len(rows), k), dtype=np.int64)
     for start in range(0, len(rows), _CHUNK):
-        g = groups[start:start + _CHUNK]
+        g = groups[start : start + _CHUNK]
         draws = rng.integers(0, n_items, size=(len(g), width), dtype=np.int64)
         # A repeat of an earlier id in the same row is rejected: a stable sort keeps first occurrences first.
         order = np.argsort(draws, axis=1, kind="stable")
@@ -82,12 +84,13 @@ def draw_negatives(rows: Sequence[Row], n_items: int, k: int, rng: np.random.Gen
             row = rows[start + r]
             allowed = np.setdiff1d(np.arange(n_items), np.fromiter(row.known_items, dtype=np.int64))
             chunk[r] = rng.choice(allowed, size=k, replace=False)
-        out[start:start + len(g)] = chunk
+        out[start : start + len(g)] = chunk
     return out
 
 
-def freeze_candidates(rows: Sequence[Row], *, dataset: str, split: str, seed: int, n_items: int,
-                      num_candidates: int = 20) -> list[Sample]:
+def freeze_candidates(
+    rows: Sequence[Row], *, dataset: str, split: str, seed: int, n_items: int, num_candidates: int = 20
+) -> list[Sample]:
     """Samples with frozen, shuffled candidates; identical for the same (dataset, split, seed, rows)."""
     if num_candidates < 2:
         raise ValueError(f"num_candidates must be >= 2 (the target plus at least one negative), got {num_candidates}")
@@ -98,6 +101,14 @@ def freeze_candidates(rows: Sequence[Row], *, dataset: str, split: str, seed: in
     # Shuffle each row independently: argsort of i.i.d. uniforms is a uniform permutation.
     perm = np.argsort(rng.random(cands.shape), axis=1)
     cands = np.take_along_axis(cands, perm, axis=1)
-    return [Sample(user=row.user, history=tuple(row.history), target=int(row.target),
-                   candidates=tuple(c), split=split, seed=int(seed))
-            for row, c in zip(rows, cands.tolist())]
+    return [
+        Sample(
+            user=row.user,
+            history=tuple(row.history),
+            target=int(row.target),
+            candidates=tuple(c),
+            split=split,
+            seed=int(seed),
+        )
+        for row, c in zip(rows, cands.tolist())
+    ]

@@ -37,10 +37,34 @@ log = logging.getLogger(__name__)
 
 # A first line whose two fields are column names like these is a header (compared lowercased, without
 # spaces, '_' and '-'): "item,title", "movie_id,movie_title", "id,name", ...
-_ID_HEADERS = {"item", "itemid", "id", "movie", "movieid", "track", "trackid", "artist", "artistid", "product",
-               "productid", "asin", "sourceid"}
-_TITLE_HEADERS = {"title", "name", "itemtitle", "itemname", "movietitle", "moviename", "tracktitle", "trackname",
-                  "artistname", "producttitle", "productname"}
+_ID_HEADERS = {
+    "item",
+    "itemid",
+    "id",
+    "movie",
+    "movieid",
+    "track",
+    "trackid",
+    "artist",
+    "artistid",
+    "product",
+    "productid",
+    "asin",
+    "sourceid",
+}
+_TITLE_HEADERS = {
+    "title",
+    "name",
+    "itemtitle",
+    "itemname",
+    "movietitle",
+    "moviename",
+    "tracktitle",
+    "trackname",
+    "artistname",
+    "producttitle",
+    "productname",
+}
 _INT = re.compile(r"[+-]?[0-9]+")
 
 
@@ -85,10 +109,13 @@ def read_titles(path: Path) -> tuple[dict[int, str], list[str]]:
             fields = _csv_line(line, path, lineno)
         if len(fields) > 2:
             log_like = len(fields) == 3 and (_INT.fullmatch(fields[2].strip()) or _column(fields[2]) == "timestamp")
-            raise InputError(f"malformed line ({len(fields)} fields; expected 'item,title' with titles holding "
-                             "commas quoted, or 'id::title')"
-                             + (" - an interactions log? --titles takes the item titles" if log_like else ""),
-                             path, lineno)
+            raise InputError(
+                f"malformed line ({len(fields)} fields; expected 'item,title' with titles holding "
+                "commas quoted, or 'id::title')"
+                + (" - an interactions log? --titles takes the item titles" if log_like else ""),
+                path,
+                lineno,
+            )
         key = fields[0].strip()
         title = fields[1].strip() if len(fields) == 2 else ""
         if not ids and not header and _column(key) in _ID_HEADERS and _column(title) in _TITLE_HEADERS:
@@ -113,14 +140,19 @@ def read_titles(path: Path) -> tuple[dict[int, str], list[str]]:
 def _timestamp(ts: str, path: Path, lineno: int) -> int:
     """A timestamp field -> int in 0..2^63-1 (the int64 the graph stores; -1 marks "no interaction" there)."""
     if not _INT.fullmatch(ts):
-        raise InputError(f"malformed line (timestamp {clip(ts)} is not an integer; timestamps are whole "
-                         "numbers such as Unix seconds)", path, lineno)
+        raise InputError(
+            f"malformed line (timestamp {clip(ts)} is not an integer; timestamps are whole "
+            "numbers such as Unix seconds)",
+            path,
+            lineno,
+        )
     if len(ts.lstrip("+-0")) > 19 or int(ts) > INT64_MAX:
         raise InputError(f"timestamp {clip(ts)} is too large (at most 2^63-1)", path, lineno)
     t = int(ts)
     if t < 0:
-        raise InputError(f"timestamp {t} is negative (timestamps order a user's interactions and must be >= 0)",
-                         path, lineno)
+        raise InputError(
+            f"timestamp {t} is negative (timestamps order a user's interactions and must be >= 0)", path, lineno
+        )
     return t
 
 
@@ -136,8 +168,9 @@ def _records(path: Path) -> Iterator[tuple[int, list[str]]]:
         except csv.Error as e:  # named at the line where the record starts (where a stray quote opened)
             raise InputError(_csv_fault(e), path, start) from None
         if reader.line_num != start:
-            raise InputError("malformed CSV line (a quoted field runs over several lines: a quote never "
-                             "closed?)", path, start)
+            raise InputError(
+                "malformed CSV line (a quoted field runs over several lines: a quote never closed?)", path, start
+            )
         yield start, fields
 
 
@@ -150,8 +183,9 @@ def _is_header(item: str, ts: str, index: dict[str, int]) -> bool:
         return item not in index
 
 
-def load(interactions: Path, titles_path: Path, *, min_history: int = 3, max_history: int = 10,
-         name: str = "csv") -> RawDataset:
+def load(
+    interactions: Path, titles_path: Path, *, min_history: int = 3, max_history: int = 10, name: str = "csv"
+) -> RawDataset:
     interactions, titles_path = Path(interactions), Path(titles_path)
     check_input(interactions, "interactions file")
     titles, source_ids = read_titles(titles_path)
@@ -159,15 +193,22 @@ def load(interactions: Path, titles_path: Path, *, min_history: int = 3, max_his
     events: dict[str, list[tuple[int, int]]] = {}
     seen: dict[tuple[str, int, int], int] = {}
     first = True
-    for lineno, fields in tqdm(_records(interactions), desc=f"read {interactions.name}", unit=" rows",
-                               disable=None, leave=False):
+    for lineno, fields in tqdm(
+        _records(interactions), desc=f"read {interactions.name}", unit=" rows", disable=None, leave=False
+    ):
         if not fields or all(not x.strip() for x in fields):
             continue
         if len(fields) != 3:
-            hint = _tab_hint(fields) or (" - a titles file? --interactions takes the user,item,timestamp log"
-                                         if first and len(fields) <= 2 else "")
-            raise InputError(f"malformed line (expected 3 fields 'user,item,timestamp', got {len(fields)}){hint}",
-                             interactions, lineno)
+            hint = _tab_hint(fields) or (
+                " - a titles file? --interactions takes the user,item,timestamp log"
+                if first and len(fields) <= 2
+                else ""
+            )
+            raise InputError(
+                f"malformed line (expected 3 fields 'user,item,timestamp', got {len(fields)}){hint}",
+                interactions,
+                lineno,
+            )
         user, item, ts = (x.strip() for x in fields)
         if first:
             first = False
@@ -182,13 +223,17 @@ def load(interactions: Path, titles_path: Path, *, min_history: int = 3, max_his
             raise InputError(f"unknown item id {clip(item)} (not in {titles_path.name})", interactions, lineno)
         key = (user, index[item], t)
         if key in seen:
-            raise InputError(f"duplicate row (user {clip(user)}, item {clip(item)}, timestamp {t}; first at line "
-                             f"{seen[key]})", interactions, lineno)
+            raise InputError(
+                f"duplicate row (user {clip(user)}, item {clip(item)}, timestamp {t}; first at line {seen[key]})",
+                interactions,
+                lineno,
+            )
         seen[key] = lineno
         events.setdefault(user, []).append((t, index[item]))
     if not seen:
         raise InputError("empty file (no interactions)", interactions)
-    ds = leave_one_out(name, titles, events, min_history=min_history, max_history=max_history,
-                       source_files=[interactions, titles_path])
+    ds = leave_one_out(
+        name, titles, events, min_history=min_history, max_history=max_history, source_files=[interactions, titles_path]
+    )
     ds.source_ids = source_ids
     return ds

@@ -49,8 +49,9 @@ def _read_rows(path: Path, n_items: int) -> list[tuple[int, dict]]:
     """(line number, row) pairs with the fields we use checked; item ids must be in ``0..n_items-1``."""
     rows = []
     lines = iter_lines(path, f"LLaRA {path.name.split('.')[0]} split", max_bytes=1 << 20)
-    for lineno, line in tqdm(lines, desc=f"read {path.parent.parent.name}/{path.name}", unit=" rows",
-                             disable=None, leave=False):
+    for lineno, line in tqdm(
+        lines, desc=f"read {path.parent.parent.name}/{path.name}", unit=" rows", disable=None, leave=False
+    ):
         if not line.strip():
             continue
         try:
@@ -60,13 +61,21 @@ def _read_rows(path: Path, n_items: int) -> list[tuple[int, dict]]:
             if not isinstance(r["seq"], list):
                 raise TypeError(f"seq must be a list, got {r['seq']!r}")
             seq = [_int(i) for i in r["seq"]]
-            row: dict[str, Any] = {"seq": seq, "len_seq": _int(r["len_seq"]), "next": _int(r["next"]),
-                                   "user": _int(r["user"])}
+            row: dict[str, Any] = {
+                "seq": seq,
+                "len_seq": _int(r["len_seq"]),
+                "next": _int(r["next"]),
+                "user": _int(r["user"]),
+            }
         except (KeyError, TypeError, ValueError, RecursionError) as e:  # ValueError: JSONDecodeError too
             raise InputError(f"malformed row ({type(e).__name__}: {e})", path, lineno) from None
         if len(seq) > LLARA_WINDOW or row["len_seq"] != max(1, len(seq)):
-            raise InputError(f"len_seq={row['len_seq']} does not match a seq of {len(seq)} items "
-                             f"(expected max(1, len(seq)) <= {LLARA_WINDOW})", path, lineno)
+            raise InputError(
+                f"len_seq={row['len_seq']} does not match a seq of {len(seq)} items "
+                f"(expected max(1, len(seq)) <= {LLARA_WINDOW})",
+                path,
+                lineno,
+            )
         bad = next((i for i in (*seq, row["next"]) if not 0 <= i < n_items), None)
         if bad is not None:
             raise InputError(f"unknown item id {bad} (id2name.txt holds 0..{n_items - 1})", path, lineno)
@@ -90,8 +99,12 @@ def _rebuild_train_sequences(path: Path, rows: list[tuple[int, dict]]) -> dict[i
         items = sequences[u]
         expected = items[-LLARA_WINDOW:]
         if r["seq"] != expected:
-            raise InputError(f"seq {r['seq']} of user {u} is not the last <= {LLARA_WINDOW} items of the "
-                             f"rebuilt sequence ({expected})", path, lineno)
+            raise InputError(
+                f"seq {r['seq']} of user {u} is not the last <= {LLARA_WINDOW} items of the "
+                f"rebuilt sequence ({expected})",
+                path,
+                lineno,
+            )
         items.append(r["next"])
     return sequences
 
@@ -99,8 +112,10 @@ def _rebuild_train_sequences(path: Path, rows: list[tuple[int, dict]]) -> dict[i
 def load(name: str, root: Path, *, min_history: int = 3, max_history: int = 10) -> RawDataset:
     root = Path(root)
     if max_history > LLARA_WINDOW:
-        raise ConfigError(f"{name}: LLaRA rows hold at most {LLARA_WINDOW} history items; "
-                          f"max_history={max_history} cannot be honoured")
+        raise ConfigError(
+            f"{name}: LLaRA rows hold at most {LLARA_WINDOW} history items; "
+            f"max_history={max_history} cannot be honoured"
+        )
     for p in files(root):
         if not p.exists() and not p.is_symlink():
             raise InputNotFound(f"missing ({name} needs id2name.txt and portable/*.jsonl.gz)", p)
@@ -108,11 +123,20 @@ def load(name: str, root: Path, *, min_history: int = 3, max_history: int = 10) 
     titles = read_id2name(root / "id2name.txt", allow_empty=True)
     gap = next((i for i in range(len(titles)) if i not in titles), None)
     if gap is not None:
-        raise InputError(f"item ids must be 0..{len(titles) - 1} without gaps; id {gap} is missing",
-                         root / "id2name.txt")
+        raise InputError(
+            f"item ids must be 0..{len(titles) - 1} without gaps; id {gap} is missing", root / "id2name.txt"
+        )
     untitled = fill_empty_titles(titles)
-    ds = RawDataset(name=name, titles=titles, train_sequences=[], train=[], val=[], test=[],
-                    source_files=files(root), untitled=untitled)
+    ds = RawDataset(
+        name=name,
+        titles=titles,
+        train_sequences=[],
+        train=[],
+        val=[],
+        test=[],
+        source_files=files(root),
+        untitled=untitled,
+    )
     raw_users: dict[str, set[int]] = {}
     for split in SPLITS:
         path = root / "portable" / f"{split}.jsonl.gz"
@@ -124,8 +148,12 @@ def load(name: str, root: Path, *, min_history: int = 3, max_history: int = 10) 
             seen: dict[int, int] = {}
             for lineno, r in rows:
                 if r["user"] in seen:
-                    raise InputError(f"user {r['user']} already has a row at line {seen[r['user']]} "
-                                     f"(LLaRA {split} holds one row per user)", path, lineno)
+                    raise InputError(
+                        f"user {r['user']} already has a row at line {seen[r['user']]} "
+                        f"(LLaRA {split} holds one row per user)",
+                        path,
+                        lineno,
+                    )
                 seen[r["user"]] = lineno
         raw_users[split] = {r["user"] for _, r in rows}
         out = ds.rows(split)
@@ -133,8 +161,7 @@ def load(name: str, root: Path, *, min_history: int = 3, max_history: int = 10) 
             if r["len_seq"] < min_history:
                 continue
             seq = r["seq"]
-            out.append(Row(f"{split}/{r['user']}", tuple(seq[-max_history:]), r["next"],
-                           frozenset(seq) | {r["next"]}))
+            out.append(Row(f"{split}/{r['user']}", tuple(seq[-max_history:]), r["next"], frozenset(seq) | {r["next"]}))
         ds.add_dropped(f"{split}_rows_short_history", len(rows) - len(out))
         if not out:
             raise InputError(f"no row of {len(rows)} has len_seq >= min_history ({min_history})", path)
@@ -142,6 +169,9 @@ def load(name: str, root: Path, *, min_history: int = 3, max_history: int = 10) 
         for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
             both = raw_users[a] & raw_users[b]
             if both:
-                raise InputError(f"{len(both)} user(s) appear in both {a} and {b} (e.g. user {min(both)}); "
-                                 "LLaRA splits must be user-disjoint", root / "portable")
+                raise InputError(
+                    f"{len(both)} user(s) appear in both {a} and {b} (e.g. user {min(both)}); "
+                    "LLaRA splits must be user-disjoint",
+                    root / "portable",
+                )
     return ds

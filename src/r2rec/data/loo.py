@@ -38,8 +38,16 @@ def leave_one_out(
     dropped: dict[str, int] | None = None,
 ) -> RawDataset:
     """``events``: user -> [(timestamp, item), ...] in any order; users keep the dict's order."""
-    ds = RawDataset(name=name, titles=titles, train_sequences=[], train=[], val=[], test=[],
-                    dropped=dict(dropped or {}), source_files=list(source_files))
+    ds = RawDataset(
+        name=name,
+        titles=titles,
+        train_sequences=[],
+        train=[],
+        val=[],
+        test=[],
+        dropped=dict(dropped or {}),
+        source_files=list(source_files),
+    )
     for user, evs in events.items():
         evs = sorted(evs)  # (timestamp, item): ties broken by item id
         items = [i for _, i in evs]
@@ -52,14 +60,16 @@ def leave_one_out(
         train_part = items[:-2]
         ds.train_sequences.append(UserSequence(user, train_part, [t for t, _ in evs[:-2]]))
         for k in range(min_history, len(train_part)):
-            ds.train.append(Row(user, tuple(train_part[max(0, k - max_history):k]), train_part[k], known))
+            ds.train.append(Row(user, tuple(train_part[max(0, k - max_history) : k]), train_part[k], known))
         ds.add_dropped("train_rows_short_history", min(min_history, len(train_part)))
         ds.val.append(Row(user, tuple(train_part[-max_history:]), items[-2], known))
-        ds.test.append(Row(user, tuple(items[-1 - max_history:-1]), items[-1], known))
+        ds.test.append(Row(user, tuple(items[-1 - max_history : -1]), items[-1], known))
     if not ds.test:
         longest = max((len(evs) for evs in events.values()), default=0)
-        raise InputError(f"no user has the {min_history + 2} interactions a leave-one-out split needs "
-                         f"(min_history {min_history}, plus the val and test targets): {len(events):,} users, "
-                         f"the longest with {longest}; lower min_history or add interactions",
-                         ds.source_files[0] if ds.source_files else None)
+        raise InputError(
+            f"no user has the {min_history + 2} interactions a leave-one-out split needs "
+            f"(min_history {min_history}, plus the val and test targets): {len(events):,} users, "
+            f"the longest with {longest}; lower min_history or add interactions",
+            ds.source_files[0] if ds.source_files else None,
+        )
     return ds

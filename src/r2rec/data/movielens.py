@@ -38,14 +38,26 @@ def read_u_data(path: Path) -> Iterator[Rating]:
             continue
         fields = line.split()
         if len(fields) != 4 or not all(_INT.fullmatch(x) for x in fields):
-            raise InputError(f"malformed line (expected 4 integers 'user item rating timestamp', got "
-                             f"{clip(line.strip())})", path, lineno)
+            raise InputError(
+                f"malformed line (expected 4 integers 'user item rating timestamp', got {clip(line.strip())})",
+                path,
+                lineno,
+            )
         user, movie, rating, ts = (int(x) for x in fields)
         yield lineno, user, movie, rating, ts
 
 
-def from_ratings(name: str, titles: dict[int, str], ratings: Iterable[Rating], data: Path, item_file: Path, *,
-                 min_history: int = 3, max_history: int = 10, min_rating: int = 0) -> RawDataset:
+def from_ratings(
+    name: str,
+    titles: dict[int, str],
+    ratings: Iterable[Rating],
+    data: Path,
+    item_file: Path,
+    *,
+    min_history: int = 3,
+    max_history: int = 10,
+    min_rating: int = 0,
+) -> RawDataset:
     """Ratings + titles -> the leave-one-out dataset; one body for every file format, so copies agree."""
     untitled = fill_empty_titles(titles)
     events: dict[int, list[tuple[int, int]]] = {}
@@ -59,8 +71,7 @@ def from_ratings(name: str, titles: dict[int, str], ratings: Iterable[Rating], d
             raise InputError(f"timestamp {clip(ts)} outside 0..2^63-1", data, lineno)
         key = (user, item, ts)
         if key in seen:
-            raise InputError(f"duplicate of line {seen[key]} (user {user}, item {movie}, timestamp {ts})",
-                             data, lineno)
+            raise InputError(f"duplicate of line {seen[key]} (user {user}, item {movie}, timestamp {ts})", data, lineno)
         seen[key] = lineno
         if rating < min_rating:
             below += 1
@@ -70,18 +81,34 @@ def from_ratings(name: str, titles: dict[int, str], ratings: Iterable[Rating], d
         raise InputError("empty file", data)
     dropped = {f"ratings_below_{min_rating}": below} if below else {}
     by_user = {str(u): events[u] for u in sorted(events)}
-    ds = leave_one_out(name, titles, by_user, min_history=min_history, max_history=max_history,
-                       source_files=[Path(data), Path(item_file)], dropped=dropped)
+    ds = leave_one_out(
+        name,
+        titles,
+        by_user,
+        min_history=min_history,
+        max_history=max_history,
+        source_files=[Path(data), Path(item_file)],
+        dropped=dropped,
+    )
     ds.untitled = untitled
     return ds
 
 
-def load(root: Path, *, min_history: int = 3, max_history: int = 10, min_rating: int = 0,
-         name: str = "ml-100k") -> RawDataset:
+def load(
+    root: Path, *, min_history: int = 3, max_history: int = 10, min_rating: int = 0, name: str = "ml-100k"
+) -> RawDataset:
     data, item_file = files(root)
     for p in (data, item_file):
         if not p.exists() and not p.is_symlink():
             raise InputNotFound(f"missing ({name} needs the GroupLens u.data and u.item)", p)
         check_input(p, f"input of {name}")
-    return from_ratings(name, read_u_item(item_file), read_u_data(data), data, item_file,
-                        min_history=min_history, max_history=max_history, min_rating=min_rating)
+    return from_ratings(
+        name,
+        read_u_item(item_file),
+        read_u_data(data),
+        data,
+        item_file,
+        min_history=min_history,
+        max_history=max_history,
+        min_rating=min_rating,
+    )

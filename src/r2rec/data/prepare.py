@@ -69,8 +69,9 @@ class PrepareConfig:
         if self.num_candidates < 2:
             raise ConfigError(f"prepare.num_candidates must be >= 2, got {self.num_candidates}")
         if not 1 <= self.min_history <= self.max_history:
-            raise ConfigError(f"prepare: need 1 <= min_history <= max_history, "
-                              f"got {self.min_history}, {self.max_history}")
+            raise ConfigError(
+                f"prepare: need 1 <= min_history <= max_history, got {self.min_history}, {self.max_history}"
+            )
         if self.max_train_samples is not None and self.max_train_samples < 1:
             raise ConfigError(f"prepare.max_train_samples must be >= 1, got {self.max_train_samples}")
         if self.max_test_samples is not None and self.max_test_samples < 1:
@@ -78,7 +79,9 @@ class PrepareConfig:
 
     def source_options(self) -> SourceOptions:
         return SourceOptions(
-            data_dirs=data_dirs(self.data_dir), min_history=self.min_history, max_history=self.max_history,
+            data_dirs=data_dirs(self.data_dir),
+            min_history=self.min_history,
+            max_history=self.max_history,
             min_rating=self.min_rating,
             interactions=Path(self.interactions) if self.interactions else None,
             titles=Path(self.titles) if self.titles else None,
@@ -94,13 +97,15 @@ def _subset_indices(n_rows: int, n: int | None, dataset: str, purpose: str, seed
 
 def _summary(meta: dict) -> str:
     c = meta["counts"]
-    lines = [f"{meta['dataset']}: {meta['n_items']:,} items, {c['train_users']:,} train users "
-             f"({c['train_interactions']:,} train interactions)",
-             f"  samples: train {c['train']:,}"
-             + (f" (of {c['train_rows']:,})" if c['train'] != c['train_rows'] else "")
-             + f" / val {c['val']:,} / test {c['test']:,}"
-             + (f" (of {c['test_rows']:,})" if c.get('test_rows', c['test']) != c['test'] else "")
-             + f"; seeds {meta['seeds']}, {meta['num_candidates']} candidates"]
+    lines = [
+        f"{meta['dataset']}: {meta['n_items']:,} items, {c['train_users']:,} train users "
+        f"({c['train_interactions']:,} train interactions)",
+        f"  samples: train {c['train']:,}"
+        + (f" (of {c['train_rows']:,})" if c["train"] != c["train_rows"] else "")
+        + f" / val {c['val']:,} / test {c['test']:,}"
+        + (f" (of {c['test_rows']:,})" if c.get("test_rows", c["test"]) != c["test"] else "")
+        + f"; seeds {meta['seeds']}, {meta['num_candidates']} candidates",
+    ]
     dropped = ", ".join(f"{k} {v:,}" for k, v in meta["dropped"].items()) or "nothing"
     lines.append(f"  dropped: {dropped}")
     if meta["untitled_items"]:
@@ -113,18 +118,25 @@ def _check_usable(ds: RawDataset, config: PrepareConfig, files: list[Path]) -> N
     knows so much of the catalogue that the negatives cannot be drawn."""
     where = files[0] if files else None
     if not ds.test or not ds.val:
-        raise InputError(f"no {'test' if not ds.test else 'val'} samples: nothing to evaluate "
-                         f"(dropped: {ds.dropped or 'nothing'})", where)
+        raise InputError(
+            f"no {'test' if not ds.test else 'val'} samples: nothing to evaluate (dropped: {ds.dropped or 'nothing'})",
+            where,
+        )
     need = config.num_candidates - 1
     if ds.n_items < config.num_candidates:
-        raise InputError(f"{ds.n_items} items, fewer than num_candidates = {config.num_candidates}; lower "
-                         "--num-candidates", files[-1] if files else None)
+        raise InputError(
+            f"{ds.n_items} items, fewer than num_candidates = {config.num_candidates}; lower --num-candidates",
+            files[-1] if files else None,
+        )
     for split in ("train", "val", "test"):
         row = max(ds.rows(split), key=lambda r: len(r.known_items), default=None)
         if row is not None and ds.n_items - len(row.known_items) < need:
-            raise InputError(f"user {row.user} has interacted with {len(row.known_items)} of the {ds.n_items} "
-                             f"items, leaving fewer than the {need} negatives num_candidates = "
-                             f"{config.num_candidates} needs; lower --num-candidates or leave the user out", where)
+            raise InputError(
+                f"user {row.user} has interacted with {len(row.known_items)} of the {ds.n_items} "
+                f"items, leaving fewer than the {need} negatives num_candidates = "
+                f"{config.num_candidates} needs; lower --num-candidates or leave the user out",
+                where,
+            )
 
 
 def prepare(config: PrepareConfig, run_dir: RunDir | str | Path, force: bool = False) -> PreparedData:
@@ -154,11 +166,15 @@ def prepare(config: PrepareConfig, run_dir: RunDir | str | Path, force: bool = F
     for stale in out.glob("*.seed*.jsonl.gz"):  # a previous run with other seeds must not leave files behind
         stale.unlink()
     written: list[Path] = []
-    items = [{"item": i, "title": ds.titles[i]} | ({"source_id": ds.source_ids[i]} if ds.source_ids else {})
-             for i in range(ds.n_items)]
+    items = [
+        {"item": i, "title": ds.titles[i]} | ({"source_id": ds.source_ids[i]} if ds.source_ids else {})
+        for i in range(ds.n_items)
+    ]
     write_jsonl(out / "items.jsonl", items)
-    write_jsonl(out / "train_sequences.jsonl.gz",
-                ({"user": s.user, "items": s.items, "times": s.times} for s in ds.train_sequences))
+    write_jsonl(
+        out / "train_sequences.jsonl.gz",
+        ({"user": s.user, "items": s.items, "times": s.times} for s in ds.train_sequences),
+    )
     written += [out / "items.jsonl", out / "train_sequences.jsonl.gz"]
 
     t1 = time.perf_counter()
@@ -173,8 +189,9 @@ def prepare(config: PrepareConfig, run_dir: RunDir | str | Path, force: bool = F
     for split, seed, rows in jobs:
         # Freeze over the full split first, then subset: a kept sample's candidates are the ones the full
         # test set gives it, so subset rows can be compared sample by sample with full-set results.
-        samples = freeze_candidates(rows, dataset=ds.name, split=split, seed=seed, n_items=ds.n_items,
-                                    num_candidates=config.num_candidates)
+        samples = freeze_candidates(
+            rows, dataset=ds.name, split=split, seed=seed, n_items=ds.n_items, num_candidates=config.num_candidates
+        )
         if split == "test" and keep_test is not None:
             samples = [samples[i] for i in keep_test]
         path = samples_path(out, split, seed)
@@ -191,32 +208,44 @@ def prepare(config: PrepareConfig, run_dir: RunDir | str | Path, force: bool = F
         "num_candidates": config.num_candidates,
         "max_history": config.max_history,
         "min_history": config.min_history,
-        "counts": {**counts, "train_rows": len(ds.train), "test_rows": test_rows,
-                   "train_users": len(ds.train_sequences),
-                   "train_interactions": sum(len(s.items) for s in ds.train_sequences)},
+        "counts": {
+            **counts,
+            "train_rows": len(ds.train),
+            "test_rows": test_rows,
+            "train_users": len(ds.train_sequences),
+            "train_interactions": sum(len(s.items) for s in ds.train_sequences),
+        },
         "dropped": ds.dropped,
         "duplicate_titles": len(titles) - len(set(titles)),
         "untitled_items": ds.untitled,
         "data": data_from,
         "sources": {str(p): sha256_file(p) for p in inputs},
         "config": asdict(config),
-        "seconds": {"load": round(t_load, 2), "samples": round(t_cands, 2),
-                    "total": round(time.perf_counter() - t0, 2)},
+        "seconds": {
+            "load": round(t_load, 2),
+            "samples": round(t_cands, 2),
+            "total": round(time.perf_counter() - t0, 2),
+        },
     }
     atomic_write_json(out / "meta.json", meta, ensure_ascii=False)
     written.append(out / "meta.json")
     run.write_manifest("prepare", inputs, config, seed0, outputs=written, extra={"data": data_from})
     log.info(_summary(meta))
-    log.info(f"  wrote {out} in {meta['seconds']['total']:.1f}s (load {t_load:.1f}s, "
-             f"candidates + samples {t_cands:.1f}s)")
+    log.info(
+        f"  wrote {out} in {meta['seconds']['total']:.1f}s (load {t_load:.1f}s, candidates + samples {t_cands:.1f}s)"
+    )
     return PreparedData(out)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, choices=sorted(SOURCES), help="dataset source")
     p.add_argument("--run", required=True, help="run folder (writes <run>/prepared/)")
-    p.add_argument("--data-dir", default=None, help="data directory, looked in first (then $R2REC_DATA_DIR, "
-                   "../shared/data, and for ml-100k the copy in an installed recbole)")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="data directory, looked in first (then $R2REC_DATA_DIR, "
+        "../shared/data, and for ml-100k the copy in an installed recbole)",
+    )
     p.add_argument("--seeds", default="0,1,2", help="comma-separated candidate seeds (default 0,1,2)")
     p.add_argument("--num-candidates", type=int, default=20)
     p.add_argument("--max-history", type=int, default=10)
@@ -229,9 +258,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    values = {k: getattr(args, k) for k in ("dataset", "data_dir", "seeds", "num_candidates", "max_history",
-                                             "min_history", "max_train_samples", "min_rating",
-                                             "interactions", "titles")}
+    values = {
+        k: getattr(args, k)
+        for k in (
+            "dataset",
+            "data_dir",
+            "seeds",
+            "num_candidates",
+            "max_history",
+            "min_history",
+            "max_train_samples",
+            "min_rating",
+            "interactions",
+            "titles",
+        )
+    }
     config = build(PrepareConfig, values, where="prepare")
     prepare(config, args.run, force=args.force)
     return 0

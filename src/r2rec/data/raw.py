@@ -68,12 +68,16 @@ class RawDataset:
                 if any(not 0 <= i < n for i in items):
                     raise ValueError(f"{self.name} {split} row {k} (user {row.user}): item id outside 0..{n - 1}")
                 if row.target not in row.known_items or not set(row.history) <= row.known_items:
-                    raise ValueError(f"{self.name} {split} row {k} (user {row.user}): known_items must hold "
-                                     "the history and the target")
+                    raise ValueError(
+                        f"{self.name} {split} row {k} (user {row.user}): known_items must hold "
+                        "the history and the target"
+                    )
         for seq in self.train_sequences:
             if seq.times and len(seq.times) != len(seq.items):
-                raise ValueError(f"{self.name}: train sequence of user {seq.user} has {len(seq.items)} items "
-                                 f"but {len(seq.times)} times")
+                raise ValueError(
+                    f"{self.name}: train sequence of user {seq.user} has {len(seq.items)} items "
+                    f"but {len(seq.times)} times"
+                )
 
     def add_dropped(self, reason: str, count: int) -> None:
         if count:

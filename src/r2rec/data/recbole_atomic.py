@@ -80,8 +80,9 @@ def header_columns(path: Path, line: str, needed: Sequence[str]) -> dict[str, in
     names = [f.partition(":")[0].strip() for f in fields]
     missing = [n for n in needed if n not in names]
     if missing or not all(":" in f for f in fields):
-        raise InputError(f"not a RecBole atomic header (need 'name:type' columns {list(needed)}, "
-                         f"got {clip(line.strip())})", path, 1)
+        raise InputError(
+            f"not a RecBole atomic header (need 'name:type' columns {list(needed)}, got {clip(line.strip())})", path, 1
+        )
     return {n: names.index(n) for n in needed}
 
 
@@ -99,8 +100,9 @@ def _rows(path: Path, needed: Sequence[str]) -> Iterator[tuple[int, list[str]]]:
             continue
         fields = line.split("\t")
         if len(fields) != width:
-            raise InputError(f"malformed line ({len(fields)} tab-separated fields, the header has {width})",
-                             path, lineno)
+            raise InputError(
+                f"malformed line ({len(fields)} tab-separated fields, the header has {width})", path, lineno
+            )
         yield lineno, [fields[cols[n]] for n in needed]
 
 
@@ -124,8 +126,11 @@ def read_inter(path: Path) -> Iterator[Rating]:
         try:
             user, movie, rating, ts = (_integer(x) for x in fields)
         except ValueError:
-            raise InputError(f"malformed line (expected integer user_id, item_id, rating, timestamp, got "
-                             f"{clip(fields)})", path, lineno) from None
+            raise InputError(
+                f"malformed line (expected integer user_id, item_id, rating, timestamp, got {clip(fields)})",
+                path,
+                lineno,
+            ) from None
         yield lineno, user, movie, rating, ts
 
 
@@ -144,19 +149,29 @@ def read_item(path: Path) -> dict[int, str]:
         movie = int(key)
         if movie - 1 in titles:
             raise InputError(f"duplicate item id {movie}", path, lineno)
-        titles[movie - 1] = llara_movielens_title(grouplens_title(movie, check_text(title, "title", path, lineno),
-                                                                  year.strip()))
+        titles[movie - 1] = llara_movielens_title(
+            grouplens_title(movie, check_text(title, "title", path, lineno), year.strip())
+        )
     if not titles:
         raise InputError("no items (only a header)", path)
     return titles
 
 
-def load(root: Path, *, min_history: int = 3, max_history: int = 10, min_rating: int = 0,
-         name: str = "ml-100k") -> RawDataset:
+def load(
+    root: Path, *, min_history: int = 3, max_history: int = 10, min_rating: int = 0, name: str = "ml-100k"
+) -> RawDataset:
     inter, item_file = files(root)
     for p in (inter, item_file):
         if not p.exists() and not p.is_symlink():
             raise InputNotFound(f"missing ({name} from RecBole needs ml-100k.inter and ml-100k.item)", p)
         check_input(p, f"input of {name}")
-    return from_ratings(name, read_item(item_file), read_inter(inter), inter, item_file,
-                        min_history=min_history, max_history=max_history, min_rating=min_rating)
+    return from_ratings(
+        name,
+        read_item(item_file),
+        read_inter(inter),
+        inter,
+        item_file,
+        min_history=min_history,
+        max_history=max_history,
+        min_rating=min_rating,
+    )

@@ -46,8 +46,14 @@ class Sample:
 
     def to_json(self) -> dict:
         # Built by hand: dataclasses.asdict deep-copies and is ~10x slower on 66k samples.
-        return {"user": self.user, "history": list(self.history), "target": self.target,
-                "candidates": list(self.candidates), "split": self.split, "seed": self.seed}
+        return {
+            "user": self.user,
+            "history": list(self.history),
+            "target": self.target,
+            "candidates": list(self.candidates),
+            "split": self.split,
+            "seed": self.seed,
+        }
 
     @classmethod
     def from_json(cls, d: dict) -> Sample:
@@ -80,8 +86,11 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
         # that later stages put in their manifests changes only when the content does. (The name is the one
         # earlier versions wrote, so files written before and after agree too.) Level 6 writes ~4x faster than
         # the default 9 for ~3% larger files.
-        gz = gzip.GzipFile(path.name + ".tmp", "wb", compresslevel=6, fileobj=raw, mtime=0) \
-            if path.suffix == ".gz" else None
+        gz = (
+            gzip.GzipFile(path.name + ".tmp", "wb", compresslevel=6, fileobj=raw, mtime=0)
+            if path.suffix == ".gz"
+            else None
+        )
         f = io.TextIOWrapper(gz or raw, encoding="utf-8")
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -99,8 +108,9 @@ _INT_ONLY = {int}
 def _ids(row: dict, key: str, n_items: int, path: Path, lineno: int) -> list[int]:
     """``row[key]``: a list of item ids in ``0..n_items-1``, else InputError naming the line."""
     value = row.get(key)
-    if type(value) is list and (not value or (set(map(type, value)) == _INT_ONLY and min(value) >= 0
-                                              and max(value) < n_items)):
+    if type(value) is list and (
+        not value or (set(map(type, value)) == _INT_ONLY and min(value) >= 0 and max(value) < n_items)
+    ):
         return value  # the one test every line pays for; the faults are told apart below
     if not isinstance(value, list) or not all(type(i) is int for i in value):
         raise InputError(f"{key!r} must be a list of integer item ids", path, lineno)
@@ -126,8 +136,12 @@ def _sample(row: dict, path: Path, lineno: int, n_items: int, split: str, seed: 
     if len(set(candidates)) != len(candidates):
         raise InputError("'candidates' holds an item twice", path, lineno)
     if row.get("split") != split or row.get("seed") != seed:
-        raise InputError(f"a sample of split {row.get('split')!r} seed {row.get('seed')!r} in the file of "
-                         f"split {split!r} seed {seed}", path, lineno)
+        raise InputError(
+            f"a sample of split {row.get('split')!r} seed {row.get('seed')!r} in the file of "
+            f"split {split!r} seed {seed}",
+            path,
+            lineno,
+        )
     return Sample(user, tuple(history), target, tuple(candidates), split, seed)
 
 
@@ -144,14 +158,23 @@ class PreparedData:
             self.meta: dict = json.loads(meta.read_bytes())
         except (ValueError, RecursionError) as e:
             where = f" at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
-            raise InputError(f"not valid JSON{where} ({getattr(e, 'msg', e)}); run `r2rec prepare --force`",
-                             meta) from None
+            raise InputError(
+                f"not valid JSON{where} ({getattr(e, 'msg', e)}); run `r2rec prepare --force`", meta
+            ) from None
         seeds = self.meta.get("seeds") if isinstance(self.meta, dict) else None
         n_items = self.meta.get("n_items") if isinstance(self.meta, dict) else None
-        if type(n_items) is not int or n_items < 1 or not isinstance(seeds, list) or not seeds \
-                or not all(type(s) is int for s in seeds):
-            raise InputError("not a prepare meta.json (needs an integer n_items >= 1 and a list of integer "
-                             "seeds); run `r2rec prepare --force`", meta)
+        if (
+            type(n_items) is not int
+            or n_items < 1
+            or not isinstance(seeds, list)
+            or not seeds
+            or not all(type(s) is int for s in seeds)
+        ):
+            raise InputError(
+                "not a prepare meta.json (needs an integer n_items >= 1 and a list of integer "
+                "seeds); run `r2rec prepare --force`",
+                meta,
+            )
         self._titles: dict[int, str] | None = None
 
     @property
@@ -162,8 +185,9 @@ class PreparedData:
             for lineno, r in iter_jsonl(path, "prepared items file"):
                 item, title = r.get("item"), r.get("title")
                 if type(item) is not int or not 0 <= item < self.n_items or item in titles:
-                    raise InputError(f"'item' must be a new integer id in 0..{self.n_items - 1}, got {item!r}",
-                                     path, lineno)
+                    raise InputError(
+                        f"'item' must be a new integer id in 0..{self.n_items - 1}, got {item!r}", path, lineno
+                    )
                 if not isinstance(title, str) or not title.strip():
                     raise InputError(f"'title' of item {item} must be a non-empty string", path, lineno)
                 titles[item] = title
@@ -184,10 +208,14 @@ class PreparedData:
         for lineno, r in iter_jsonl(path, "prepared train sequences"):
             items = _ids(r, "items", self.n_items, path, lineno)
             times = r.get("times", [])
-            if not isinstance(times, list) or (times and len(times) != len(items)) \
-                    or not all(type(t) is int and 0 <= t <= INT64_MAX for t in times):
-                raise InputError(f"'times' must be empty or one integer timestamp in 0..2^63-1 per item "
-                                 f"({len(items)})", path, lineno)
+            if (
+                not isinstance(times, list)
+                or (times and len(times) != len(items))
+                or not all(type(t) is int and 0 <= t <= INT64_MAX for t in times)
+            ):
+                raise InputError(
+                    f"'times' must be empty or one integer timestamp in 0..2^63-1 per item ({len(items)})", path, lineno
+                )
             out.append(UserSequence(_user(r, path, lineno), items, times))
         return out
 
@@ -195,8 +223,10 @@ class PreparedData:
         path = self.root / f"{split}.seed{seed}.jsonl.gz"
         if not path.exists() and not path.is_symlink():
             raise InputNotFound(f"no {split} samples for seed {seed} (prepared seeds: {self.seeds})", path)
-        return [_sample(r, path, lineno, self.n_items, split, seed)
-                for lineno, r in iter_jsonl(path, f"prepared {split} samples")]
+        return [
+            _sample(r, path, lineno, self.n_items, split, seed)
+            for lineno, r in iter_jsonl(path, f"prepared {split} samples")
+        ]
 
 
 def samples_path(root: Path, split: str, seed: int) -> Path:

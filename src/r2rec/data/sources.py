@@ -29,9 +29,9 @@ class SourceOptions:
     data_dirs: Sequence[tuple[str, Path]] = ()  # (label, data directory), in lookup order
     min_history: int = 3
     max_history: int = 10
-    min_rating: int = 0              # ml-100k only
+    min_rating: int = 0  # ml-100k only
     interactions: Path | None = None  # csv only
-    titles: Path | None = None        # csv only
+    titles: Path | None = None  # csv only
 
 
 @dataclass(frozen=True)
@@ -77,23 +77,28 @@ def _place(label: str, path: Path) -> str:
     return f"{path.resolve()} ({_SET_BY.get(label, 'default ' + label)})"
 
 
-def locate_folder(name: str, layout: Layout, data_dirs: Sequence[tuple[str, Path]],
-                  embedded: Embedded | None = None) -> Located:
+def locate_folder(
+    name: str, layout: Layout, data_dirs: Sequence[tuple[str, Path]], embedded: Embedded | None = None
+) -> Located:
     """The first data directory holding ``<dir>/<name>/``, else the embedded copy; one error naming every place."""
     looked: list[str] = []
     for label, directory in data_dirs:
         root = Path(directory) / name
         if not root.is_dir():
             if root.exists():
-                raise InputError(f"is not a folder (dataset {name!r} is looked for in {name}/ of each data "
-                                 "directory)", root)
+                raise InputError(
+                    f"is not a folder (dataset {name!r} is looked for in {name}/ of each data directory)", root
+                )
             looked.append(f"{_place(label, Path(directory))}: no {name}/ folder")
             continue
         missing = [p for p in layout.files(root) if not p.exists() and not p.is_symlink()]
         if missing:
-            raise InputNotFound(f"missing input for dataset {name!r} ({root}, from "
-                                f"{_SET_BY.get(label, 'default ' + label)}, must hold {layout.needs}; "
-                                "complete or remove the folder)", missing[0])
+            raise InputNotFound(
+                f"missing input for dataset {name!r} ({root}, from "
+                f"{_SET_BY.get(label, 'default ' + label)}, must hold {layout.needs}; "
+                "complete or remove the folder)",
+                missing[0],
+            )
         return Located(label, root, layout.files(root), partial(layout.load, root))
     if embedded is not None:
         found = embedded.locate()
@@ -101,12 +106,13 @@ def locate_folder(name: str, layout: Layout, data_dirs: Sequence[tuple[str, Path
             label, root = found
             return Located(label, root, embedded.layout.files(root), lambda o: embedded.layout.load(root, o))
         looked.append("the embedded copy: not installed")
-    fixes = [f"put {name}/ with {layout.needs} in a data directory and pass --data-dir DIR "
-             "(prepare.data_dir) or set R2REC_DATA_DIR=DIR"]
+    fixes = [
+        f"put {name}/ with {layout.needs} in a data directory and pass --data-dir DIR "
+        "(prepare.data_dir) or set R2REC_DATA_DIR=DIR"
+    ]
     if embedded is not None:
         fixes.insert(0, f"run `{embedded.install}`")
-    raise InputNotFound(f"dataset {name!r} not found; looked in: {'; '.join(looked)}. "
-                        f"To fix: {', or '.join(fixes)}")
+    raise InputNotFound(f"dataset {name!r} not found; looked in: {'; '.join(looked)}. To fix: {', or '.join(fixes)}")
 
 
 def _in_data_dir(name: str, description: str, layout: Layout, embedded: Embedded | None = None) -> Source:
@@ -121,30 +127,38 @@ def _csv_files(o: SourceOptions) -> list[Path]:
 
 def _csv_locate(o: SourceOptions) -> Located:
     """csv files are named on the command line: no data directory is involved."""
-    return Located("files", None, _csv_files(o),
-                   lambda opts: csv_source.load(*_csv_files(opts), min_history=opts.min_history,
-                                                max_history=opts.max_history))
+    return Located(
+        "files",
+        None,
+        _csv_files(o),
+        lambda opts: csv_source.load(*_csv_files(opts), min_history=opts.min_history, max_history=opts.max_history),
+    )
 
 
 def _llara(name: str, what: str) -> Source:
-    layout = Layout(llara.files,
-                    lambda root, o: llara.load(name, root, min_history=o.min_history, max_history=o.max_history),
-                    "id2name.txt and portable/{train,val,test}.jsonl.gz (LLaRA's split as JSON lines)")
+    layout = Layout(
+        llara.files,
+        lambda root, o: llara.load(name, root, min_history=o.min_history, max_history=o.max_history),
+        "id2name.txt and portable/{train,val,test}.jsonl.gz (LLaRA's split as JSON lines)",
+    )
     return _in_data_dir(name, f"LLaRA's user-disjoint {what} split (portable/*.jsonl.gz)", layout)
 
 
 _GROUPLENS_ML100K = Layout(
     movielens.files,
-    lambda root, o: movielens.load(root, min_history=o.min_history, max_history=o.max_history,
-                                   min_rating=o.min_rating),
-    "GroupLens' u.data and u.item")
+    lambda root, o: movielens.load(root, min_history=o.min_history, max_history=o.max_history, min_rating=o.min_rating),
+    "GroupLens' u.data and u.item",
+)
 _RECBOLE_ML100K = Embedded(
     # Looked up at call time, so the locator can be replaced (tests, other installs).
     locate=lambda: recbole_atomic.locate(),
-    layout=Layout(recbole_atomic.files,
-                  lambda root, o: recbole_atomic.load(root, min_history=o.min_history, max_history=o.max_history,
-                                                      min_rating=o.min_rating),
-                  "RecBole's ml-100k.inter and ml-100k.item"),
+    layout=Layout(
+        recbole_atomic.files,
+        lambda root, o: recbole_atomic.load(
+            root, min_history=o.min_history, max_history=o.max_history, min_rating=o.min_rating
+        ),
+        "RecBole's ml-100k.inter and ml-100k.item",
+    ),
     install=recbole_atomic.INSTALL_HINT,
 )
 
@@ -152,11 +166,15 @@ SOURCES: dict[str, Source] = {
     "llara-movielens": _llara("llara-movielens", "MovieLens-100K"),
     "llara-lastfm": _llara("llara-lastfm", "LastFM"),
     "ml-100k": _in_data_dir(
-        "ml-100k", "raw MovieLens 100K, per-user temporal leave-one-out over all 943 users "
+        "ml-100k",
+        "raw MovieLens 100K, per-user temporal leave-one-out over all 943 users "
         "(GroupLens files from the data directory, else RecBole's embedded copy)",
-        _GROUPLENS_ML100K, _RECBOLE_ML100K),
-    "csv": Source("csv", "any user,item,timestamp CSV plus a titles file, per-user temporal leave-one-out",
-                  _csv_locate),
+        _GROUPLENS_ML100K,
+        _RECBOLE_ML100K,
+    ),
+    "csv": Source(
+        "csv", "any user,item,timestamp CSV plus a titles file, per-user temporal leave-one-out", _csv_locate
+    ),
 }
 
 

@@ -95,7 +95,7 @@ def summarize(
     shapes = {v.shape for v in A.values()}
     if len(shapes) != 1:
         raise ValueError(f"per-sample arrays disagree in shape: { {k: v.shape for k, v in A.items()} }")
-    (n_seeds, n), = shapes
+    ((n_seeds, n),) = shapes
 
     # Collapse the seed axis once: a mean metric needs the per-sample mean over seeds, a ratio the sums.
     sample_mean = {m: A[k].mean(0) for m, k in means.items()}
@@ -115,11 +115,11 @@ def summarize(
     out: dict[str, Summary] = {}
     for m, k in means.items():
         per_seed = [float(x) for x in A[k].mean(1)]
-        out[m] = Summary(float(A[k].mean()), _interval(np.concatenate(boots[m]), ci), _std(per_seed),
-                         tuple(per_seed))
+        out[m] = Summary(float(A[k].mean()), _interval(np.concatenate(boots[m]), ci), _std(per_seed), tuple(per_seed))
     for m, (k, d) in ratios.items():
-        per_seed_r = [_none_if_nan(A[k][s].sum() / A[d][s].sum()) if A[d][s].sum() > 0 else None
-                      for s in range(n_seeds)]
+        per_seed_r = [
+            _none_if_nan(A[k][s].sum() / A[d][s].sum()) if A[d][s].sum() > 0 else None for s in range(n_seeds)
+        ]
         total = A[d].sum()
         point = float(A[k].sum() / total) if total > 0 else None
         out[m] = Summary(point, _interval(np.concatenate(boots[m]), ci), _std(per_seed_r), tuple(per_seed_r))
@@ -134,8 +134,9 @@ def bootstrap_ci(values, n_boot: int = 1000, ci: float = 0.95, seed: int = 0) ->
 
 def bootstrap_ratio_ci(num, den, n_boot: int = 1000, ci: float = 0.95, seed: int = 0):
     """Percentile CI of ``sum(num) / sum(den)`` (e.g. correct / valid answers)."""
-    s = summarize({"num": num, "den": den}, means={}, ratios={"r": ("num", "den")}, n_boot=n_boot, ci=ci,
-                  seed=seed)["r"]
+    s = summarize({"num": num, "den": den}, means={}, ratios={"r": ("num", "den")}, n_boot=n_boot, ci=ci, seed=seed)[
+        "r"
+    ]
     return s.ci95
 
 
@@ -156,7 +157,6 @@ def relative_improvement(a, b, n_boot: int = 1000, ci: float = 0.95, seed: int =
         xb = mb[idx].mean(1)
         with np.errstate(invalid="ignore", divide="ignore"):
             stats.append(np.where(xb > 0, ma[idx].mean(1) / np.where(xb > 0, xb, 1) - 1.0, np.nan))
-    per_seed = [_none_if_nan(A[s].mean() / B[s].mean() - 1.0) if B[s].mean() > 0 else None
-                for s in range(A.shape[0])]
+    per_seed = [_none_if_nan(A[s].mean() / B[s].mean() - 1.0) if B[s].mean() > 0 else None for s in range(A.shape[0])]
     point = float(A.mean() / B.mean() - 1.0) if B.mean() > 0 else None
     return Summary(point, _interval(np.concatenate(stats), ci), _std(per_seed), tuple(per_seed))

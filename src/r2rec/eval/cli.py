@@ -55,15 +55,22 @@ def configs_from_args(args):
     ev_over, pr_over = [], []
     for ov in [*extra, *(args.overrides or [])]:
         (pr_over if ov.startswith("prompt.") else ev_over).append(ov.removeprefix("prompt."))
-    flags = {"seeds": seeds, "split": args.split, "max_samples": args.max_samples, "mode": args.mode,
-             "batch_size": args.batch_size}
+    flags = {
+        "seeds": seeds,
+        "split": args.split,
+        "max_samples": args.max_samples,
+        "mode": args.mode,
+        "batch_size": args.batch_size,
+    }
     ev_over += [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
     if args.force:
         ev_over.append("force=true")
     # The pipeline's own keys of the section (which models, the ablation) are not EvalConfig fields.
     section = {k: v for k, v in (data.get("eval") or {}).items() if k not in PIPELINE_KEYS}
-    return (build(EvalConfig, section, ev_over, where="eval"),
-            prompt_config(RunDir(args.run), with_overrides(data.get("prompt"), pr_over)))
+    return (
+        build(EvalConfig, section, ev_over, where="eval"),
+        prompt_config(RunDir(args.run), with_overrides(data.get("prompt"), pr_over)),
+    )
 
 
 def run(args) -> int:

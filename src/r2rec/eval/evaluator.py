@@ -64,8 +64,11 @@ def _where(seed: int, i: int, p: Prediction) -> str:
     return f"seed {seed}, sample {i} (user {p.user!r})"
 
 
-def validate(protocol: EvalProtocol, predictions_by_seed: Mapping[int, Sequence[Prediction]],
-             samples_by_seed: Mapping[int, Sequence[Any]] | None = None) -> int:
+def validate(
+    protocol: EvalProtocol,
+    predictions_by_seed: Mapping[int, Sequence[Prediction]],
+    samples_by_seed: Mapping[int, Sequence[Any]] | None = None,
+) -> int:
     """Check predictions against the protocol; return the number of samples per seed.
 
     Every seed of the protocol is present (and no other); each prediction's candidates have the protocol's
@@ -80,8 +83,11 @@ def validate(protocol: EvalProtocol, predictions_by_seed: Mapping[int, Sequence[
     if got != want:
         missing = sorted(set(want) - set(got))
         extra = sorted(set(got) - set(want))
-        raise ValueError(f"predictions are for seeds {got}, the protocol asks for {want}"
-                         + (f"; missing {missing}" if missing else "") + (f"; unexpected {extra}" if extra else ""))
+        raise ValueError(
+            f"predictions are for seeds {got}, the protocol asks for {want}"
+            + (f"; missing {missing}" if missing else "")
+            + (f"; unexpected {extra}" if extra else "")
+        )
     first = protocol.seeds[0]
     ref = list(predictions_by_seed[first])
     if not ref:
@@ -90,8 +96,10 @@ def validate(protocol: EvalProtocol, predictions_by_seed: Mapping[int, Sequence[
     for seed in protocol.seeds:
         preds = list(predictions_by_seed[seed])
         if len(preds) != len(ref):
-            raise ValueError(f"seed {seed} has {len(preds)} predictions, seed {first} has {len(ref)}: "
-                             f"every seed must score the same samples")
+            raise ValueError(
+                f"seed {seed} has {len(preds)} predictions, seed {first} has {len(ref)}: "
+                f"every seed must score the same samples"
+            )
         samples = None
         if samples_by_seed is not None:
             if seed not in samples_by_seed:
@@ -108,20 +116,26 @@ def validate(protocol: EvalProtocol, predictions_by_seed: Mapping[int, Sequence[
                 raise ValueError(f"{_where(seed, i, p)}: {len(p.candidates)} candidates, protocol expects {k}")
             n_target = p.candidates.count(p.target)
             if n_target != 1:
-                raise ValueError(f"{_where(seed, i, p)}: target {p.target} appears {n_target} times among "
-                                 f"the candidates (must be exactly once)")
+                raise ValueError(
+                    f"{_where(seed, i, p)}: target {p.target} appears {n_target} times among "
+                    f"the candidates (must be exactly once)"
+                )
             if len(set(p.candidates)) != k:
                 raise ValueError(f"{_where(seed, i, p)}: duplicate candidates")
             r = ref[i]
             if (p.user, p.target) != (r.user, r.target):
-                raise ValueError(f"{_where(seed, i, p)}: misaligned with seed {first} (user {r.user!r}, target "
-                                 f"{r.target}); per-seed prediction lists must hold the same samples in the "
-                                 f"same order")
+                raise ValueError(
+                    f"{_where(seed, i, p)}: misaligned with seed {first} (user {r.user!r}, target "
+                    f"{r.target}); per-seed prediction lists must hold the same samples in the "
+                    f"same order"
+                )
             if samples is not None:
                 s = samples[i]
                 if (str(s.user), int(s.target), tuple(s.candidates)) != (p.user, p.target, p.candidates):
-                    raise ValueError(f"{_where(seed, i, p)}: does not match the prepared sample (user "
-                                     f"{s.user!r}, target {s.target}); candidates must be the frozen ones")
+                    raise ValueError(
+                        f"{_where(seed, i, p)}: does not match the prepared sample (user "
+                        f"{s.user!r}, target {s.target}); candidates must be the frozen ones"
+                    )
     return len(ref)
 
 
@@ -132,10 +146,15 @@ def _jsonable(config: Any) -> Any:
     return json.loads(json.dumps(config if config is not None else {}, default=str))
 
 
-def evaluate(protocol: EvalProtocol, method: str, dataset: str,
-             predictions_by_seed: Mapping[int, Sequence[Prediction]], config: Any = None,
-             wall_seconds: float | None = None,
-             samples_by_seed: Mapping[int, Sequence[Any]] | None = None) -> dict:
+def evaluate(
+    protocol: EvalProtocol,
+    method: str,
+    dataset: str,
+    predictions_by_seed: Mapping[int, Sequence[Prediction]],
+    config: Any = None,
+    wall_seconds: float | None = None,
+    samples_by_seed: Mapping[int, Sequence[Any]] | None = None,
+) -> dict:
     """Score one method under ``protocol``; return the result dict (the contract in docs/design.md).
 
     Keys: ``method, dataset, split, seeds, n`` (samples per seed), ``num_candidates``, ``chance_hr1``,
@@ -161,13 +180,17 @@ def evaluate(protocol: EvalProtocol, method: str, dataset: str,
     has_faith = bool(stacked["has_faith"].any())
     if has_faith:
         ratios["faithfulness"] = ("faith", "has_faith")
-    summ = summarize(stacked, means, ratios, n_boot=protocol.n_bootstrap, ci=protocol.ci,
-                     seed=protocol.bootstrap_seed)
+    summ = summarize(stacked, means, ratios, n_boot=protocol.n_bootstrap, ci=protocol.ci, seed=protocol.bootstrap_seed)
 
     order = [*ANSWER_METRICS, *(RANK_METRICS if with_ranks else ()), *(("faithfulness",) if has_faith else ())]
     result: dict[str, Any] = {
-        "method": method, "dataset": dataset, "split": protocol.split, "seeds": list(protocol.seeds), "n": n,
-        "num_candidates": protocol.num_candidates, "chance_hr1": 1.0 / protocol.num_candidates,
+        "method": method,
+        "dataset": dataset,
+        "split": protocol.split,
+        "seeds": list(protocol.seeds),
+        "n": n,
+        "num_candidates": protocol.num_candidates,
+        "chance_hr1": 1.0 / protocol.num_candidates,
     }
     for m in order:
         s = summ[m]
@@ -177,8 +200,12 @@ def evaluate(protocol: EvalProtocol, method: str, dataset: str,
     result["metrics"] = order
     result["per_seed"] = {m: list(summ[m].per_seed) for m in order}
     result["protocol"] = _jsonable(protocol)
-    result["bootstrap"] = {"method": "percentile, samples resampled jointly across seeds",
-                           "n": protocol.n_bootstrap, "ci": protocol.ci, "seed": protocol.bootstrap_seed}
+    result["bootstrap"] = {
+        "method": "percentile, samples resampled jointly across seeds",
+        "n": protocol.n_bootstrap,
+        "ci": protocol.ci,
+        "seed": protocol.bootstrap_seed,
+    }
     result["config"] = _jsonable(config)
     result["wall_seconds"] = None if wall_seconds is None else float(wall_seconds)
     return result

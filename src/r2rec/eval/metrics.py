@@ -68,7 +68,8 @@ class Prediction:
             if len(self.scores) != len(self.candidates):
                 raise ValueError(
                     f"prediction for user {self.user!r} (seed {self.seed}): {len(self.scores)} scores for "
-                    f"{len(self.candidates)} candidates; give one score per candidate, same order")
+                    f"{len(self.candidates)} candidates; give one score per candidate, same order"
+                )
             if any(math.isnan(s) for s in self.scores):
                 raise ValueError(f"prediction for user {self.user!r} (seed {self.seed}): NaN in scores")
         if self.answer is not None:
@@ -88,8 +89,14 @@ class Prediction:
         return self.candidates[int(np.argmax(self.scores))]
 
     def to_json(self) -> dict:
-        d = {"user": self.user, "seed": self.seed, "target": self.target, "candidates": list(self.candidates),
-             "scores": None if self.scores is None else list(self.scores), "answer": self.answer}
+        d = {
+            "user": self.user,
+            "seed": self.seed,
+            "target": self.target,
+            "candidates": list(self.candidates),
+            "scores": None if self.scores is None else list(self.scores),
+            "answer": self.answer,
+        }
         # Optional fields only when present: keeps baseline dumps small.
         for k in ("raw", "reasoning", "faithfulness"):
             if getattr(self, k) is not None:
@@ -100,26 +107,36 @@ class Prediction:
 
     @classmethod
     def from_json(cls, d: dict) -> Prediction:
-        return cls(user=d["user"], seed=d["seed"], target=d["target"], candidates=d["candidates"],
-                   scores=d.get("scores"), answer=d.get("answer"), raw=d.get("raw"),
-                   reasoning=d.get("reasoning"), faithfulness=d.get("faithfulness"), extra=d.get("extra") or {})
+        return cls(
+            user=d["user"],
+            seed=d["seed"],
+            target=d["target"],
+            candidates=d["candidates"],
+            scores=d.get("scores"),
+            answer=d.get("answer"),
+            raw=d.get("raw"),
+            reasoning=d.get("reasoning"),
+            faithfulness=d.get("faithfulness"),
+            extra=d.get("extra") or {},
+        )
 
     @classmethod
     def from_sample(cls, sample, **kwargs) -> Prediction:
         """A prediction for a :class:`r2rec.data.schema.Sample` (user, seed, target, candidates copied)."""
-        return cls(user=sample.user, seed=sample.seed, target=sample.target, candidates=sample.candidates,
-                   **kwargs)
+        return cls(user=sample.user, seed=sample.seed, target=sample.target, candidates=sample.candidates, **kwargs)
 
 
 # -- ranks with ties ---------------------------------------------------------------------------------------
+
 
 def target_position(pred: Prediction) -> int:
     """Index of the target in the candidates (the caller guarantees it is there exactly once)."""
     try:
         return pred.candidates.index(pred.target)
     except ValueError:
-        raise ValueError(f"prediction for user {pred.user!r} (seed {pred.seed}): target {pred.target} "
-                         f"is not among its candidates") from None
+        raise ValueError(
+            f"prediction for user {pred.user!r} (seed {pred.seed}): target {pred.target} is not among its candidates"
+        ) from None
 
 
 def above_and_tied(scores: Sequence[float], target_idx: int) -> tuple[int, int]:
@@ -159,6 +176,7 @@ def rank_metrics(a: np.ndarray, t: np.ndarray, n_candidates: int) -> dict[str, n
 
 
 # -- one prediction ----------------------------------------------------------------------------------------
+
 
 def valid(pred: Prediction) -> float:
     """1.0 if the answer is one of the candidates (scores-only predictions are valid), else 0.0."""
@@ -211,6 +229,7 @@ def sample_metrics(pred: Prediction) -> dict[str, float]:
 
 
 # -- many predictions at once (what the evaluator uses) ------------------------------------------------------
+
 
 def metric_arrays(preds: Sequence[Prediction], with_ranks: bool) -> dict[str, np.ndarray]:
     """Per-sample arrays over ``preds``: ``correct``, ``valid``, ``faith`` / ``has_faith`` and, when

@@ -26,8 +26,18 @@ from .bootstrap import relative_improvement
 from .metrics import Prediction, metric_arrays
 
 # Keys every result file must have (docs/design.md); metric keys get their _ci95/_std companions checked too.
-CONTRACT_KEYS: tuple[str, ...] = ("method", "dataset", "split", "seeds", "n", "hr1", "hr1_valid", "valid_ratio",
-                                  "config", "wall_seconds")
+CONTRACT_KEYS: tuple[str, ...] = (
+    "method",
+    "dataset",
+    "split",
+    "seeds",
+    "n",
+    "hr1",
+    "hr1_valid",
+    "valid_ratio",
+    "config",
+    "wall_seconds",
+)
 CONTRACT_METRICS: tuple[str, ...] = ("hr1", "hr1_valid", "valid_ratio")
 PREDICTIONS_SUFFIX = ".predictions.jsonl.gz"
 
@@ -53,8 +63,9 @@ def check_result(result: Mapping[str, Any], where: str = "result") -> None:
         raise ValueError(f"{where}: not a result file, missing key(s) {missing}")
 
 
-def write_result(results_dir: str | Path, result: Mapping[str, Any],
-                 predictions_by_seed: Mapping[int, Sequence[Prediction]]) -> tuple[Path, Path]:
+def write_result(
+    results_dir: str | Path, result: Mapping[str, Any], predictions_by_seed: Mapping[int, Sequence[Prediction]]
+) -> tuple[Path, Path]:
     """Write ``<method>.predictions.jsonl.gz`` then ``<method>.json`` (both atomic); return both paths."""
     check_result(result, f"result of method {result.get('method')!r}")
     results_dir = Path(results_dir)
@@ -110,6 +121,7 @@ def load_predictions(results_dir: str | Path, method: str) -> dict[int, list[Pre
 
 # -- tables ------------------------------------------------------------------------------------------------
 
+
 def format_cell(result: Mapping[str, Any], metric: str, digits: int = 4) -> str:
     """``mean ± std [lo, hi]``; the std part is left out when undefined (one seed), ``—`` when absent."""
     v = result.get(metric)
@@ -125,9 +137,12 @@ def format_cell(result: Mapping[str, Any], metric: str, digits: int = 4) -> str:
     return cell
 
 
-def markdown_table(results: Sequence[Mapping[str, Any]],
-                   metrics: Sequence[str] = ("hr1", "hr1_valid", "valid_ratio", "ndcg@5", "mrr"),
-                   digits: int = 4, bold_best: bool = True) -> str:
+def markdown_table(
+    results: Sequence[Mapping[str, Any]],
+    metrics: Sequence[str] = ("hr1", "hr1_valid", "valid_ratio", "ndcg@5", "mrr"),
+    digits: int = 4,
+    bold_best: bool = True,
+) -> str:
     """A Markdown table, one row per result: method, n, seeds and ``mean ± std [lo, hi]`` per metric.
 
     A dataset/split column appears when the results span more than one. With ``bold_best`` the highest
@@ -143,8 +158,12 @@ def markdown_table(results: Sequence[Mapping[str, Any]],
         best[m] = max(vals) if vals else None
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for r in results:
-        row = [str(r["method"]), *([str(r.get("dataset")), str(r.get("split"))] if multi else []),
-               str(r.get("n")), str(len(r.get("seeds", [])))]
+        row = [
+            str(r["method"]),
+            *([str(r.get("dataset")), str(r.get("split"))] if multi else []),
+            str(r.get("n")),
+            str(len(r.get("seeds", []))),
+        ]
         for m in metrics:
             cell = format_cell(r, m, digits)
             v = r.get(m)
@@ -156,6 +175,7 @@ def markdown_table(results: Sequence[Mapping[str, Any]],
 
 
 # -- headline ratios ---------------------------------------------------------------------------------------
+
 
 def _by_method(results: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
     out: dict[str, Mapping[str, Any]] = {}
@@ -190,9 +210,15 @@ def _paired_ci(results_dir: Path, a: Mapping[str, Any], b: Mapping[str, Any], n_
     return list(relative_improvement(A, B, n_boot=n_boot, ci=ci, seed=seed).ci95)
 
 
-def headline_ratios(results: Sequence[Mapping[str, Any]], method: str, baselines: Sequence[str],
-                    base_llm: str | None, results_dir: str | Path | None = None,
-                    n_boot: int = 1000, seed: int = 0) -> dict:
+def headline_ratios(
+    results: Sequence[Mapping[str, Any]],
+    method: str,
+    baselines: Sequence[str],
+    base_llm: str | None,
+    results_dir: str | Path | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
     """Relative hr1 improvement of ``method`` over the best of ``baselines`` and over ``base_llm``.
 
     ``relative = hr1(method) / hr1(other) - 1`` (the paper reports +10.48% and +131.81%). Baselines missing
@@ -214,8 +240,12 @@ def headline_ratios(results: Sequence[Mapping[str, Any]], method: str, baselines
         return out
 
     present = [b for b in baselines if b in by]
-    out: dict[str, Any] = {"method": method, "hr1": me["hr1"], "missing": [b for b in baselines if b not in by],
-                           "paper": {"vs_best_baseline": PAPER_VS_BEST_BASELINE, "vs_base_llm": PAPER_VS_BASE_LLM}}
+    out: dict[str, Any] = {
+        "method": method,
+        "hr1": me["hr1"],
+        "missing": [b for b in baselines if b not in by],
+        "paper": {"vs_best_baseline": PAPER_VS_BEST_BASELINE, "vs_base_llm": PAPER_VS_BASE_LLM},
+    }
     out["vs_best_baseline"] = versus(max((by[b] for b in present), key=lambda r: r["hr1"])) if present else None
     if base_llm is not None and base_llm not in by:
         out["missing"].append(base_llm)

@@ -35,8 +35,11 @@ if TYPE_CHECKING:
 
 MODEL_KINDS = ("base", "sft", "sft-direct", "rl")
 # Which training command writes each checkpoint, for the error message when it is missing.
-_TRAINED_BY = {"sft": "r2rec sft --run {run}", "sft-direct": "r2rec sft --run {run} --variant direct",
-               "rl": "r2rec rl --run {run}"}
+_TRAINED_BY = {
+    "sft": "r2rec sft --run {run}",
+    "sft-direct": "r2rec sft --run {run} --variant direct",
+    "rl": "r2rec rl --run {run}",
+}
 
 
 @dataclass
@@ -116,8 +119,9 @@ def resolve_checkpoint(run: RunDir, kind: str, cfg: EvalConfig) -> tuple[str, Pa
     if (final / "config.json").exists():  # a full fine-tune
         return str(final), None, {"kind": kind, "model": str(final)}
     hint = _TRAINED_BY[kind].format(run=run.root)
-    raise FileNotFoundError(f"{final}: no {kind} checkpoint (neither adapter_config.json nor config.json); "
-                            f"train it first with `{hint}`")
+    raise FileNotFoundError(
+        f"{final}: no {kind} checkpoint (neither adapter_config.json nor config.json); train it first with `{hint}`"
+    )
 
 
 def _checkpoint_files(adapter: Path | None, model: str) -> list[Path]:
@@ -151,12 +155,20 @@ def run_eval(run_dir: str | Path, model_kind: str, config: EvalConfig | None = N
     inputs = [samples_path(run.prepared, cfg.split, s) for s in seeds] + _checkpoint_files(adapter, model_name)
     missing = [p for p in inputs if not p.exists()]
     if missing:
-        raise FileNotFoundError(f"{missing[0]}: no {cfg.split} samples for that seed "
-                                f"(prepared seeds: {prepared.seeds})")
-    stage_config = {"eval": asdict(cfg) | {"force": False}, "prompt": asdict(prompt), "model": described,
-                    "method": method}
-    if not cfg.force and run.manifest_matches(f"eval-{method}", inputs, stage_config) \
-            and result_path(run.results, method).exists():
+        raise FileNotFoundError(
+            f"{missing[0]}: no {cfg.split} samples for that seed (prepared seeds: {prepared.seeds})"
+        )
+    stage_config = {
+        "eval": asdict(cfg) | {"force": False},
+        "prompt": asdict(prompt),
+        "model": described,
+        "method": method,
+    }
+    if (
+        not cfg.force
+        and run.manifest_matches(f"eval-{method}", inputs, stage_config)
+        and result_path(run.results, method).exists()
+    ):
         log.info(f"[eval] {result_path(run.results, method)} is up to date (manifest matches); nothing to do")
         return load_result(result_path(run.results, method))
 
@@ -168,13 +180,23 @@ def run_eval(run_dir: str | Path, model_kind: str, config: EvalConfig | None = N
     for seed in seeds:
         preds[seed], stats[seed] = ev.seed(seed, samples[seed], method, _checkpoint_files(adapter, model_name))
 
-    protocol = EvalProtocol(split=cfg.split, seeds=tuple(seeds),
-                            num_candidates=int(prepared.meta.get("num_candidates", 20)),
-                            n_bootstrap=cfg.n_bootstrap)
+    protocol = EvalProtocol(
+        split=cfg.split,
+        seeds=tuple(seeds),
+        num_candidates=int(prepared.meta.get("num_candidates", 20)),
+        n_bootstrap=cfg.n_bootstrap,
+    )
     # Compute time of every seed's part (a resumed part keeps the time it took when it ran).
     wall = sum(st["wall_seconds"] for st in stats.values())
-    result = evaluate(protocol, method, prepared.meta.get("dataset", run.root.name), preds,
-                      config=stage_config, wall_seconds=wall, samples_by_seed=samples)
+    result = evaluate(
+        protocol,
+        method,
+        prepared.meta.get("dataset", run.root.name),
+        preds,
+        config=stage_config,
+        wall_seconds=wall,
+        samples_by_seed=samples,
+    )
     n_tok = sum(st["generated_tokens"] for st in stats.values())
     computes = [st.get("compute") for st in stats.values()]
     gen_s = sum(st["generation_seconds"] for st in stats.values())
@@ -182,16 +204,21 @@ def run_eval(run_dir: str | Path, model_kind: str, config: EvalConfig | None = N
     for st in stats.values():
         for k, v in st["stops"].items():
             stops[k] = stops.get(k, 0) + v
-    result["generation"] = {"prompts": sum(st["prompts"] for st in stats.values()), "generated_tokens": n_tok,
-                            "generation_seconds": round(gen_s, 2),
-                            "tokens_per_second": round(n_tok / gen_s, 2) if gen_s > 0 else None,
-                            "stops": stops, "well_formed": sum(st["well_formed"] for st in stats.values()),
-                            # Each seed's device and precision (a resumed seed keeps the one it ran with).
-                            "compute": [c for i, c in enumerate(computes) if c not in computes[:i]],
-                            "per_seed": stats}
+    result["generation"] = {
+        "prompts": sum(st["prompts"] for st in stats.values()),
+        "generated_tokens": n_tok,
+        "generation_seconds": round(gen_s, 2),
+        "tokens_per_second": round(n_tok / gen_s, 2) if gen_s > 0 else None,
+        "stops": stops,
+        "well_formed": sum(st["well_formed"] for st in stats.values()),
+        # Each seed's device and precision (a resumed seed keeps the one it ran with).
+        "compute": [c for i, c in enumerate(computes) if c not in computes[:i]],
+        "per_seed": stats,
+    }
     path, dump = write_result(run.results, result, preds)
-    run.write_manifest(f"eval-{method}", inputs, stage_config, outputs=[path, dump],
-                       extra={"compute": result["generation"]["compute"]})
+    run.write_manifest(
+        f"eval-{method}", inputs, stage_config, outputs=[path, dump], extra={"compute": result["generation"]["compute"]}
+    )
     _print_summary(result, path)
     return result
 
@@ -199,8 +226,17 @@ def run_eval(run_dir: str | Path, model_kind: str, config: EvalConfig | None = N
 class _SeedEvaluator:
     """Generates the predictions of one seed (model, prompt builder and checker loaded once, lazily)."""
 
-    def __init__(self, run: RunDir, prepared, kind: str, cfg: EvalConfig, prompt, model_name: str,
-                 adapter: Path | None, described: dict):
+    def __init__(
+        self,
+        run: RunDir,
+        prepared,
+        kind: str,
+        cfg: EvalConfig,
+        prompt,
+        model_name: str,
+        adapter: Path | None,
+        described: dict,
+    ):
         self.run, self.prepared, self.kind, self.cfg, self.prompt = run, prepared, kind, cfg, prompt
         self.model_name, self.adapter, self.described = model_name, adapter, described
         self.think = cfg.think if cfg.think is not None else kind != "sft-direct"
@@ -213,10 +249,18 @@ class _SeedEvaluator:
         """Hash of everything that determines a seed's predictions (not the other seeds, not bootstrap)."""
         from r2rec.io import fingerprint, sha256_file
 
-        ident = {"eval": {k: v for k, v in asdict(self.cfg).items()
-                          if k not in ("seeds", "force", "threads", "n_bootstrap", "method")},
-                 "prompt": asdict(self.prompt), "model": self.described, "think": self.think,
-                 "samples": [x.to_json() for x in samples], "weights": [sha256_file(p) for p in weights]}
+        ident = {
+            "eval": {
+                k: v
+                for k, v in asdict(self.cfg).items()
+                if k not in ("seeds", "force", "threads", "n_bootstrap", "method")
+            },
+            "prompt": asdict(self.prompt),
+            "model": self.described,
+            "think": self.think,
+            "samples": [x.to_json() for x in samples],
+            "weights": [sha256_file(p) for p in weights],
+        }
         return fingerprint(ident)[:16]
 
     def seed(self, seed: int, samples, method: str, weights: list[Path]):
@@ -249,9 +293,15 @@ class _SeedEvaluator:
             torch.set_num_threads(cfg.threads)
         self._builder = PromptBuilder(self.run.root, self.prompt, prepared=self.prepared)
         compute = resolve(cfg.precision, cfg.device, "eval")
-        self._gen, engine = load_generator(self.model_name, self.adapter, cfg.generation(precision=compute.precision),
-                                           device=compute.device, engine=cfg.engine, quant=cfg.quant,
-                                           threads=cfg.threads)
+        self._gen, engine = load_generator(
+            self.model_name,
+            self.adapter,
+            cfg.generation(precision=compute.precision),
+            device=compute.device,
+            engine=cfg.engine,
+            quant=cfg.quant,
+            threads=cfg.threads,
+        )
         log.info(f"[eval] compute: {self._gen.compute.describe()}; engine {engine.describe()}")
         self._checker = _faithfulness_checker(self.run, self._builder) if cfg.faithfulness else None
 
@@ -264,11 +314,14 @@ class _SeedEvaluator:
         cfg, builder = self.cfg, self._builder
         prompts = builder.build(samples)
         titles = [[builder.title(c) for c in p.candidates] for p in prompts]
-        log.info(f"[eval] {self.kind} ({self.described}) on {self.run.root.name}/{cfg.split} seed {seed}: "
-              f"{len(prompts)} prompts, mode={cfg.mode} think={self.think} rank={self.rank}")
+        log.info(
+            f"[eval] {self.kind} ({self.described}) on {self.run.root.name}/{cfg.split} seed {seed}: "
+            f"{len(prompts)} prompts, mode={cfg.mode} think={self.think} rank={self.rank}"
+        )
         t0 = time.time()
-        outs = self._gen.generate([p.messages for p in prompts], titles, mode=cfg.mode, think=self.think,
-                                  rank=self.rank)
+        outs = self._gen.generate(
+            [p.messages for p in prompts], titles, mode=cfg.mode, think=self.think, rank=self.rank
+        )
         gen_seconds = time.time() - t0
         preds = []
         for sample, p, out in zip(samples, prompts, outs):
@@ -282,20 +335,38 @@ class _SeedEvaluator:
                 # rank below the shown ones, in prior order.
                 scores = p.scores_for(sample.candidates, out.scores)
             answer = None if out.answer is None else p.candidates[out.answer]
-            extra = {"shown_candidates": p.ranking, "stop": out.stop, "n_generated": out.n_generated,
-                     "well_formed": out.well_formed}
+            extra = {
+                "shown_candidates": p.ranking,
+                "stop": out.stop,
+                "n_generated": out.n_generated,
+                "well_formed": out.well_formed,
+            }
             if out.ambiguous:
                 extra["ambiguous_title"] = True
             if cfg.answer_from == "scores" and scores is not None:
                 extra["decoded_answer"] = answer
                 # The most probable candidate title (exact, over whole titles) instead of the greedy walk.
                 answer = sample.candidates[max(range(len(scores)), key=scores.__getitem__)]
-            preds.append(Prediction.from_sample(sample, answer=answer, scores=scores, raw=out.text,
-                                                reasoning=reasoning, faithfulness=faith, extra=extra))
+            preds.append(
+                Prediction.from_sample(
+                    sample,
+                    answer=answer,
+                    scores=scores,
+                    raw=out.text,
+                    reasoning=reasoning,
+                    faithfulness=faith,
+                    extra=extra,
+                )
+            )
         n_tok = sum(o.n_generated for o in outs)
-        stats = {"prompts": len(outs), "generated_tokens": n_tok, "generation_seconds": round(gen_seconds, 2),
-                 "stops": {k: sum(o.stop == k for o in outs) for k in sorted({o.stop for o in outs})},
-                 "well_formed": sum(o.well_formed for o in outs), "compute": self._gen.compute.as_dict()}
+        stats = {
+            "prompts": len(outs),
+            "generated_tokens": n_tok,
+            "generation_seconds": round(gen_seconds, 2),
+            "stops": {k: sum(o.stop == k for o in outs) for k in sorted({o.stop for o in outs})},
+            "well_formed": sum(o.well_formed for o in outs),
+            "compute": self._gen.compute.as_dict(),
+        }
         return preds, stats
 
 

@@ -4,6 +4,12 @@ from r2rec.graph.chains import ChainBatch, ChainConfig, ChainSampler
 from r2rec.graph.graph import GraphConfig, InteractionGraph, build_graph, graph_for_run, load_graph
 
 __all__ = [
-    "InteractionGraph", "GraphConfig", "build_graph", "load_graph", "graph_for_run",
-    "ChainBatch", "ChainConfig", "ChainSampler",
+    "InteractionGraph",
+    "GraphConfig",
+    "build_graph",
+    "load_graph",
+    "graph_for_run",
+    "ChainBatch",
+    "ChainConfig",
+    "ChainSampler",
 ]

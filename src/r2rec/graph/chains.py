@@ -89,7 +89,7 @@ def _splitmix(x: np.ndarray) -> np.ndarray:
 
 def _uniform(x: np.ndarray) -> np.ndarray:
     """uint64 hash -> float in (0, 1)."""
-    return (x >> np.uint64(11)).astype(np.float64) * 2.0 ** -53 + 2.0 ** -54
+    return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53 + 2.0**-54
 
 
 # -- results -------------------------------------------------------------------------------------------
@@ -144,21 +144,23 @@ class ChainBatch:
         hist = self.histories[b]
         out = []
         for k, r in enumerate(rows):
-            out.append({
-                "u1": str(self.graph.users[self.u1[r]]),
-                "i_a": int(self.i_a[r]),
-                "i_b": int(self.i_b[r]),
-                "shared": [int(i) for i in hist[self.shared[r]]],
-                "n_shared": int(self.n_shared[r]),
-                "slot_a": int(self.slot_a[r]),
-                "pos_a": int(self.pos_a[r]),
-                "pos_b": int(self.pos_b[r]),
-                "time_a": int(t_a[k]),
-                "time_b": int(t_b[k]),
-                "recency": round(float(self.recency[r]), 6),
-                "closeness": round(float(self.closeness[r]), 6),
-                "strength": round(float(self.strength[r]), 6),
-            })
+            out.append(
+                {
+                    "u1": str(self.graph.users[self.u1[r]]),
+                    "i_a": int(self.i_a[r]),
+                    "i_b": int(self.i_b[r]),
+                    "shared": [int(i) for i in hist[self.shared[r]]],
+                    "n_shared": int(self.n_shared[r]),
+                    "slot_a": int(self.slot_a[r]),
+                    "pos_a": int(self.pos_a[r]),
+                    "pos_b": int(self.pos_b[r]),
+                    "time_a": int(t_a[k]),
+                    "time_b": int(t_b[k]),
+                    "recency": round(float(self.recency[r]), 6),
+                    "closeness": round(float(self.closeness[r]), 6),
+                    "strength": round(float(self.strength[r]), 6),
+                }
+            )
         return out
 
 
@@ -170,8 +172,9 @@ class ChainSampler:
         self.config = config or ChainConfig()
 
     # -- public API ------------------------------------------------------------------------------------
-    def batch(self, samples: Sequence[Sample], mode: str = "target", k: int | None = None,
-              temperature: float | None = None) -> ChainBatch:
+    def batch(
+        self, samples: Sequence[Sample], mode: str = "target", k: int | None = None, temperature: float | None = None
+    ) -> ChainBatch:
         """Chains for a list of samples (vectorised; any size, but ~``batch_size`` keeps memory small)."""
         if mode not in MODES:
             raise ValueError(f"chain mode must be one of {MODES}, got {mode!r}")
@@ -185,24 +188,31 @@ class ChainSampler:
             width = max((len(s.candidates) for s in samples), default=0)
             T = np.full((len(samples), width), -1, dtype=np.int64)
             for b, s in enumerate(samples):
-                T[b, :len(s.candidates)] = s.candidates
+                T[b, : len(s.candidates)] = s.candidates
         return self._chains(mode, H, lengths, n_hist, u0, keys, T, k, temperature)
 
-    def iter_batches(self, samples: Sequence[Sample], mode: str = "target", k: int | None = None,
-                     temperature: float | None = None, progress: bool = False,
-                     desc: str = "chains") -> Iterator[tuple[int, ChainBatch]]:
+    def iter_batches(
+        self,
+        samples: Sequence[Sample],
+        mode: str = "target",
+        k: int | None = None,
+        temperature: float | None = None,
+        progress: bool = False,
+        desc: str = "chains",
+    ) -> Iterator[tuple[int, ChainBatch]]:
         """Yield ``(start, ChainBatch)`` over ``samples`` in batches of ``config.batch_size``."""
         from tqdm.auto import tqdm
 
         bs = max(1, self.config.batch_size)
         with tqdm(total=len(samples), desc=desc, unit="sample", disable=not progress) as bar:
             for start in range(0, len(samples), bs):
-                chunk = samples[start:start + bs]
+                chunk = samples[start : start + bs]
                 yield start, self.batch(chunk, mode, k, temperature)
                 bar.update(len(chunk))
 
-    def sample(self, sample: Sample, mode: str = "target", k: int | None = None,
-               temperature: float | None = None) -> list[dict]:
+    def sample(
+        self, sample: Sample, mode: str = "target", k: int | None = None, temperature: float | None = None
+    ) -> list[dict]:
         """Up to k chain records for one sample."""
         return self.batch([sample], mode, k, temperature).records(0)
 
@@ -213,7 +223,7 @@ class ChainSampler:
     def candidate_evidence_batch(self, samples: Sequence[Sample]) -> np.ndarray:
         out = np.zeros((len(samples), max((len(s.candidates) for s in samples), default=0)))
         for start, cb in self.iter_batches(samples, "candidates", k=0):
-            out[start:start + len(cb.evidence), :cb.evidence.shape[1]] = cb.evidence
+            out[start : start + len(cb.evidence), : cb.evidence.shape[1]] = cb.evidence
         return out
 
     # -- internals -------------------------------------------------------------------------------------
@@ -230,7 +240,7 @@ class ChainSampler:
             h = s.history
             lengths[b] = len(h)
             if h:
-                H[b, :len(h)] = h
+                H[b, : len(h)] = h
                 if len(set(h)) != len(h):
                     # A repeated item counts once, at its most recent slot.
                     seen = set()
@@ -305,8 +315,12 @@ class ChainSampler:
         # 5. Draw k per sample: Gumbel top-k on log-strength, noise hashed from (sample key, u1, i_b).
         key = np.log(strength)
         if temperature > 0 and len(sel):
-            noise = _uniform(_splitmix(keys[rs] ^ _splitmix(
-                (u1.astype(np.uint64) * np.uint64(g.n_items) + i_b.astype(np.uint64)) ^ _SALT_PICK)))
+            noise = _uniform(
+                _splitmix(
+                    keys[rs]
+                    ^ _splitmix((u1.astype(np.uint64) * np.uint64(g.n_items) + i_b.astype(np.uint64)) ^ _SALT_PICK)
+                )
+            )
             key = key - temperature * np.log(-np.log(noise))
         order = np.lexsort((-key, rs))
         rs_o = rs[order]
@@ -319,10 +333,23 @@ class ChainSampler:
 
         slot_t = slot[take]
         return ChainBatch(
-            graph=g, mode=mode, histories=H, targets=T, offsets=offsets,
-            u1=u1[take].astype(np.int64), i_a=H[rs[take], slot_t], i_b=i_b[take], column=pc[pair[take]],
-            slot_a=slot_t, pos_a=pos_a[take], pos_b=pos_b[take].astype(np.int64), shared=found[sel][take],
-            n_shared=n_shared[take], recency=recency[take], closeness=closeness[take], strength=strength[take],
+            graph=g,
+            mode=mode,
+            histories=H,
+            targets=T,
+            offsets=offsets,
+            u1=u1[take].astype(np.int64),
+            i_a=H[rs[take], slot_t],
+            i_b=i_b[take],
+            column=pc[pair[take]],
+            slot_a=slot_t,
+            pos_a=pos_a[take],
+            pos_b=pos_b[take].astype(np.int64),
+            shared=found[sel][take],
+            n_shared=n_shared[take],
+            recency=recency[take],
+            closeness=closeness[take],
+            strength=strength[take],
             evidence=evidence,
         )
 

@@ -49,17 +49,28 @@ class GraphConfig:
 class InteractionGraph:
     """Train-only bipartite graph with interaction order; see the module docstring for the layout."""
 
-    def __init__(self, users: Sequence[str], n_items: int, ui_indptr: np.ndarray, ui_items: np.ndarray,
-                 ui_pos: np.ndarray, ui_time: np.ndarray | None = None, n_interactions: int | None = None,
-                 dense_lookup_max_cells: int = DENSE_LOOKUP_MAX_CELLS):
+    def __init__(
+        self,
+        users: Sequence[str],
+        n_items: int,
+        ui_indptr: np.ndarray,
+        ui_items: np.ndarray,
+        ui_pos: np.ndarray,
+        ui_time: np.ndarray | None = None,
+        n_interactions: int | None = None,
+        dense_lookup_max_cells: int = DENSE_LOOKUP_MAX_CELLS,
+    ):
         self.users = np.asarray(users, dtype=str)
         self.n_users = len(self.users)
         self.n_items = int(n_items)
         self.ui_indptr = np.asarray(ui_indptr, dtype=np.int64)
         self.ui_items = np.asarray(ui_items, dtype=np.int32)
         self.ui_pos = np.asarray(ui_pos, dtype=np.int32)
-        self.ui_time = (np.asarray(ui_time, dtype=np.int64) if ui_time is not None and len(ui_time)
-                        else self.ui_pos.astype(np.int64))
+        self.ui_time = (
+            np.asarray(ui_time, dtype=np.int64)
+            if ui_time is not None and len(ui_time)
+            else self.ui_pos.astype(np.int64)
+        )
         self.n_edges = len(self.ui_items)
         self.n_interactions = int(n_interactions if n_interactions is not None else self.n_edges)
         if len(self.ui_indptr) != self.n_users + 1 or self.ui_indptr[-1] != self.n_edges:
@@ -83,10 +94,12 @@ class InteractionGraph:
         self.iu_indptr = np.zeros(self.n_items + 1, dtype=np.int64)
         np.cumsum(np.bincount(self.ui_items, minlength=self.n_items), out=self.iu_indptr[1:])
 
-        self.user_item = sp.csr_matrix((self.ui_pos + 1, self.ui_items, self.ui_indptr),
-                                       shape=(self.n_users, self.n_items))
-        self.item_user = sp.csr_matrix((self.iu_pos + 1, self.iu_users, self.iu_indptr),
-                                       shape=(self.n_items, self.n_users))
+        self.user_item = sp.csr_matrix(
+            (self.ui_pos + 1, self.ui_items, self.ui_indptr), shape=(self.n_users, self.n_items)
+        )
+        self.item_user = sp.csr_matrix(
+            (self.iu_pos + 1, self.iu_users, self.iu_indptr), shape=(self.n_items, self.n_users)
+        )
         self.user_item.has_sorted_indices = True
         self.item_user.has_sorted_indices = True
 
@@ -110,8 +123,16 @@ class InteractionGraph:
 
     # -- construction ----------------------------------------------------------------------------------
     @classmethod
-    def from_arrays(cls, users: Sequence[str], n_items: int, edge_user: np.ndarray, edge_item: np.ndarray,
-                    edge_pos: np.ndarray, edge_time: np.ndarray | None = None, **kw) -> InteractionGraph:
+    def from_arrays(
+        cls,
+        users: Sequence[str],
+        n_items: int,
+        edge_user: np.ndarray,
+        edge_item: np.ndarray,
+        edge_pos: np.ndarray,
+        edge_time: np.ndarray | None = None,
+        **kw,
+    ) -> InteractionGraph:
         """Build from one row per interaction (repeats allowed); keeps each (user, item)'s first position."""
         edge_user = np.asarray(edge_user, dtype=np.int64)
         edge_item = np.asarray(edge_item, dtype=np.int64)
@@ -140,8 +161,11 @@ class InteractionGraph:
         # Position inside each user's sequence: 0 = oldest.
         edge_pos = np.arange(len(edge_item)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         has_times = all(len(s.times) == len(s.items) for s in sequences) and len(sequences) > 0
-        edge_time = (np.fromiter((t for s in sequences for t in s.times), dtype=np.int64, count=len(edge_item))
-                     if has_times else None)
+        edge_time = (
+            np.fromiter((t for s in sequences for t in s.times), dtype=np.int64, count=len(edge_item))
+            if has_times
+            else None
+        )
         return cls.from_arrays(users, n_items, edge_user, edge_item, edge_pos, edge_time, **kw)
 
     # -- queries ---------------------------------------------------------------------------------------
@@ -221,10 +245,10 @@ class InteractionGraph:
 
     def user_items(self, user: str | int) -> np.ndarray:
         u = self.user_id(user)
-        return self.ui_items[self.ui_indptr[u]:self.ui_indptr[u + 1]] if u >= 0 else np.zeros(0, np.int32)
+        return self.ui_items[self.ui_indptr[u] : self.ui_indptr[u + 1]] if u >= 0 else np.zeros(0, np.int32)
 
     def item_users(self, item: int) -> np.ndarray:
-        return self.iu_users[self.iu_indptr[item]:self.iu_indptr[item + 1]]
+        return self.iu_users[self.iu_indptr[item] : self.iu_indptr[item + 1]]
 
     def degree(self, items: np.ndarray) -> np.ndarray:
         items = np.asarray(items, dtype=np.int64)
@@ -235,24 +259,37 @@ class InteractionGraph:
         x = np.zeros(self.n_items, dtype=np.int32)
         idx = np.asarray([i for i in set(map(int, items)) if 0 <= i < self.n_items], dtype=np.int64)
         x[idx] = 1
-        binary = sp.csr_matrix((np.ones(self.n_edges, dtype=np.int32), self.ui_items, self.ui_indptr),
-                               shape=(self.n_users, self.n_items))
+        binary = sp.csr_matrix(
+            (np.ones(self.n_edges, dtype=np.int32), self.ui_items, self.ui_indptr), shape=(self.n_users, self.n_items)
+        )
         return binary @ x
 
     def stats(self) -> dict:
         deg = np.diff(self.iu_indptr)
-        return {"users": self.n_users, "items": self.n_items, "items_with_edges": int((deg > 0).sum()),
-                "edges": self.n_edges, "interactions": self.n_interactions,
-                "max_item_degree": int(deg.max()) if len(deg) else 0,
-                "mean_user_degree": round(self.n_edges / max(self.n_users, 1), 2)}
+        return {
+            "users": self.n_users,
+            "items": self.n_items,
+            "items_with_edges": int((deg > 0).sum()),
+            "edges": self.n_edges,
+            "interactions": self.n_interactions,
+            "max_item_degree": int(deg.max()) if len(deg) else 0,
+            "mean_user_degree": round(self.n_edges / max(self.n_users, 1), 2),
+        }
 
     # -- persistence -----------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         with atomic_open(path, "wb") as f:
-            np.savez(f, users=self.users, n_items=np.int64(self.n_items),
-                     n_interactions=np.int64(self.n_interactions), ui_indptr=self.ui_indptr, ui_items=self.ui_items,
-                     ui_pos=self.ui_pos, ui_time=self.ui_time)
+            np.savez(
+                f,
+                users=self.users,
+                n_items=np.int64(self.n_items),
+                n_interactions=np.int64(self.n_interactions),
+                ui_indptr=self.ui_indptr,
+                ui_items=self.ui_items,
+                ui_pos=self.ui_pos,
+                ui_time=self.ui_time,
+            )
         return path
 
     @classmethod
@@ -261,8 +298,16 @@ class InteractionGraph:
         if not path.exists():
             raise FileNotFoundError(f"{path}: no graph (run `r2rec graph --run DIR` first)")
         with np.load(path, allow_pickle=False) as z:
-            return cls(z["users"], int(z["n_items"]), z["ui_indptr"], z["ui_items"], z["ui_pos"], z["ui_time"],
-                       int(z["n_interactions"]), **kw)
+            return cls(
+                z["users"],
+                int(z["n_items"]),
+                z["ui_indptr"],
+                z["ui_items"],
+                z["ui_pos"],
+                z["ui_time"],
+                int(z["n_interactions"]),
+                **kw,
+            )
 
 
 # -- run-level helpers ---------------------------------------------------------------------------------
@@ -278,8 +323,9 @@ def build_graph(run_dir: str | Path, config: GraphConfig | None = None, force: b
     out = run.root / "graph" / GRAPH_FILE
     if not force and out.exists() and run.manifest_matches("graph", _inputs(run), config):
         return InteractionGraph.load(out, dense_lookup_max_cells=config.dense_lookup_max_cells)
-    graph = InteractionGraph.from_sequences(prepared.train_sequences(), prepared.n_items,
-                                            dense_lookup_max_cells=config.dense_lookup_max_cells)
+    graph = InteractionGraph.from_sequences(
+        prepared.train_sequences(), prepared.n_items, dense_lookup_max_cells=config.dense_lookup_max_cells
+    )
     graph.save(out)
     atomic_write_json(out.parent / "stats.json", graph.stats())
     run.write_manifest("graph", _inputs(run), config, outputs=[out], extra={"stats": graph.stats()})

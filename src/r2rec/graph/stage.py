@@ -42,8 +42,14 @@ def _jobs(prepared: PreparedData, splits: Sequence[str], seeds: Sequence[int] | 
     return jobs
 
 
-def run_chains(run_dir: str | Path, config: ChainConfig | None = None, splits: Sequence[str] = SPLITS,
-               seeds: Sequence[int] | None = None, force: bool = False, progress: bool = False) -> dict:
+def run_chains(
+    run_dir: str | Path,
+    config: ChainConfig | None = None,
+    splits: Sequence[str] = SPLITS,
+    seeds: Sequence[int] | None = None,
+    force: bool = False,
+    progress: bool = False,
+) -> dict:
     """Write ``chains/{split}.seed{s}.jsonl.gz``; returns per-file stats. Skipped when the manifest matches."""
     import json
 
@@ -74,7 +80,7 @@ def run_chains(run_dir: str | Path, config: ChainConfig | None = None, splits: S
                     row["target"] = s.target
                 else:
                     # Val/test lines carry the candidates' evidence, never the target itself.
-                    row["evidence"] = [round(float(x), 6) for x in cb.evidence[b, :len(s.candidates)]]
+                    row["evidence"] = [round(float(x), 6) for x in cb.evidence[b, : len(s.candidates)]]
                     reach += int(cb.evidence[b, s.candidates.index(s.target)] > 0)
                 rows.append(row)
                 n_chains += len(recs)
@@ -82,8 +88,12 @@ def run_chains(run_dir: str | Path, config: ChainConfig | None = None, splits: S
         out = chains_path(run_dir, split, seed)
         write_jsonl(out, rows)
         outputs.append(out)
-        entry = {"samples": len(samples), "with_chain": with_chain, "chains": n_chains,
-                 "chains_per_sample": round(n_chains / max(len(samples), 1), 3)}
+        entry = {
+            "samples": len(samples),
+            "with_chain": with_chain,
+            "chains": n_chains,
+            "chains_per_sample": round(n_chains / max(len(samples), 1), 3),
+        }
         if mode == "candidates":
             # Stats only: how often some chain reaches the target (an upper bound for chain-based reasoning).
             entry["target_reached"] = reach

@@ -27,10 +27,21 @@ def _sequence(rng: np.random.Generator, pool: np.ndarray, p: np.ndarray, length:
     return [int(i) for i in rng.choice(pool, size=min(length, len(pool)), replace=False, p=p)]
 
 
-def write_synthetic_run(run_dir: str | Path, n_train_users: int = 60, n_val_users: int = 8, n_test_users: int = 8,
-                        n_items: int = 80, n_clusters: int = 4, seq_len: tuple[int, int] = (12, 30),
-                        seeds: Sequence[int] = (0,), n_candidates: int = 20, max_history: int = 10,
-                        min_history: int = 3, holdout_targets: bool = True, seed: int = 0) -> Path:
+def write_synthetic_run(
+    run_dir: str | Path,
+    n_train_users: int = 60,
+    n_val_users: int = 8,
+    n_test_users: int = 8,
+    n_items: int = 80,
+    n_clusters: int = 4,
+    seq_len: tuple[int, int] = (12, 30),
+    seeds: Sequence[int] = (0,),
+    n_candidates: int = 20,
+    max_history: int = 10,
+    min_history: int = 3,
+    holdout_targets: bool = True,
+    seed: int = 0,
+) -> Path:
     """Write ``<run_dir>/prepared/`` and return ``run_dir``."""
     run_dir = Path(run_dir)
     root = run_dir / "prepared"
@@ -62,8 +73,10 @@ def write_synthetic_run(run_dir: str | Path, n_train_users: int = 60, n_val_user
 
     titles = {i: SPECIAL_TITLES.get(i, f"Item {i}") for i in range(total_items)}
     write_jsonl(root / "items.jsonl", ({"item": i, "title": t} for i, t in titles.items()))
-    write_jsonl(root / "train_sequences.jsonl.gz",
-                ({"user": u, "items": s, "times": [1000 + 10 * k for k in range(len(s))]} for u, s in train.items()))
+    write_jsonl(
+        root / "train_sequences.jsonl.gz",
+        ({"user": u, "items": s, "times": [1000 + 10 * k for k in range(len(s))]} for u, s in train.items()),
+    )
 
     def candidates(split_rng, seq: list[int], target: int) -> tuple[int, ...]:
         seen = set(seq)
@@ -78,27 +91,45 @@ def write_synthetic_run(run_dir: str | Path, n_train_users: int = 60, n_val_user
     for k in seeds:
         split_rng = np.random.default_rng([seed, k])
         for split in ("val", "test"):
-            rows = [Sample(u, tuple(s[:-1][-max_history:]), s[-1], candidates(split_rng, s, s[-1]), split, k)
-                    for u, s in heldout.items() if u.startswith(split + "/")]
+            rows = [
+                Sample(u, tuple(s[:-1][-max_history:]), s[-1], candidates(split_rng, s, s[-1]), split, k)
+                for u, s in heldout.items()
+                if u.startswith(split + "/")
+            ]
             write_jsonl(root / f"{split}.seed{k}.jsonl.gz", (r.to_json() for r in rows))
             counts[split] = len(rows)
     split_rng = np.random.default_rng([seed, seeds[0], 7])
     rows = []
     for user, s in train.items():
         for t in range(min_history, len(s)):
-            rows.append(Sample(user, tuple(s[:t][-max_history:]), s[t], candidates(split_rng, s, s[t]), "train",
-                               seeds[0]))
+            rows.append(
+                Sample(user, tuple(s[:t][-max_history:]), s[t], candidates(split_rng, s, s[t]), "train", seeds[0])
+            )
     write_jsonl(root / f"train.seed{seeds[0]}.jsonl.gz", (r.to_json() for r in rows))
     counts["train"] = len(rows)
-    meta = {"dataset": "synthetic-movies", "n_items": total_items, "seeds": list(seeds),
-            "num_candidates": n_candidates, "max_history": max_history, "min_history": min_history,
-            "counts": counts, "heldout_items": list(range(n_items, total_items))}
+    meta = {
+        "dataset": "synthetic-movies",
+        "n_items": total_items,
+        "seeds": list(seeds),
+        "num_candidates": n_candidates,
+        "max_history": max_history,
+        "min_history": min_history,
+        "counts": counts,
+        "heldout_items": list(range(n_items, total_items)),
+    }
     (root / "meta.json").write_text(json.dumps(meta, indent=2))
     return run_dir
 
 
-def synthetic_edges(n_edges: int, n_users: int, n_items: int, zipf: float = 0.8, clusters: int = 0,
-                    in_cluster: float = 0.85, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def synthetic_edges(
+    n_edges: int,
+    n_users: int,
+    n_items: int,
+    zipf: float = 0.8,
+    clusters: int = 0,
+    in_cluster: float = 0.85,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(edge_user, edge_item, edge_pos)`` for ~``n_edges`` interactions, users of equal expected length.
 
     Item popularity ~ rank ** -zipf (a long tail like real catalogues). With ``clusters > 0`` every user has

@@ -119,7 +119,7 @@ class TrieLogitsProcessor:
 
         mask = torch.full_like(scores, float("-inf"))
         for b, trie in enumerate(self.tries):
-            node = trie.walk(input_ids[b, self.prompt_length:].tolist())
+            node = trie.walk(input_ids[b, self.prompt_length :].tolist())
             if node is None:  # finished row, padded by generate: nothing to constrain
                 mask[b] = 0
                 continue

@@ -55,8 +55,10 @@ def choose_engine(engine: str, device: str, model_type: str | None) -> EngineCho
         return EngineChoice("torch", "asked for")
     if engine == "llama.cpp":
         if not available():
-            raise ValueError("engine: llama.cpp needs llama-cpp-python (`pip install -e '.[engine]'`, builds "
-                             "llama.cpp from source) or use engine: torch")
+            raise ValueError(
+                "engine: llama.cpp needs llama-cpp-python (`pip install -e '.[engine]'`, builds "
+                "llama.cpp from source) or use engine: torch"
+            )
         if model_type not in (None, "llama"):
             raise ValueError(f"engine: llama.cpp exports Llama models only; this one is {model_type!r}")
         return EngineChoice("llama.cpp", "asked for")
@@ -93,8 +95,13 @@ def gguf_for(model_name: str | os.PathLike, adapter: str | os.PathLike | None, q
     weights = sorted(Path(base).glob("*.safetensors")) if isinstance(base, Path) else []
     if adapter is not None:
         weights += sorted(Path(adapter).glob("*.safetensors"))
-    key = fingerprint({"model": str(model_name) if not weights else None, "quant": quant,
-                       "weights": [sha256_file(p) for p in weights]})[:16]
+    key = fingerprint(
+        {
+            "model": str(model_name) if not weights else None,
+            "quant": quant,
+            "weights": [sha256_file(p) for p in weights],
+        }
+    )[:16]
     out = cache_dir().parent / "gguf" / f"{Path(str(model_name)).name}-{key}.{quant}.gguf"
     if not out.exists():
         model, tok = load_model(model_name, adapter=adapter)
@@ -104,9 +111,15 @@ def gguf_for(model_name: str | os.PathLike, adapter: str | os.PathLike | None, q
     return out
 
 
-def load_generator(model_name: str | os.PathLike, adapter: str | os.PathLike | None, config: GenerationConfig,
-                   device: str = "cpu", engine: str = "auto", quant: str = "q8_0",
-                   threads: int = 0) -> tuple[Generator, EngineChoice]:
+def load_generator(
+    model_name: str | os.PathLike,
+    adapter: str | os.PathLike | None,
+    config: GenerationConfig,
+    device: str = "cpu",
+    engine: str = "auto",
+    quant: str = "q8_0",
+    threads: int = 0,
+) -> tuple[Generator, EngineChoice]:
     """``(generator, choice)``: a generator for the model (+ adapter) on the chosen engine.
 
     ``device``: the resolved device (``cpu``/``cuda``, :func:`r2rec.hardware.resolve`); ``config.precision``

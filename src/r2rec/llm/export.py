@@ -46,8 +46,13 @@ def _vocab(tok) -> tuple[list[str], list[int], list[str]]:
             types.append(gguf.TokenType.UNUSED)
         else:
             tokens.append(t)
-            types.append(gguf.TokenType.CONTROL if i in special else
-                         gguf.TokenType.USER_DEFINED if i in added else gguf.TokenType.NORMAL)
+            types.append(
+                gguf.TokenType.CONTROL
+                if i in special
+                else gguf.TokenType.USER_DEFINED
+                if i in added
+                else gguf.TokenType.NORMAL
+            )
     model = json.loads(tok.backend_tokenizer.to_str())["model"]
     if model.get("type") != "BPE":
         raise ValueError(f"GGUF export supports BPE tokenizers; this one is {model.get('type')!r}")
@@ -64,16 +69,23 @@ def export_gguf(model, tokenizer, out: str | os.PathLike, quant: str = "q8_0", n
         raise ValueError(f"quant must be one of {QUANTS}, got {quant!r}")
     cfg = model.config
     if cfg.model_type != "llama":
-        raise ValueError(f"GGUF export supports Llama models (SmolLM2, TinyLlama, Llama 2/3); this one is "
-                         f"{cfg.model_type!r}: use vLLM or the torch engine for it")
+        raise ValueError(
+            f"GGUF export supports Llama models (SmolLM2, TinyLlama, Llama 2/3); this one is "
+            f"{cfg.model_type!r}: use vLLM or the torch engine for it"
+        )
     n_head, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads or cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
     sd = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
-    qtype = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
-             "q8_0": gguf.GGMLQuantizationType.Q8_0}[quant]
+    qtype = {
+        "f32": gguf.GGMLQuantizationType.F32,
+        "f16": gguf.GGMLQuantizationType.F16,
+        "q8_0": gguf.GGMLQuantizationType.Q8_0,
+    }[quant]
 
-    tensors: list[tuple[str, np.ndarray]] = [("token_embd.weight", sd["model.embed_tokens.weight"]),
-                                             ("output_norm.weight", sd["model.norm.weight"])]
+    tensors: list[tuple[str, np.ndarray]] = [
+        ("token_embd.weight", sd["model.embed_tokens.weight"]),
+        ("output_norm.weight", sd["model.norm.weight"]),
+    ]
     if "lm_head.weight" in sd and not cfg.tie_word_embeddings:
         tensors.append(("output.weight", sd["lm_head.weight"]))
     for i in range(cfg.num_hidden_layers):
@@ -116,8 +128,11 @@ def export_gguf(model, tokenizer, out: str | os.PathLike, quant: str = "q8_0", n
         w.add_token_list(tokens)
         w.add_token_types(types)
         w.add_token_merges(merges)
-        for key, value in (("bos", tokenizer.bos_token_id), ("eos", tokenizer.eos_token_id),
-                           ("pad", tokenizer.pad_token_id)):
+        for key, value in (
+            ("bos", tokenizer.bos_token_id),
+            ("eos", tokenizer.eos_token_id),
+            ("pad", tokenizer.pad_token_id),
+        ):
             if value is not None:
                 getattr(w, f"add_{key}_token_id")(int(value))
         if getattr(tokenizer, "chat_template", None):

@@ -56,8 +56,14 @@ class LlamaCppGenerator(Generator):
     """Generation and scoring on a GGUF model. ``tokenizer``: the Hugging Face tokenizer of the same model
     (r2rec tokenises itself and feeds ids, so prompts and titles are the same tokens as in the torch loop)."""
 
-    def __init__(self, gguf_path: str | os.PathLike, tokenizer, config: GenerationConfig | None = None,
-                 n_ctx: int = 4096, threads: int = 0):
+    def __init__(
+        self,
+        gguf_path: str | os.PathLike,
+        tokenizer,
+        config: GenerationConfig | None = None,
+        n_ctx: int = 4096,
+        threads: int = 0,
+    ):
         from llama_cpp import Llama
 
         self._init_tokens(tokenizer, config)
@@ -65,8 +71,15 @@ class LlamaCppGenerator(Generator):
         self.path = Path(gguf_path)
         cores = _threads()
         self.threads = threads or cores
-        self.llm: Any = Llama(str(self.path), n_ctx=n_ctx, n_batch=512, n_threads=self.threads,
-                         n_threads_batch=self.threads, logits_all=False, verbose=False)
+        self.llm: Any = Llama(
+            str(self.path),
+            n_ctx=n_ctx,
+            n_batch=512,
+            n_threads=self.threads,
+            n_threads_batch=self.threads,
+            logits_all=False,
+            verbose=False,
+        )
         self.n_vocab = self.llm.n_vocab()
         if self.n_vocab < len(tokenizer):
             raise ValueError(f"{self.path}: {self.n_vocab} tokens in the GGUF, {len(tokenizer)} in the tokenizer")
@@ -138,17 +151,22 @@ class LlamaCppGenerator(Generator):
         llm = self.llm
         assert llm is not None
         if llm.n_tokens + len(tokens) > llm.n_ctx():
-            raise ValueError(f"prompt + completion need {llm.n_tokens + len(tokens)} positions, more than the "
-                             f"engine's context of {llm.n_ctx()}")
+            raise ValueError(
+                f"prompt + completion need {llm.n_tokens + len(tokens)} positions, more than the "
+                f"engine's context of {llm.n_ctx()}"
+            )
         llm._ctx.kv_cache_seq_rm(-1, llm.n_tokens, -1)
         rows = []
         for i in range(0, len(tokens), llm.n_batch):
-            chunk = list(tokens[i:i + llm.n_batch])
+            chunk = list(tokens[i : i + llm.n_batch])
             llm._batch.set_batch(batch=chunk, n_past=llm.n_tokens, logits_all=all_logits)
             llm._ctx.decode(llm._batch)
             n = len(chunk) if all_logits else 1
-            rows.append(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n * self.n_vocab,))
-                        .reshape(n, self.n_vocab)[:, :len(self.tok)].copy())
+            rows.append(
+                np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n * self.n_vocab,))
+                .reshape(n, self.n_vocab)[:, : len(self.tok)]
+                .copy()
+            )
             llm.n_tokens += len(chunk)
         return np.concatenate(rows) if all_logits else rows[-1][-1]
 
@@ -159,8 +177,13 @@ class LlamaCppGenerator(Generator):
 
         cfg = self.config
         gen = self._gen = torch.Generator().manual_seed(cfg.seed)
-        bar = tqdm(range(len(rows)), desc="generate" if decode else "score", unit="prompt",
-                   disable=not cfg.progress, leave=False)
+        bar = tqdm(
+            range(len(rows)),
+            desc="generate" if decode else "score",
+            unit="prompt",
+            disable=not cfg.progress,
+            leave=False,
+        )
         for i in bar:
             self._run_row(self.prompt_ids(prompts[i]), rows[i], rank, decode, gen)
         return [r.out for r in rows]  # type: ignore[misc]  # every row is finished here

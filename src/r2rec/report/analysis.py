@@ -18,8 +18,20 @@ from ..eval.metrics import Prediction
 SHOWN_ORDER_KEYS = ("shown_candidates", "candidate_order", "ordered_candidates", "prompt_candidates")
 
 # Display order of known methods: classical baselines, then the LLM variants, R2Rec last.
-METHOD_ORDER = ("random", "pop", "popularity", "transition", "cooc", "evidence", "sasrec", "gru4rec",
-                "base", "sft-direct", "sft", "rl")
+METHOD_ORDER = (
+    "random",
+    "pop",
+    "popularity",
+    "transition",
+    "cooc",
+    "evidence",
+    "sasrec",
+    "gru4rec",
+    "base",
+    "sft-direct",
+    "sft",
+    "rl",
+)
 
 
 def method_sort_key(method: str) -> tuple[int, str]:
@@ -57,12 +69,12 @@ def _first_share(p: Prediction, first: int) -> float | None:
 
 @dataclass
 class PositionBias:
-    n: int                  # predictions considered (answer or scores)
-    answer_first: float     # share of answers that are the first listed candidate
-    target_first: float     # share of samples whose target is listed first (what a perfect model would do)
-    chance: float           # 1 / number of candidates
-    invalid: int            # predictions with neither a valid answer nor scores
-    order_recorded: bool    # True if the prompt order was recorded with the predictions
+    n: int  # predictions considered (answer or scores)
+    answer_first: float  # share of answers that are the first listed candidate
+    target_first: float  # share of samples whose target is listed first (what a perfect model would do)
+    chance: float  # 1 / number of candidates
+    invalid: int  # predictions with neither a valid answer nor scores
+    order_recorded: bool  # True if the prompt order was recorded with the predictions
     # For methods that answer (LLMs): HR@1 when the answer is the first listed candidate, and when it is not
     # (a "departure"): does the model add anything to the ranking it reads? None for rankers / no such answer.
     hit_when_first: float | None = None
@@ -93,10 +105,21 @@ def position_bias(preds_by_seed: Mapping[int, Sequence[Prediction]]) -> Position
                 hits[p.answer == order[0]].append(float(p.answer == p.target))
     if not shares:
         return None
+
     def mean(xs):
         return float(np.mean(xs)) if xs else None
-    return PositionBias(len(shares), float(np.mean(shares)), float(np.mean(targets)), 1.0 / k, invalid, recorded,
-                        mean(hits[True]), len(hits[False]), mean(hits[False]))
+
+    return PositionBias(
+        len(shares),
+        float(np.mean(shares)),
+        float(np.mean(targets)),
+        1.0 / k,
+        invalid,
+        recorded,
+        mean(hits[True]),
+        len(hits[False]),
+        mean(hits[False]),
+    )
 
 
 def faithfulness_values(preds_by_seed: Mapping[int, Sequence[Prediction]]) -> list[float]:

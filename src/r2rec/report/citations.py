@@ -12,9 +12,13 @@ from dataclasses import dataclass, field
 from ..eval.metrics import Prediction
 
 # Why a citation is not real, in words (keys are the checker's ``Citation.why`` codes).
-WHY = {"unknown_item": "no catalogue item has this title", "unknown_user": "no such user in the train graph",
-       "no_interaction": "this user never interacted with this item in train",
-       "not_in_history": "not in the user's own history", "order": "not after the previous item in time"}
+WHY = {
+    "unknown_item": "no catalogue item has this title",
+    "unknown_user": "no such user in the train graph",
+    "no_interaction": "this user never interacted with this item in train",
+    "not_in_history": "not in the user's own history",
+    "order": "not after the previous item in time",
+}
 
 
 @dataclass
@@ -53,8 +57,9 @@ def sample_history(run, split: str, pred: Prediction) -> tuple[int, ...] | None:
         try:
             from ..data.schema import PreparedData
 
-            run.cache[key] = {(s.user, s.target): s.history
-                              for s in PreparedData(run.root / "prepared").samples(split, pred.seed)}
+            run.cache[key] = {
+                (s.user, s.target): s.history for s in PreparedData(run.root / "prepared").samples(split, pred.seed)
+            }
         except (FileNotFoundError, ValueError, KeyError):
             run.cache[key] = {}
     return run.cache[key].get((pred.user, pred.target))
@@ -70,14 +75,16 @@ def mark_citations(run, pred: Prediction, split: str) -> Marked:
     history = sample_history(run, split, pred)
     result = checker.check(text, history or ())
     if not result.citations:
-        return Marked(note="The reasoning cites no interaction in the checkable form (user … \"title\").")
+        return Marked(note='The reasoning cites no interaction in the checkable form (user … "title").')
     out = []
     for c in result.citations:
         who = "the user (own history)" if c.user is None else f"user {c.user}"
         what = f'{who}: "{c.title}"' + (" (claimed after the previous one)" if c.after is not None else "")
         out.append(Citation(what, bool(c.real), WHY.get(c.why, c.why)))
-    note = (f"{result.real} of {result.cited} cited interactions are real (faithfulness "
-            f"{result.score:.2f}), checked against the train graph.")
+    note = (
+        f"{result.real} of {result.cited} cited interactions are real (faithfulness "
+        f"{result.score:.2f}), checked against the train graph."
+    )
     if history is None and any(c.user is None for c in result.citations):
         note += " The prompt's history was not found in prepared/, so own-history citations count as invented."
     return Marked(out, note)

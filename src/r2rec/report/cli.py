@@ -1,7 +1,7 @@
 """``r2rec report --run DIR``: write ``DIR/report/report.md`` and a self-contained ``report.html``.
 
-    r2rec report --run runs/llara-movielens
-    r2rec report --run runs/llara-movielens --run runs/llara-lastfm --out runs/report-all
+r2rec report --run runs/llara-movielens
+r2rec report --run runs/llara-movielens --run runs/llara-lastfm --out runs/report-all
 """
 
 from __future__ import annotations
@@ -13,8 +13,13 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", action="append", required=True, metavar="DIR",
-                        help="run folder (repeat to put several runs in one report)")
+    parser.add_argument(
+        "--run",
+        action="append",
+        required=True,
+        metavar="DIR",
+        help="run folder (repeat to put several runs in one report)",
+    )
     parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default: <first run>/report)")
     parser.add_argument("--traces", type=int, default=3, help="reasoning examples to show per dataset")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the ratio CIs")

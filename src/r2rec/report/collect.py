@@ -84,6 +84,7 @@ class RunData:
 
 # -- pieces ------------------------------------------------------------------------------------------------
 
+
 def _load_results(run: RunData) -> None:
     if not run.results_dir.is_dir():
         return

@@ -159,6 +159,7 @@ def to_markdown(blocks: Sequence[Block], plot_dir: str = "plots") -> str:
 
 # -- HTML --------------------------------------------------------------------------------------------------
 
+
 def esc(text: str) -> str:
     return html.escape(str(text), quote=True)
 
@@ -190,14 +191,15 @@ def to_html_body(blocks: Sequence[Block]) -> str:
             out.append("<ul>" + "".join(f"<li>{_html_inline(i)}</li>" for i in b.items) + "</ul>")
         elif isinstance(b, Table):
             head = "".join(f"<th>{esc(h)}</th>" for h in b.headers)
-            body = "".join("<tr>" + "".join(f"<td>{_html_inline(c)}</td>" for c in row) + "</tr>"
-                           for row in b.rows)
+            body = "".join("<tr>" + "".join(f"<td>{_html_inline(c)}</td>" for c in row) + "</tr>" for row in b.rows)
             out.append(f'<div class="table"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>')
         elif isinstance(b, Image):
             data = base64.b64encode(b.png).decode("ascii")
             cap = f"<figcaption>{esc(b.caption)}</figcaption>" if b.caption else ""
-            out.append(f'<figure data-plot="{esc(b.name)}"><img alt="{esc(b.alt)}" '
-                       f'src="data:image/png;base64,{data}">{cap}</figure>')
+            out.append(
+                f'<figure data-plot="{esc(b.name)}"><img alt="{esc(b.alt)}" '
+                f'src="data:image/png;base64,{data}">{cap}</figure>'
+            )
         elif isinstance(b, Pre):
             out.append(f"<pre>{esc(b.text)}</pre>")
         elif isinstance(b, Details):

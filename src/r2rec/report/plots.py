@@ -43,8 +43,9 @@ def hr1_plot(results: Sequence[Mapping], chance: float, title: str) -> bytes | N
     hi = np.array([(r.get("hr1_ci95") or [None, None])[1] for r in rows], dtype=float)
     # A missing CI bound draws no bar on that side rather than a wrong one.
     err = np.vstack([np.nan_to_num(y - lo, nan=0.0), np.nan_to_num(hi - y, nan=0.0)]).clip(min=0)
-    colors = [R2REC_COLOR if r["method"] == "rl" else BASE_COLOR if r["method"] == "base" else OTHER_COLOR
-              for r in rows]
+    colors = [
+        R2REC_COLOR if r["method"] == "rl" else BASE_COLOR if r["method"] == "base" else OTHER_COLOR for r in rows
+    ]
     ax.bar(x, y, color=colors, width=0.6)
     ax.errorbar(x, y, yerr=err, fmt="none", ecolor="black", capsize=4, linewidth=1)
     ax.axhline(chance, color="black", linestyle="--", linewidth=1, label=f"chance = 1/{round(1 / chance)}")
@@ -98,8 +99,15 @@ def faithfulness_hist(values_by_method: Mapping[str, Sequence[float]], title: st
     fig, ax = _figure()
     bins = np.linspace(0.0, 1.0, 11)
     for i, (m, v) in enumerate(series.items()):
-        ax.hist(np.clip(v, 0.0, 1.0), bins=bins, histtype="step", linewidth=2, color=f"C{i % 10}",
-                weights=np.full(len(v), 1.0 / len(v)), label=f"{m} (n={len(v)}, mean {v.mean():.2f})")
+        ax.hist(
+            np.clip(v, 0.0, 1.0),
+            bins=bins,
+            histtype="step",
+            linewidth=2,
+            color=f"C{i % 10}",
+            weights=np.full(len(v), 1.0 / len(v)),
+            label=f"{m} (n={len(v)}, mean {v.mean():.2f})",
+        )
     ax.set_xlabel("faithfulness (share of cited interactions that exist)")
     ax.set_ylabel("share of predictions")
     ax.set_xlim(0, 1)

@@ -80,17 +80,27 @@ class _Builder:
     def build(self) -> list[Block]:
         names = ", ".join(r.name for r in self.runs)
         self.add(Heading(1, f"R2Rec report: {names}"))
-        self.add(Para(["Generated ", Span(_dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "code"),
-                       " by ", Span("r2rec report " + " ".join(f"--run {r.root}" for r in self.runs), "code"),
-                       ". Cells are mean ± std over candidate seeds [bootstrap 95% CI over samples]; HR@1 counts "
-                       "an invalid answer as a miss, HR@1 (valid) is LLaRA's correct / valid answers."]))
+        self.add(
+            Para(
+                [
+                    "Generated ",
+                    Span(_dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "code"),
+                    " by ",
+                    Span("r2rec report " + " ".join(f"--run {r.root}" for r in self.runs), "code"),
+                    ". Cells are mean ± std over candidate seeds [bootstrap 95% CI over samples]; HR@1 counts "
+                    "an invalid answer as a miss, HR@1 (valid) is LLaRA's correct / valid answers.",
+                ]
+            )
+        )
         for run in self.runs:
             self.run_section(run, level=2 if len(self.runs) == 1 else 3, titled=len(self.runs) > 1)
         problems = [p for r in self.runs for p in r.problems]
         if problems:
-            self.add(Heading(2, "Problems reading the run"),
-                     Para("These files are present but could not be used; their content is left out above."),
-                     Bullets([Span(p, "code") for p in problems]))
+            self.add(
+                Heading(2, "Problems reading the run"),
+                Para("These files are present but could not be used; their content is left out above."),
+                Bullets([Span(p, "code") for p in problems]),
+            )
         return self.blocks
 
     def run_section(self, run: RunData, level: int, titled: bool) -> None:
@@ -107,15 +117,19 @@ class _Builder:
             self.add(Heading(level, f"{dataset} ({split})"))
             self.subset_note(run, split)
             self.results_table(results)
-            chance = results[0].get("chance_hr1") or (1.0 / results[0]["num_candidates"]
-                                                      if results[0].get("num_candidates") else None)
+            chance = results[0].get("chance_hr1") or (
+                1.0 / results[0]["num_candidates"] if results[0].get("num_candidates") else None
+            )
             note = ""
             if chance is None:
                 chance, note = 1.0 / 20, " (chance assumed 1/20: the results do not record the candidate count)"
-            self.image(_slug(*key, split, "hr1"),
-                       plots.hr1_plot(results, chance, f"{dataset} ({split}): HR@1 by method"),
-                       f"HR@1 by method on {dataset}",
-                       f"HR@1 with bootstrap 95% CI; dashed line: chance{note}.", "no HR@1 values")
+            self.image(
+                _slug(*key, split, "hr1"),
+                plots.hr1_plot(results, chance, f"{dataset} ({split}): HR@1 by method"),
+                f"HR@1 by method on {dataset}",
+                f"HR@1 with bootstrap 95% CI; dashed line: chance{note}.",
+                "no HR@1 values",
+            )
             self.headline(run, results, level + 1)
             self.position_bias(run, results, level + 1)
             self.faithfulness(run, results, dataset, split, key, level + 1)
@@ -129,9 +143,19 @@ class _Builder:
         counts = (run.prepared_meta or {}).get("counts") or {}
         if split != "test" or not isinstance(counts.get("test_rows"), int) or counts["test_rows"] == counts.get("test"):
             return
-        self.add(Para(["Test set: a seeded random subset of ", str(counts.get("test")), " of the ",
-                       str(counts["test_rows"]), " test samples (", *code("`prepare.max_test_samples`"),
-                       "), each with the candidates the full set froze for it."]))
+        self.add(
+            Para(
+                [
+                    "Test set: a seeded random subset of ",
+                    str(counts.get("test")),
+                    " of the ",
+                    str(counts["test_rows"]),
+                    " test samples (",
+                    *code("`prepare.max_test_samples`"),
+                    "), each with the candidates the full set froze for it.",
+                ]
+            )
+        )
 
     def results_table(self, results: list[dict]) -> None:
         metrics = ["hr1", "hr1_valid", "valid_ratio"]
@@ -154,13 +178,21 @@ class _Builder:
         self.add(Table(["method", "n", "seeds", *metrics, "wall s"], rows))
         shapes = {(r.get("n"), tuple(r.get("seeds") or ())) for r in results}
         if len(shapes) > 1:
-            self.add(Note("These methods were not all evaluated on the same samples and seeds (see n and seeds): "
-                          "compare their rows with care."))
+            self.add(
+                Note(
+                    "These methods were not all evaluated on the same samples and seeds (see n and seeds): "
+                    "compare their rows with care."
+                )
+            )
         chance = results[0].get("chance_hr1")
         if chance:
-            self.add(Para(f"{results[0].get('n')} samples per seed, seeds {results[0].get('seeds')}, "
-                          f"{results[0].get('num_candidates', round(1 / chance))} candidates: chance HR@1 = "
-                          f"{chance:.4f}. Bold: best value of each column (none when all rows tie)."))
+            self.add(
+                Para(
+                    f"{results[0].get('n')} samples per seed, seeds {results[0].get('seeds')}, "
+                    f"{results[0].get('num_candidates', round(1 / chance))} candidates: chance HR@1 = "
+                    f"{chance:.4f}. Bold: best value of each column (none when all rows tie)."
+                )
+            )
 
     def headline(self, run: RunData, results: list[dict], level: int) -> None:
         self.add(Heading(level, "Headline ratios (relative HR@1)"))
@@ -169,25 +201,49 @@ class _Builder:
             self.add(Note(code(f"No `{R2REC_METHOD}` (R2Rec) result yet: the headline ratios need it.")))
             return
         others = [m for m in methods if m != R2REC_METHOD]
-        h = headline_ratios(results, R2REC_METHOD, others, BASE_LLM_METHOD if BASE_LLM_METHOD in methods else None,
-                            results_dir=run.results_dir, n_boot=self.n_boot, seed=self.seed)
+        h = headline_ratios(
+            results,
+            R2REC_METHOD,
+            others,
+            BASE_LLM_METHOD if BASE_LLM_METHOD in methods else None,
+            results_dir=run.results_dir,
+            n_boot=self.n_boot,
+            seed=self.seed,
+        )
         rows: list[list[Inline]] = []
-        for key, label, paper in (("vs_best_baseline", "R2Rec vs best other method", PAPER_VS_BEST_BASELINE),
-                                  ("vs_base_llm", "R2Rec vs untuned LLM", PAPER_VS_BASE_LLM)):
+        for key, label, paper in (
+            ("vs_best_baseline", "R2Rec vs best other method", PAPER_VS_BEST_BASELINE),
+            ("vs_base_llm", "R2Rec vs untuned LLM", PAPER_VS_BASE_LLM),
+        ):
             v = h.get(key)
             if v is None:
                 what = "no other method" if key == "vs_best_baseline" else f"no `{BASE_LLM_METHOD}` result"
                 rows.append([label, "—", "—", _fmt(h["hr1"]), code(f"— ({what})"), format_ratio(paper)])
                 continue
             ci = v.get("ci95")
-            ci_txt = (f" [{format_ratio(ci[0])}, {format_ratio(ci[1])}]" if ci and None not in ci
-                      else " (no paired CI: prediction dumps absent or not on the same samples)")
-            rows.append([label, Span(str(v["method"]), "code"), _fmt(v["hr1"]), _fmt(h["hr1"]),
-                         format_ratio(v["relative"]) + ci_txt, format_ratio(paper)])
-        self.add(Table(["comparison", "against", "its HR@1", "R2Rec HR@1", "ours (paired 95% CI)", "paper"], rows),
-                 Para("Relative = HR@1(R2Rec) / HR@1(other) − 1. The CI resamples the same samples for both "
-                      "methods (paired). The paper's figures are for its models and datasets, not a target "
-                      "this setup is expected to match."))
+            ci_txt = (
+                f" [{format_ratio(ci[0])}, {format_ratio(ci[1])}]"
+                if ci and None not in ci
+                else " (no paired CI: prediction dumps absent or not on the same samples)"
+            )
+            rows.append(
+                [
+                    label,
+                    Span(str(v["method"]), "code"),
+                    _fmt(v["hr1"]),
+                    _fmt(h["hr1"]),
+                    format_ratio(v["relative"]) + ci_txt,
+                    format_ratio(paper),
+                ]
+            )
+        self.add(
+            Table(["comparison", "against", "its HR@1", "R2Rec HR@1", "ours (paired 95% CI)", "paper"], rows),
+            Para(
+                "Relative = HR@1(R2Rec) / HR@1(other) − 1. The CI resamples the same samples for both "
+                "methods (paired). The paper's figures are for its models and datasets, not a target "
+                "this setup is expected to match."
+            ),
+        )
 
     def position_bias(self, run: RunData, results: list[dict], level: int) -> None:
         self.add(Heading(level, "Valid answers and position bias"))
@@ -197,25 +253,50 @@ class _Builder:
             pb = analysis.position_bias(preds) if preds else None
             if pb is None:
                 continue
-            rows.append([Span(str(r["method"]), "code"), _fmt(r.get("valid_ratio")), str(pb.invalid),
-                         _pct(pb.answer_first), _pct(pb.target_first), _pct(pb.chance),
-                         "prompt" if pb.order_recorded else "stored", _fmt(pb.hit_when_first),
-                         f"{pb.departures}: {_fmt(pb.hit_when_departing)}" if pb.departures else "—"])
+            rows.append(
+                [
+                    Span(str(r["method"]), "code"),
+                    _fmt(r.get("valid_ratio")),
+                    str(pb.invalid),
+                    _pct(pb.answer_first),
+                    _pct(pb.target_first),
+                    _pct(pb.chance),
+                    "prompt" if pb.order_recorded else "stored",
+                    _fmt(pb.hit_when_first),
+                    f"{pb.departures}: {_fmt(pb.hit_when_departing)}" if pb.departures else "—",
+                ]
+            )
         if not rows:
             self.add(Note("No prediction dumps: position bias cannot be measured."))
             return
-        self.add(Table(["method", "valid ratio", "invalid answers", "answer = first listed candidate",
-                        "target = first listed", "chance", "order", "hr1 when answer = first",
-                        "answers ≠ first: hr1"], rows))
-        self.add(Para("First listed = first in the order the prompt showed (order: prompt, recorded by the "
-                      "evaluator) or, when none was recorded, in the stored candidate order (order: stored). A method "
-                      "that picks the first candidate more often than the target is listed first has a position "
-                      "bias; rankers' tied top scores share the mass. For methods that answer, the last two columns "
-                      "split HR@1 by whether the answer is the first listed candidate: the departures (their count, "
-                      "then their HR@1) are where a model can add to the ranking it reads."))
+        self.add(
+            Table(
+                [
+                    "method",
+                    "valid ratio",
+                    "invalid answers",
+                    "answer = first listed candidate",
+                    "target = first listed",
+                    "chance",
+                    "order",
+                    "hr1 when answer = first",
+                    "answers ≠ first: hr1",
+                ],
+                rows,
+            )
+        )
+        self.add(
+            Para(
+                "First listed = first in the order the prompt showed (order: prompt, recorded by the "
+                "evaluator) or, when none was recorded, in the stored candidate order (order: stored). A method "
+                "that picks the first candidate more often than the target is listed first has a position "
+                "bias; rankers' tied top scores share the mass. For methods that answer, the last two columns "
+                "split HR@1 by whether the answer is the first listed candidate: the departures (their count, "
+                "then their HR@1) are where a model can add to the ranking it reads."
+            )
+        )
 
-    def faithfulness(self, run: RunData, results: list[dict], dataset: str, split: str, key: tuple,
-                     level: int) -> None:
+    def faithfulness(self, run: RunData, results: list[dict], dataset: str, split: str, key: tuple, level: int) -> None:
         self.add(Heading(level, "Faithfulness of generated reasoning"))
         values: dict[str, list[float]] = {}
         rows: list[list[Inline]] = []
@@ -224,38 +305,61 @@ class _Builder:
             v = analysis.faithfulness_values(preds) if preds else []
             if v:
                 values[r["method"]] = v
-                rows.append([Span(str(r["method"]), "code"), str(len(v)), f"{sum(v) / len(v):.3f}",
-                             _pct(sum(x >= 1.0 for x in v) / len(v)), _pct(sum(x <= 0.0 for x in v) / len(v))])
+                rows.append(
+                    [
+                        Span(str(r["method"]), "code"),
+                        str(len(v)),
+                        f"{sum(v) / len(v):.3f}",
+                        _pct(sum(x >= 1.0 for x in v) / len(v)),
+                        _pct(sum(x <= 0.0 for x in v) / len(v)),
+                    ]
+                )
         if not rows:
-            self.add(Note("No prediction carries a faithfulness score (no reasoning was checked, or none cited an "
-                          "interaction in the checkable form)."))
+            self.add(
+                Note(
+                    "No prediction carries a faithfulness score (no reasoning was checked, or none cited an "
+                    "interaction in the checkable form)."
+                )
+            )
             return
         self.add(Table(["method", "scored predictions", "mean", "all citations real", "no citation real"], rows))
-        self.image(_slug(*key, split, "faithfulness"),
-                   plots.faithfulness_hist(values, f"{dataset} ({split}): faithfulness of reasoning"),
-                   f"Faithfulness distribution on {dataset}",
-                   "Share of the interactions cited in each reasoning trace that exist in the train graph.",
-                   "no faithfulness scores")
+        self.image(
+            _slug(*key, split, "faithfulness"),
+            plots.faithfulness_hist(values, f"{dataset} ({split}): faithfulness of reasoning"),
+            f"Faithfulness distribution on {dataset}",
+            "Share of the interactions cited in each reasoning trace that exist in the train graph.",
+            "no faithfulness scores",
+        )
 
     def traces(self, run: RunData, results: list[dict], split: str, level: int) -> None:
         self.add(Heading(level, "Reasoning examples"))
         methods = [r["method"] for r in results]
         order = [m for m in TRACE_PREFERENCE if m in methods] + [m for m in methods if m not in TRACE_PREFERENCE]
         # A method that reasons beats one that only answers (its raw output is shown as a fallback).
-        method = next((m for raw_ok in (False, True) for m in order
-                       if analysis.has_reasoning(run.predictions(m), raw_ok)), None)
+        method = next(
+            (m for raw_ok in (False, True) for m in order if analysis.has_reasoning(run.predictions(m), raw_ok)), None
+        )
         if method is None:
             self.add(Note("No prediction carries reasoning or raw output."))
             return
         picked = analysis.pick_traces(run.predictions(method) or {}, self.n_traces)  # has_reasoning: not empty
-        self.add(Para(["From ", Span(method, "code"), f": {len(picked)} predictions (first seed first; a correct "
-                       "and a wrong one when both exist)."]))
+        self.add(
+            Para(
+                [
+                    "From ",
+                    Span(method, "code"),
+                    f": {len(picked)} predictions (first seed first; a correct and a wrong one when both exist).",
+                ]
+            )
+        )
         for i, p in enumerate(picked, 1):
             verdict = "correct" if p.answer == p.target else "wrong" if p.answer is not None else "invalid"
             hist = sample_history(run, split, p)
             items: list[Inline] = [["history (oldest first): ", "; ".join(run.title(i) for i in hist)]] if hist else []
-            items += [["target: ", Span(run.title(p.target), "b")],
-                     ["answer: ", Span(run.title(p.answer), "b"), f" ({verdict})"]]
+            items += [
+                ["target: ", Span(run.title(p.target), "b")],
+                ["answer: ", Span(run.title(p.answer), "b"), f" ({verdict})"],
+            ]
             if p.faithfulness is not None:
                 items.append(f"faithfulness score recorded by the evaluator: {p.faithfulness:.2f}")
             self.add(Heading(level + 1, f"Example {i}: user {p.user}, seed {p.seed} ({verdict})"), Bullets(items))
@@ -264,9 +368,19 @@ class _Builder:
             if marked.note:
                 self.add(Note(marked.note))
             if marked.citations:
-                self.add(Bullets([[Span("real" if c.real else "INVENTED", "b"), ": ", c.text,
-                                   *([f" ({c.why})"] if c.why and not c.real else [])]
-                                  for c in marked.citations]))
+                self.add(
+                    Bullets(
+                        [
+                            [
+                                Span("real" if c.real else "INVENTED", "b"),
+                                ": ",
+                                c.text,
+                                *([f" ({c.why})"] if c.why and not c.real else []),
+                            ]
+                            for c in marked.citations
+                        ]
+                    )
+                )
 
     def training(self, run: RunData, level: int) -> None:
         self.add(Heading(level, "Training curves"))
@@ -276,14 +390,28 @@ class _Builder:
         val = [c for c in run.curves if re.search(r"hr1|hr@1", c.column, re.I)]
         loss, reward, val = _drop_single_points(loss), _drop_single_points(reward), _drop_single_points(val)
         where = f"no *.csv with a step column under {run.root / 'checkpoints'}"
-        self.image(_slug(run.name, "sft-loss"), plots.curve_plot(loss, "SFT training loss", "loss"),
-                   "SFT loss curve", _curve_sources(run, loss), f"no SFT loss log: {where}, or no loss column")
-        self.image(_slug(run.name, "grpo-reward"), plots.curve_plot(reward, "GRPO reward", "reward"),
-                   "GRPO reward curve", _curve_sources(run, reward),
-                   f"no GRPO reward log: {where}, or no reward column")
+        self.image(
+            _slug(run.name, "sft-loss"),
+            plots.curve_plot(loss, "SFT training loss", "loss"),
+            "SFT loss curve",
+            _curve_sources(run, loss),
+            f"no SFT loss log: {where}, or no loss column",
+        )
+        self.image(
+            _slug(run.name, "grpo-reward"),
+            plots.curve_plot(reward, "GRPO reward", "reward"),
+            "GRPO reward curve",
+            _curve_sources(run, reward),
+            f"no GRPO reward log: {where}, or no reward column",
+        )
         if val:
-            self.image(_slug(run.name, "val-hr1"), plots.curve_plot(val, "Validation HR@1 during training", "HR@1"),
-                       "Validation HR@1 curve", _curve_sources(run, val), "no validation HR@1 column")
+            self.image(
+                _slug(run.name, "val-hr1"),
+                plots.curve_plot(val, "Validation HR@1 during training", "HR@1"),
+                "Validation HR@1 curve",
+                _curve_sources(run, val),
+                "no validation HR@1 column",
+            )
 
     def teacher_traces(self, run: RunData, level: int) -> None:
         if run.thoughts_stats is None and run.examples_path is None:
@@ -293,15 +421,27 @@ class _Builder:
             stats = {k: v for k, v in run.thoughts_stats.items() if k != "config"}
             self.add(Table(["statistic", "value"], [[Span(k, "code"), v] for k, v in _flatten(stats)]))
             if isinstance(run.thoughts_stats.get("config"), dict):
-                self.add(Details("Trace stage configuration",
-                                 [Table(["setting", "value"], [[Span(k, "code"), v]
-                                                               for k, v in _flatten(run.thoughts_stats["config"])])]))
+                self.add(
+                    Details(
+                        "Trace stage configuration",
+                        [
+                            Table(
+                                ["setting", "value"],
+                                [[Span(k, "code"), v] for k, v in _flatten(run.thoughts_stats["config"])],
+                            )
+                        ],
+                    )
+                )
         if run.examples_path is not None:
             text = run.examples_path.read_text(encoding="utf-8", errors="replace")
             cut = len(text) > EXAMPLES_MAX_CHARS
-            self.add(Details(f"Example traces ({_rel(run, run.examples_path)})",
-                             [Pre(text[:EXAMPLES_MAX_CHARS])]
-                             + ([Note(f"Truncated to {EXAMPLES_MAX_CHARS} characters; see the file.")] if cut else [])))
+            self.add(
+                Details(
+                    f"Example traces ({_rel(run, run.examples_path)})",
+                    [Pre(text[:EXAMPLES_MAX_CHARS])]
+                    + ([Note(f"Truncated to {EXAMPLES_MAX_CHARS} characters; see the file.")] if cut else []),
+                )
+            )
 
 
 def _drop_single_points(curves: list[Curve]) -> list[Curve]:
@@ -343,8 +483,13 @@ def render_html(blocks: Sequence[Block], title: str, footer: str) -> str:
     return template.substitute(title=esc(title), body=to_html_body(blocks), footer=esc(footer))
 
 
-def write_report(run_dir: str | Path | Sequence[str | Path], out_dir: str | Path | None = None,
-                 n_traces: int = 3, n_boot: int = 1000, seed: int = 0) -> dict:
+def write_report(
+    run_dir: str | Path | Sequence[str | Path],
+    out_dir: str | Path | None = None,
+    n_traces: int = 3,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
     """Write ``report.md``, ``report.html`` and ``plots/*.png`` for one run (or several, in one report).
 
     ``out_dir`` defaults to ``<first run>/report``. Returns ``{"markdown", "html", "plots", "problems"}``.
@@ -380,7 +525,15 @@ def write_report(run_dir: str | Path | Sequence[str | Path], out_dir: str | Path
         from ..runs import RunDir
 
         RunDir(runs[0].root).write_manifest(
-            "report", inputs=runs[0].input_files(), config={"n_traces": n_traces, "n_boot": n_boot},
-            seed=seed, outputs=[md_path, html_path, *plot_paths])
-    return {"markdown": md_path, "html": html_path, "plots": plot_paths,
-            "problems": [p for r in runs for p in r.problems]}
+            "report",
+            inputs=runs[0].input_files(),
+            config={"n_traces": n_traces, "n_boot": n_boot},
+            seed=seed,
+            outputs=[md_path, html_path, *plot_paths],
+        )
+    return {
+        "markdown": md_path,
+        "html": html_path,
+        "plots": plot_paths,
+        "problems": [p for r in runs for p in r.problems],
+    }

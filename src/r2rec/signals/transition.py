@@ -26,8 +26,9 @@ import numpy as np
 import scipy.sparse as sp
 
 
-def transition_matrix(sequences: Iterable[Sequence[int]], n_items: int, window: int = 10,
-                      gap_decay: float = 1.0, normalize: bool = True) -> sp.csr_array:
+def transition_matrix(
+    sequences: Iterable[Sequence[int]], n_items: int, window: int = 10, gap_decay: float = 1.0, normalize: bool = True
+) -> sp.csr_array:
     """Sparse ``[n_items, n_items]`` counts of ``a -> b`` transitions within ``window`` steps.
 
     ``normalize=True`` divides each row by its sum, turning counts into ``P(next in window = b | a)`` so that
@@ -58,9 +59,14 @@ def row_normalize(counts: sp.csr_array) -> sp.csr_array:
     return sp.csr_array(sp.diags_array(inv) @ counts)
 
 
-def transition_scores(matrix: sp.csr_array, histories: Sequence[Sequence[int]],
-                      candidates: np.ndarray | Sequence[Sequence[int]], decay: float = 0.8,
-                      max_history: int | None = None, chunk: int = 8192) -> np.ndarray:
+def transition_scores(
+    matrix: sp.csr_array,
+    histories: Sequence[Sequence[int]],
+    candidates: np.ndarray | Sequence[Sequence[int]],
+    decay: float = 0.8,
+    max_history: int | None = None,
+    chunk: int = 8192,
+) -> np.ndarray:
     """Recency-weighted transition evidence, ``float64 [n_samples, n_candidates]`` (higher = more evidence).
 
     ``histories``: item ids, oldest first (variable length). ``candidates``: ``[n_samples, n_candidates]``.
@@ -72,9 +78,12 @@ def transition_scores(matrix: sp.csr_array, histories: Sequence[Sequence[int]],
     if len(histories) != n:
         raise ValueError(f"{len(histories)} histories but {n} candidate rows")
     if n > chunk:
-        return np.concatenate([
-            transition_scores(matrix, histories[i:i + chunk], cands[i:i + chunk], decay, max_history, chunk)
-            for i in range(0, n, chunk)])
+        return np.concatenate(
+            [
+                transition_scores(matrix, histories[i : i + chunk], cands[i : i + chunk], decay, max_history, chunk)
+                for i in range(0, n, chunk)
+            ]
+        )
     if n == 0 or n_c == 0:
         return np.zeros((n, n_c), dtype=np.float64)
     # Flatten every (history item, weight) into a padded [n, L] grid; padding has weight 0.
@@ -88,9 +97,9 @@ def transition_scores(matrix: sp.csr_array, histories: Sequence[Sequence[int]],
     for r, h in enumerate(histories):
         h = list(h)[-L:]
         if h:
-            hist[r, L - len(h):] = h
+            hist[r, L - len(h) :] = h
             # Column L-1 holds the newest item (distance 0), column L-1-d distance d.
-            weight[r, L - len(h):] = decay ** np.arange(len(h) - 1, -1, -1, dtype=np.float64)
+            weight[r, L - len(h) :] = decay ** np.arange(len(h) - 1, -1, -1, dtype=np.float64)
     size = matrix.shape[0]
     ok_h = (hist >= 0) & (hist < size)
     ok_c = (cands >= 0) & (cands < size)
@@ -105,8 +114,14 @@ def transition_scores(matrix: sp.csr_array, histories: Sequence[Sequence[int]],
     return np.where(ok_c, out, 0.0)
 
 
-def leave_user_out_scores(counts: sp.csr_array, history: Sequence[int], candidates: Sequence[int] | np.ndarray,
-                          own_sequence: Sequence[int], window: int = 10, decay: float = 0.8) -> np.ndarray:
+def leave_user_out_scores(
+    counts: sp.csr_array,
+    history: Sequence[int],
+    candidates: Sequence[int] | np.ndarray,
+    own_sequence: Sequence[int],
+    window: int = 10,
+    decay: float = 0.8,
+) -> np.ndarray:
     """``transition_scores`` of one sample with its own user's train sequence taken out of the counts.
 
     ``counts``: the raw (``normalize=False``, ``gap_decay=1``) matrix of all train sequences. A train sample's
@@ -130,7 +145,7 @@ def leave_user_out_scores(counts: sp.csr_array, history: Sequence[int], candidat
         own_follow: dict[int, int] = {}
         own_sum = 0
         for i in pos.get(int(a), []):
-            follow = seq[i + 1:i + 1 + window].tolist()
+            follow = seq[i + 1 : i + 1 + window].tolist()
             own_sum += len(follow)
             for b in follow:
                 own_follow[b] = own_follow.get(b, 0) + 1
@@ -139,5 +154,5 @@ def leave_user_out_scores(counts: sp.csr_array, history: Sequence[int], candidat
             continue
         raw = np.asarray(counts[np.full(len(cands), a), np.where(ok_c, cands, 0)], dtype=np.float64)
         own = np.array([own_follow.get(int(c), 0) for c in cands], dtype=np.float64)
-        out += decay ** d * np.where(ok_c, raw - own, 0.0) / denom
+        out += decay**d * np.where(ok_c, raw - own, 0.0) / denom
     return out

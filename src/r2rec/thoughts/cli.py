@@ -37,6 +37,21 @@ def run(args: argparse.Namespace) -> int:
     if args.base_url:
         config.teacher_options = {**config.teacher_options, "base_url": args.base_url}
     stats = run_thoughts(args.run, config, force=args.force)
-    print(json.dumps({k: stats[k] for k in ("dataset", "teacher", "attempted", "with_chain", "kept", "kept_rate",
-                                             "by_reason", "wall_seconds")}))
+    print(
+        json.dumps(
+            {
+                k: stats[k]
+                for k in (
+                    "dataset",
+                    "teacher",
+                    "attempted",
+                    "with_chain",
+                    "kept",
+                    "kept_rate",
+                    "by_reason",
+                    "wall_seconds",
+                )
+            }
+        )
+    )
     return 0

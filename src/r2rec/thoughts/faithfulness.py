@@ -78,7 +78,7 @@ class CitationChecker:
         for q in reversed(ends):
             if normalize_title(text[start:q]) in self.title_items:
                 return text[start:q], q + 1
-        return text[start:ends[0]], ends[0] + 1
+        return text[start : ends[0]], ends[0] + 1
 
     def extract(self, text: str) -> list[Citation]:
         found: list[tuple[int, int, str | None]] = []  # (match start, title start, user)
@@ -92,8 +92,7 @@ class CitationChecker:
             out.append(Citation(user, title, self.title_items.get(normalize_title(title), ())))
             while (later := _LATER.match(text, end)) is not None:
                 title, end = self._title_at(text, later.end())
-                out.append(Citation(user, title, self.title_items.get(normalize_title(title), ()),
-                                    after=len(out) - 1))
+                out.append(Citation(user, title, self.title_items.get(normalize_title(title), ()), after=len(out) - 1))
         return out
 
     # -- checking --------------------------------------------------------------------------------------
@@ -138,8 +137,10 @@ def faithfulness(text: str, graph, titles: Mapping[int, str], history: Sequence[
 # -- where in the history a cited item sits -----------------------------------------------------------------
 # The template teacher's first thought says how far back the cited history item is ("last", "just before their
 # latest", "3 before their latest"). The citation check above does not read these words; position_claims does.
-_POSITION = re.compile(rf"\b(?:[Tt]he user|[Yy]ou) (?:{_VERB_RE}) \"(?P<title>[^\"]+)\" "
-                       r"(?P<when>last|just before their latest|(?P<n>\d+) before their latest)\b")
+_POSITION = re.compile(
+    rf"\b(?:[Tt]he user|[Yy]ou) (?:{_VERB_RE}) \"(?P<title>[^\"]+)\" "
+    r"(?P<when>last|just before their latest|(?P<n>\d+) before their latest)\b"
+)
 
 
 def position_words(back: int) -> str:

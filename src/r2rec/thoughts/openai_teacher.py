@@ -115,8 +115,13 @@ class OpenAIChat:
         self.display_url = self.redact(self.base_url)  # what messages show
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         limits = httpx.Limits(max_connections=max(1, self.options.concurrency))
-        self.client = httpx.Client(base_url=self.base_url, params=params, headers=headers, limits=limits,
-                                   timeout=httpx.Timeout(self.options.timeout_s))
+        self.client = httpx.Client(
+            base_url=self.base_url,
+            params=params,
+            headers=headers,
+            limits=limits,
+            timeout=httpx.Timeout(self.options.timeout_s),
+        )
         self.cache = ResponseCache(cache_path)
         self.calls = 0  # HTTP attempts made by this instance (tests and logs)
         self.retries = 0
@@ -130,8 +135,13 @@ class OpenAIChat:
         return redact(text, self._secrets)
 
     def payload(self, messages: list[dict]) -> dict:
-        return {"model": self.model, "messages": messages, "max_tokens": self.options.max_tokens,
-                "temperature": self.options.temperature, "seed": self.options.seed}
+        return {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": self.options.max_tokens,
+            "temperature": self.options.temperature,
+            "seed": self.options.seed,
+        }
 
     def complete_many(self, messages_list: Sequence[list[dict]], partial: bool = False) -> list[str | None]:
         """The answer to each request, in order (cached ones from disk, identical ones sent once).
@@ -181,12 +191,15 @@ class OpenAIChat:
                         raise TeacherError(f"{self.display_url}/chat/completions: {problem}: {self.redact(body)}")
                     retry_after = resp.headers.get("retry-after")
             if attempt == opts.max_retries:
-                raise TeacherError(f"{self.display_url}/chat/completions: {problem} after {attempt + 1} attempts "
-                                   f"(completed answers are cached: rerun to resume)", transient=True)
+                raise TeacherError(
+                    f"{self.display_url}/chat/completions: {problem} after {attempt + 1} attempts "
+                    f"(completed answers are cached: rerun to resume)",
+                    transient=True,
+                )
             with self._count_lock:
                 self.retries += 1
                 jitter = self._rng.uniform(0, 0.25)
-            delay = min(60.0, opts.backoff_s * 2 ** attempt) * (1 + jitter)
+            delay = min(60.0, opts.backoff_s * 2**attempt) * (1 + jitter)
             if retry_after:
                 try:
                     delay = max(delay, float(retry_after))

@@ -63,8 +63,7 @@ def masked_view(ctx: TraceContext, hop: int) -> str:
 
 def revealed_fields(ctx: TraceContext, hop: int) -> dict:
     c = ctx.chain
-    out = {"i_a": c["i_a"], "title_a": ctx.titles["i_a"], "slot_a": c["slot_a"],
-           "history_len": len(ctx.history_titles)}
+    out = {"i_a": c["i_a"], "title_a": ctx.titles["i_a"], "slot_a": c["slot_a"], "history_len": len(ctx.history_titles)}
     if hop >= 2:
         out.update(u1=ctx.user, n_shared=c["n_shared"], shared=list(c["shared"]))
     if hop >= 3:
@@ -82,9 +81,18 @@ def hop_fact(ctx: TraceContext, hop: int) -> str:
 
 
 def request(ctx: TraceContext, hop: int, previous: list[str]) -> HopRequest:
-    return HopRequest(key=f"{ctx.key}#{hop}", hop=hop, prompt=ctx.prompt, view=masked_view(ctx, hop),
-                      fact=hop_fact(ctx, hop), revealed=revealed_fields(ctx, hop), previous=list(previous),
-                      hint=ctx.target_title, noun=ctx.noun, verb=ctx.verb)
+    return HopRequest(
+        key=f"{ctx.key}#{hop}",
+        hop=hop,
+        prompt=ctx.prompt,
+        view=masked_view(ctx, hop),
+        fact=hop_fact(ctx, hop),
+        revealed=revealed_fields(ctx, hop),
+        previous=list(previous),
+        hint=ctx.target_title,
+        noun=ctx.noun,
+        verb=ctx.verb,
+    )
 
 
 def write_traces(teacher, contexts: list[TraceContext]) -> list[list[str] | None]:
@@ -130,10 +138,14 @@ def teacher_messages(req: HopRequest) -> list[dict]:
     """Chat messages for an LLM teacher: the recommendation prompt, the masked chain, the hint."""
     task = next((m["content"] for m in req.prompt if m["role"] == "user"), "")
     done = "\n".join(f"{k}. {t}" for k, t in enumerate(req.previous, 1)) or "(none yet)"
-    ask = (f'Write thought {req.hop}: explain this step and end by naming "{req.hint}" as the choice.'
-           if req.last else f"Write thought {req.hop}: explain only this step.")
-    user = (f"{task}\n\nInteraction chain (hidden nodes are {MASK}):\n{req.view}\n"
-            f"Revealed at this step: {req.fact}\nThoughts so far:\n{done}\n"
-            f'Hint: the user actually chose "{req.hint}" next.\n{ask}')
-    return [{"role": "system", "content": TEACHER_SYSTEM.format(verb=req.verb)},
-            {"role": "user", "content": user}]
+    ask = (
+        f'Write thought {req.hop}: explain this step and end by naming "{req.hint}" as the choice.'
+        if req.last
+        else f"Write thought {req.hop}: explain only this step."
+    )
+    user = (
+        f"{task}\n\nInteraction chain (hidden nodes are {MASK}):\n{req.view}\n"
+        f"Revealed at this step: {req.fact}\nThoughts so far:\n{done}\n"
+        f'Hint: the user actually chose "{req.hint}" next.\n{ask}'
+    )
+    return [{"role": "system", "content": TEACHER_SYSTEM.format(verb=req.verb)}, {"role": "user", "content": user}]

@@ -80,8 +80,9 @@ class ThoughtsConfig:
     def __post_init__(self):
         kind, _, model = self.teacher.partition(":")
         if not ((kind == "template" and not model) or kind == "hf" or (kind == "openai" and model)):
-            raise ValueError(f"ThoughtsConfig.teacher: unknown teacher {self.teacher!r}; use template, hf:<model> "
-                             "or openai:<model>")
+            raise ValueError(
+                f"ThoughtsConfig.teacher: unknown teacher {self.teacher!r}; use template, hf:<model> or openai:<model>"
+            )
         for name in ("max_samples", "examples"):
             if getattr(self, name) < 0:
                 raise ValueError(f"ThoughtsConfig.{name}: must be >= 0, got {getattr(self, name)}")
@@ -122,8 +123,11 @@ def _named_candidate(text: str, titles: list[str]) -> int | None:
             for m in re.finditer(rf"(?<!\w){re.escape(t.casefold())}(?!\w)", low):
                 spans.append((m.end(), len(t), j))
         # Drop a mention inside a longer one ("Heat" inside "Heat and Dust").
-        spans = [s for s in spans if not any(o[2] != s[2] and o[0] >= s[0] and o[0] - o[1] <= s[0] - s[1]
-                                             and o[1] > s[1] for o in spans)]
+        spans = [
+            s
+            for s in spans
+            if not any(o[2] != s[2] and o[0] >= s[0] and o[0] - o[1] <= s[0] - s[1] and o[1] > s[1] for o in spans)
+        ]
     if not spans:
         return None
     end, _, j = max(spans)
@@ -132,8 +136,9 @@ def _named_candidate(text: str, titles: list[str]) -> int | None:
     return j if len(same) == 1 else None
 
 
-def judge(thoughts: list[str], sample: Sample, candidate_titles: list[str],
-          checker: CitationChecker) -> tuple[str, dict]:
+def judge(
+    thoughts: list[str], sample: Sample, candidate_titles: list[str], checker: CitationChecker
+) -> tuple[str, dict]:
     """Filter one trace: (reason, faithfulness info). ``candidate_titles`` in the sample's candidate order."""
     if len(thoughts) != HOPS or not all(t.strip() for t in thoughts):
         return "empty_thought", {}
@@ -143,8 +148,11 @@ def judge(thoughts: list[str], sample: Sample, candidate_titles: list[str],
     if sample.candidates[j] != sample.target:
         return "wrong_answer", {}
     f = checker.check("\n".join(thoughts), sample.history)
-    info = {"cited": f.cited, "real": f.real,
-            "unreal": [{"user": c.user, "title": c.title, "why": c.why} for c in f.citations if not c.real]}
+    info = {
+        "cited": f.cited,
+        "real": f.real,
+        "unreal": [{"user": c.user, "title": c.title, "why": c.why} for c in f.citations if not c.real],
+    }
     if f.cited == 0:
         return "no_citation", info
     return ("kept" if f.all_real else "unfaithful"), info
@@ -187,8 +195,9 @@ def _chains_by_index(run_dir: Path, seed: int) -> dict[int, list[dict]]:
     return {int(r["i"]): r["chains"] for r in load_chains(run_dir, "train", seed)}
 
 
-def run_thoughts(run_dir: str | Path, config: ThoughtsConfig | None = None, force: bool = False,
-                 progress: bool = True) -> dict:
+def run_thoughts(
+    run_dir: str | Path, config: ThoughtsConfig | None = None, force: bool = False, progress: bool = True
+) -> dict:
     """Write ``thoughts/sft.jsonl.gz``, ``stats.json``, ``examples.md``; return the stats."""
     from tqdm.auto import tqdm
 
@@ -203,17 +212,25 @@ def run_thoughts(run_dir: str | Path, config: ThoughtsConfig | None = None, forc
     sft_path, stats_path = out_dir / "sft.jsonl.gz", out_dir / "stats.json"
     graph = build_graph(run.root)
     chains = _chains_by_index(run.root, seed0)
-    inputs = [samples_path(run.prepared, "train", seed0), run.prepared / "items.jsonl",
-              run.root / "graph" / GRAPH_FILE, chains_path(run.root, "train", seed0)]
-    if not force and sft_path.exists() and stats_path.exists() and \
-            run.manifest_matches("thoughts", inputs, config, config.seed):
+    inputs = [
+        samples_path(run.prepared, "train", seed0),
+        run.prepared / "items.jsonl",
+        run.root / "graph" / GRAPH_FILE,
+        chains_path(run.root, "train", seed0),
+    ]
+    if (
+        not force
+        and sft_path.exists()
+        and stats_path.exists()
+        and run.manifest_matches("thoughts", inputs, config, config.seed)
+    ):
         return json.loads(stats_path.read_text())
 
     t0 = time.time()
     samples = prepared.samples("train", seed0)
     order = np.random.default_rng(config.seed).permutation(len(samples))
     if config.max_samples:
-        order = order[:config.max_samples]
+        order = order[: config.max_samples]
     prompt_cfg = build(PromptConfig, config.prompt, where="thoughts.prompt")
     options = build(TeacherOptions, {"seed": config.seed, **config.teacher_options}, where="thoughts.teacher_options")
     builder = PromptBuilder(run.root, prompt_cfg, graph=graph, prepared=prepared)
@@ -226,10 +243,15 @@ def run_thoughts(run_dir: str | Path, config: ThoughtsConfig | None = None, forc
     teacher = None
     undecided = 0  # samples left for a rerun: a teacher request failed, or the stage stopped before them
     try:
-        with tqdm(total=len(order), initial=len(order) - len(todo), desc=f"thoughts ({config.teacher})",
-                  unit="sample", disable=not progress) as bar:
+        with tqdm(
+            total=len(order),
+            initial=len(order) - len(todo),
+            desc=f"thoughts ({config.teacher})",
+            unit="sample",
+            disable=not progress,
+        ) as bar:
             for start in range(0, len(todo), max(1, config.chunk_size)):
-                idx = todo[start:start + config.chunk_size]
+                idx = todo[start : start + config.chunk_size]
                 rows, contexts, ctx_rows = [], [], []
                 chained = [i for i in idx if chains.get(i)]
                 prompts = dict(zip(chained, builder.build([samples[i] for i in chained])))
@@ -243,11 +265,19 @@ def run_thoughts(run_dir: str | Path, config: ThoughtsConfig | None = None, forc
                     shown = [c for c in prompts[i].chains if c["i_b"] == s.target]
                     ch = shown[0] if shown and config.prefer_context_chain else chains[i][0]
                     user = graph.display_name(ch["u1"])
-                    contexts.append(TraceContext(
-                        key=f"{dataset}/train/{i}", prompt=prompts[i].messages, chain=ch,
-                        history_titles=[builder.title(h) for h in s.history], target_title=builder.title(s.target),
-                        user=user, titles={"i_a": builder.title(ch["i_a"]), "i_b": builder.title(ch["i_b"])},
-                        noun=builder.noun, verb=builder.verb))
+                    contexts.append(
+                        TraceContext(
+                            key=f"{dataset}/train/{i}",
+                            prompt=prompts[i].messages,
+                            chain=ch,
+                            history_titles=[builder.title(h) for h in s.history],
+                            target_title=builder.title(s.target),
+                            user=user,
+                            titles={"i_a": builder.title(ch["i_a"]), "i_b": builder.title(ch["i_b"])},
+                            noun=builder.noun,
+                            verb=builder.verb,
+                        )
+                    )
                     ctx_rows.append(i)
                 if contexts:
                     if teacher is None:
@@ -276,13 +306,16 @@ def run_thoughts(run_dir: str | Path, config: ThoughtsConfig | None = None, forc
                 bar.update(len(idx))
                 if teacher is not None and contexts and all(t is None for t in all_thoughts):
                     undecided += len(todo) - start - len(idx)
-                    log.warning(f"[thoughts] the teacher failed every request of a chunk ({teacher.last_error}); "
-                                "stopping before the remaining samples")
+                    log.warning(
+                        f"[thoughts] the teacher failed every request of a chunk ({teacher.last_error}); "
+                        "stopping before the remaining samples"
+                    )
                     break
     except TeacherError as e:  # refused for good (a 401, a bad request): no retry helps, a fixed config does
         raise ThoughtsIncomplete(
             f"thoughts: the teacher refused a request: {e}; {len(prog.rows)} of {len(order)} samples are decided "
-            f"and saved in {prog.path}: fix the cause and rerun the same command to complete the others") from None
+            f"and saved in {prog.path}: fix the cause and rerun the same command to complete the others"
+        ) from None
     finally:
         prog.close()
         if teacher is not None:
@@ -292,7 +325,8 @@ def run_thoughts(run_dir: str | Path, config: ThoughtsConfig | None = None, forc
         raise ThoughtsIncomplete(
             f"thoughts: {teacher.failed} teacher request(s) failed after every retry (last: {teacher.last_error}); "
             f"{len(prog.rows)} of {len(order)} samples are decided and saved in {prog.path}, {undecided} are not: "
-            "rerun the same command to complete them (answers already received are cached, none is asked twice)")
+            "rerun the same command to complete them (answers already received are cached, none is asked twice)"
+        )
 
     decided = [prog.rows[int(i)] for i in order]
     records = [r["record"] for r in decided if r["outcome"] == "kept"]
@@ -302,18 +336,28 @@ def run_thoughts(run_dir: str | Path, config: ThoughtsConfig | None = None, forc
     with_chain = attempted - counts.get("no_chain", 0)
     unreal = Counter(u["why"] for r in decided for u in r.get("faithfulness", {}).get("unreal", []))
     stats = {
-        "dataset": dataset, "teacher": config.teacher, "attempted": attempted, "with_chain": with_chain,
+        "dataset": dataset,
+        "teacher": config.teacher,
+        "attempted": attempted,
+        "with_chain": with_chain,
         "kept": counts.get("kept", 0),
         "kept_rate": round(counts.get("kept", 0) / max(attempted, 1), 4),
         "kept_rate_with_chain": round(counts.get("kept", 0) / max(with_chain, 1), 4),
         "by_reason": {r: counts.get(r, 0) for r in REASONS},
         "unreal_citations_by_why": dict(unreal),
-        "config": redact_obj(asdict(config)), "wall_seconds": round(time.time() - t0, 2),
+        "config": redact_obj(asdict(config)),
+        "wall_seconds": round(time.time() - t0, 2),
     }
     atomic_write_json(stats_path, stats)
     atomic_write_text(out_dir / "examples.md", _examples_md(decided, stats, config.examples))
-    run.write_manifest("thoughts", inputs, config, config.seed, outputs=[sft_path, stats_path],
-                       extra={"kept": stats["kept"], "attempted": attempted})
+    run.write_manifest(
+        "thoughts",
+        inputs,
+        config,
+        config.seed,
+        outputs=[sft_path, stats_path],
+        extra={"kept": stats["kept"], "attempted": attempted},
+    )
     shutil.rmtree(out_dir / "partial", ignore_errors=True)
     return stats
 
@@ -322,26 +366,48 @@ CHAIN_FIELDS = ("u1", "i_a", "i_b", "n_shared", "pos_a", "pos_b", "strength")  #
 
 
 def _examples_md(decided: list[dict], stats: dict, n: int) -> str:
-    lines = [f"# Interaction-of-thought traces: {stats['dataset']} (teacher `{stats['teacher']}`)", "",
-             f"Kept {stats['kept']} of {stats['attempted']} attempted train samples "
-             f"({stats['with_chain']} had a chain reaching the target). Dropped by reason: "
-             + ", ".join(f"{k} {v}" for k, v in stats["by_reason"].items() if k != "kept" and v) + ".", ""]
+    lines = [
+        f"# Interaction-of-thought traces: {stats['dataset']} (teacher `{stats['teacher']}`)",
+        "",
+        f"Kept {stats['kept']} of {stats['attempted']} attempted train samples "
+        f"({stats['with_chain']} had a chain reaching the target). Dropped by reason: "
+        + ", ".join(f"{k} {v}" for k, v in stats["by_reason"].items() if k != "kept" and v)
+        + ".",
+        "",
+    ]
     kept = [r for r in decided if r["outcome"] == "kept"][:n]
     for k, r in enumerate(kept, 1):
         rec = r["record"]
         user_msg = next(m["content"] for m in rec["messages"] if m["role"] == "user")
         ch = rec["chains"][0]
-        lines += [f"## Kept trace {k} ({rec['id']})", "", "Prompt (user message):", "", "```text", user_msg.strip(),
-                  "```", "",
-                  f"Chain: `{json.dumps({x: ch[x] for x in CHAIN_FIELDS})}`",
-                  "", "Completion:", "", "```text", rec["completion"], "```", "",
-                  f"Citations: {rec['faithfulness']['real']} of {rec['faithfulness']['cited']} real.", ""]
+        lines += [
+            f"## Kept trace {k} ({rec['id']})",
+            "",
+            "Prompt (user message):",
+            "",
+            "```text",
+            user_msg.strip(),
+            "```",
+            "",
+            f"Chain: `{json.dumps({x: ch[x] for x in CHAIN_FIELDS})}`",
+            "",
+            "Completion:",
+            "",
+            "```text",
+            rec["completion"],
+            "```",
+            "",
+            f"Citations: {rec['faithfulness']['real']} of {rec['faithfulness']['cited']} real.",
+            "",
+        ]
     dropped = [r for r in decided if r["outcome"] not in ("kept", "no_chain")][:n]
     if dropped:
         lines += ["## Dropped traces", ""]
         for r in dropped:
-            why = "; ".join(f'{u["user"] or "the user"} / "{u["title"]}": {u["why"]}'
-                            for u in r.get("faithfulness", {}).get("unreal", []))
+            why = "; ".join(
+                f'{u["user"] or "the user"} / "{u["title"]}": {u["why"]}'
+                for u in r.get("faithfulness", {}).get("unreal", [])
+            )
             lines += [f"- sample {r['i']}: **{r['outcome']}**{(' (' + why + ')') if why else ''}", "", "  ```text"]
             lines += [f"  {t}" for t in r.get("thoughts", [])] + ["  ```", ""]
     return "\n".join(lines) + "\n"

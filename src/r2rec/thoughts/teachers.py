@@ -98,7 +98,7 @@ class TemplateTeacher(Teacher):
             return f"{_cap(cite(v['u1'], r.verb, v['title_a']))} too and shares {v['n_shared']} {r.noun} with the user."
         gap = v["gap"]
         after = "right after" if gap == 1 else f"{gap} later"
-        return f"{_cap(cite(v['u1'], r.verb, v['title_a'], v['title_b']))} ({after}), so \"{v['title_b']}\" is next."
+        return f'{_cap(cite(v["u1"], r.verb, v["title_a"], v["title_b"]))} ({after}), so "{v["title_b"]}" is next.'
 
 
 def _cap(text: str) -> str:
@@ -117,10 +117,21 @@ class HFTeacher(Teacher):
         self.model_name = model or DEFAULT_MODEL
         self.name = f"hf:{self.model_name}"
         compute = resolve("auto", "auto", "thoughts")
-        self.generator, engine = load_generator(self.model_name, None, GenerationConfig(
-            max_new_tokens=options.max_tokens, batch_size=options.batch_size, do_sample=options.temperature > 0,
-            temperature=options.temperature if options.temperature > 0 else 1.0, seed=options.seed,
-            precision=compute.precision, progress=False), device=compute.device, engine=options.engine)
+        self.generator, engine = load_generator(
+            self.model_name,
+            None,
+            GenerationConfig(
+                max_new_tokens=options.max_tokens,
+                batch_size=options.batch_size,
+                do_sample=options.temperature > 0,
+                temperature=options.temperature if options.temperature > 0 else 1.0,
+                seed=options.seed,
+                precision=compute.precision,
+                progress=False,
+            ),
+            device=compute.device,
+            engine=options.engine,
+        )
         log.info(f"[thoughts] {self.name} compute: {self.generator.compute.describe()}; engine {engine.describe()}")
 
     def write(self, requests: Sequence[HopRequest]) -> list[str]:

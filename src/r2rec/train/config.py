@@ -14,9 +14,20 @@ from r2rec.hardware import check as check_compute
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 KEEP = ("last", "best_val")
 # transformers' SchedulerType values (``lr_scheduler_type``), checked when the config is built.
-LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
-                 "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
-                 "warmup_stable_decay", "greedy")
+LR_SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "reduce_lr_on_plateau",
+    "cosine_with_min_lr",
+    "cosine_warmup_with_min_lr",
+    "warmup_stable_decay",
+    "greedy",
+)
 
 
 @dataclass
@@ -98,8 +109,15 @@ class TrainConfig:
             raise ValueError(f"{where}.keep: expected one of {KEEP}, got {self.keep!r}")
         if self.keep == "best_val" and self.eval_every <= 0:
             raise ValueError(f"{where}.keep=best_val needs a val curve: set eval_every > 0")
-        for name in ("lora_r", "lora_alpha", "eval_max_new_tokens", "eval_batch_size", "save_every",
-                     "save_total_limit", "logging_steps"):
+        for name in (
+            "lora_r",
+            "lora_alpha",
+            "eval_max_new_tokens",
+            "eval_batch_size",
+            "save_every",
+            "save_total_limit",
+            "logging_steps",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{where}.{name}: must be >= 1, got {getattr(self, name)}")
         for name in ("eval_every", "eval_samples", "threads"):
@@ -108,8 +126,9 @@ class TrainConfig:
         if self.learning_rate <= 0:
             raise ValueError(f"{where}.learning_rate: must be > 0, got {self.learning_rate:g}")
         if self.max_steps != -1 and self.max_steps < 1:
-            raise ValueError(f"{where}.max_steps: must be >= 1 (or -1: as many as the epochs take), "
-                             f"got {self.max_steps}")
+            raise ValueError(
+                f"{where}.max_steps: must be >= 1 (or -1: as many as the epochs take), got {self.max_steps}"
+            )
         for name in ("lora_dropout", "warmup_ratio"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{where}.{name}: must be in [0, 1), got {getattr(self, name)}")
@@ -140,5 +159,6 @@ class TrainConfig:
         ``r2rec eval`` (greedy) with this stage's val budget, batch and precision."""
         from r2rec.llm.generate import DecodingConfig
 
-        return DecodingConfig(max_new_tokens=self.eval_max_new_tokens, batch_size=self.eval_batch_size,
-                              precision=self.precision).generation(progress=False)
+        return DecodingConfig(
+            max_new_tokens=self.eval_max_new_tokens, batch_size=self.eval_batch_size, precision=self.precision
+        ).generation(progress=False)

@@ -111,8 +111,9 @@ class RLConfig(TrainConfig):
         except (ValueError, TypeError) as e:
             raise ValueError(f"RLConfig.reward_weights: {e}") from None
         if self.num_generations < 2:
-            raise ValueError(f"RLConfig.num_generations must be >= 2 (GRPO compares a group), got "
-                             f"{self.num_generations}")
+            raise ValueError(
+                f"RLConfig.num_generations must be >= 2 (GRPO compares a group), got {self.num_generations}"
+            )
         for name in ("prompts_per_step", "max_completion_length", "max_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"RLConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -130,8 +131,10 @@ class RLConfig(TrainConfig):
             raise ValueError(f"RLConfig.scale_rewards: expected one of {SCALE_REWARDS}, got {self.scale_rewards!r}")
         batch = self.prompts_per_step * self.num_generations
         if self.micro_batch_size < 0 or (self.micro_batch_size and batch % self.micro_batch_size):
-            raise ValueError(f"RLConfig.micro_batch_size must be 0 or divide the batch prompts_per_step * "
-                             f"num_generations = {batch}, got {self.micro_batch_size}")
+            raise ValueError(
+                f"RLConfig.micro_batch_size must be 0 or divide the batch prompts_per_step * "
+                f"num_generations = {batch}, got {self.micro_batch_size}"
+            )
 
 
 def load_prompts(run: RunDir, cfg: RLConfig) -> list[dict]:
@@ -150,8 +153,14 @@ def load_prompts(run: RunDir, cfg: RLConfig) -> list[dict]:
         missing = [c for c in (*s.candidates, s.target) if c not in titles]
         if missing:
             raise ValueError(f"{path}:{i}: item ids {missing[:5]} have no title in {run.prepared}/items.jsonl")
-        rows.append({"prompt": rec["messages"], "candidate_titles": [titles[c] for c in s.candidates],
-                     "target_title": titles[s.target], "_sample": s})
+        rows.append(
+            {
+                "prompt": rec["messages"],
+                "candidate_titles": [titles[c] for c in s.candidates],
+                "target_title": titles[s.target],
+                "_sample": s,
+            }
+        )
     if not rows:
         raise ValueError(f"{path}: no records")
     random.Random(cfg.seed).shuffle(rows)
@@ -220,9 +229,15 @@ def make_trainer(run: RunDir, cfg: RLConfig, compute=None):
         if val_cb is not None:
             callbacks.append(val_cb)
     # TRL types reward_funcs as a list of a union (invariant): our list of reward callables is one of its cases.
-    trainer = GRPOTrainer(model=model, reward_funcs=funcs,  # type: ignore[arg-type]
-                          args=args, train_dataset=ds, processing_class=tok,
-                          peft_config=peft_config, callbacks=callbacks)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=funcs,  # type: ignore[arg-type]
+        args=args,
+        train_dataset=ds,
+        processing_class=tok,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
     if val_cb is not None:
         val_cb.trainer = trainer
     return trainer
@@ -247,8 +262,14 @@ def adapter_update(init: Path, final: Path) -> float:
     old = load_file(str(old_file)) if old_file.exists() else {}
     if old and set(old) != set(new):
         raise ValueError(f"{final}: adapter weights do not match those of {init} (different LoRA layout)")
-    return max(((new[k].float() - old[k].float()).abs().max().item() if old else
-                new[k].float().abs().max().item() * ("lora_B" in k)) for k in new)
+    return max(
+        (
+            (new[k].float() - old[k].float()).abs().max().item()
+            if old
+            else new[k].float().abs().max().item() * ("lora_B" in k)
+        )
+        for k in new
+    )
 
 
 def learning_signal(log_csv: Path) -> dict:
@@ -258,8 +279,13 @@ def learning_signal(log_csv: Path) -> dict:
     import csv
 
     rows = list(csv.DictReader(open(log_csv, newline=""))) if Path(log_csv).exists() else []
-    cols = {"groups_with_spread": "frac_reward_zero_std", "clipped_ratio": "completions/clipped_ratio",
-            "entropy": "entropy", "reward": "reward", "mean_length": "completions/mean_length"}
+    cols = {
+        "groups_with_spread": "frac_reward_zero_std",
+        "clipped_ratio": "completions/clipped_ratio",
+        "entropy": "entropy",
+        "reward": "reward",
+        "mean_length": "completions/mean_length",
+    }
     out: dict = {}
     for name, col in cols.items():
         vals = [float(r[col]) for r in rows if r.get(col) not in (None, "")]
@@ -275,15 +301,19 @@ def verify_update(init: Path, log_csv: Path, tag: str = "rl"):
 
     def verify(final: Path) -> dict:
         facts = {**learning_signal(log_csv), "max_abs_update": adapter_update(init, final)}
-        log.info(f"[{tag}] learning signal: groups with reward spread {facts.get('groups_with_spread', 0):.0%}, "
-              f"completions clipped {facts.get('clipped_ratio', 0):.0%}, entropy {facts.get('entropy', 0):.3f}, "
-              f"adapter max |update| {facts['max_abs_update']:.3g}")
+        log.info(
+            f"[{tag}] learning signal: groups with reward spread {facts.get('groups_with_spread', 0):.0%}, "
+            f"completions clipped {facts.get('clipped_ratio', 0):.0%}, entropy {facts.get('entropy', 0):.3f}, "
+            f"adapter max |update| {facts['max_abs_update']:.3g}"
+        )
         if facts["max_abs_update"] == 0:
             raise NoLearningSignal(
                 f"{final}: GRPO did not change the adapter (zero gradient at every step: groups with reward "
                 f"spread {facts.get('groups_with_spread', 0):.0%}, completions clipped "
                 f"{facts.get('clipped_ratio', 0):.0%}); the RL model would be the SFT model. Raise "
-                f"max_completion_length, num_generations or temperature, or train SFT further", facts)
+                f"max_completion_length, num_generations or temperature, or train SFT further",
+                facts,
+            )
         return facts
 
     return verify
@@ -300,10 +330,22 @@ def run_rl(run_dir: str | Path, cfg: RLConfig, force: bool = False) -> Path:
     resume, compute = begin(run, cfg, inputs, "rl", force)
     trainer = make_trainer(run, cfg, compute)
     n_train, n_total = trainable_parameters(trainer.model)
-    log.info(f"[rl] prompts={len(trainer.train_dataset)} group={cfg.num_generations} steps={cfg.max_steps} "
-          f"trainable={n_train:,}/{n_total:,} from {init} -> {out}")
-    return train_and_save(trainer, run, cfg, out, inputs, resume, "rl", compute,
-                          verify=verify_update(init, out / "log.csv"), prompts=len(trainer.train_dataset))
+    log.info(
+        f"[rl] prompts={len(trainer.train_dataset)} group={cfg.num_generations} steps={cfg.max_steps} "
+        f"trainable={n_train:,}/{n_total:,} from {init} -> {out}"
+    )
+    return train_and_save(
+        trainer,
+        run,
+        cfg,
+        out,
+        inputs,
+        resume,
+        "rl",
+        compute,
+        verify=verify_update(init, out / "log.csv"),
+        prompts=len(trainer.train_dataset),
+    )
 
 
 # -- CLI -------------------------------------------------------------------------------------------------
