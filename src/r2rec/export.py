@@ -1,6 +1,6 @@
 """``r2rec export``: merge a run's LoRA adapter into its base model and write it as one GGUF file.
 
-    r2rec export --run runs/ml --model rl                      # runs/ml/export/rl.q8_0.gguf
+    r2rec export --run runs/ml --model rl                      # runs/ml/export/rl.f16.gguf
     r2rec export --run runs/ml --model sft --quant f32 --out sft.gguf
 
 The file runs in llama.cpp and anything built on it (llama-cpp-python, the llama.cpp server, Ollama, LM Studio);
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 def add_arguments(p) -> None:
     p.add_argument("--run", required=True, help="run folder (runs/<name>)")
     p.add_argument("--model", required=True, choices=MODEL_KINDS, help="which model to export")
-    p.add_argument("--quant", choices=QUANTS, default="q8_0", help="weights: q8_0 (default), f16 or f32")
+    p.add_argument("--quant", choices=QUANTS, default="f16", help="weights: f16 (default), q8_0 or f32")
     p.add_argument("--out", default=None, help="output file (default: <run>/export/<model>.<quant>.gguf)")
 
 

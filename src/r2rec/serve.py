@@ -224,7 +224,7 @@ class RecommendService:
         batch_wait_ms: float = BATCH_WAIT_MS,
         max_pending: int = MAX_PENDING,
         engine: str = "torch",
-        quant: str = "q8_0",
+        quant: str = "f16",
     ):
         from r2rec.baselines.simple import TransitionRecommender
         from r2rec.eval.runner import EvalConfig, resolve_checkpoint
@@ -585,7 +585,7 @@ def add_service_arguments(p) -> None:
         help="torch (default, batches requests) or llama.cpp (a GGUF export, one request at a time; "
         "the `engine` extra); see README, Inference engines",
     )
-    p.add_argument("--quant", choices=("q8_0", "f16", "f32"), default="q8_0", help="llama.cpp weights")
+    p.add_argument("--quant", choices=("f16", "q8_0", "f32"), default="f16", help="llama.cpp weights")
 
 
 def service_from_args(args) -> RecommendService:

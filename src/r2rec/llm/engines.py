@@ -117,7 +117,7 @@ def load_generator(
     config: GenerationConfig,
     device: str = "cpu",
     engine: str = "auto",
-    quant: str = "q8_0",
+    quant: str = "f16",
     threads: int = 0,
 ) -> tuple[Generator, EngineChoice]:
     """``(generator, choice)``: a generator for the model (+ adapter) on the chosen engine.

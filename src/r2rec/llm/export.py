@@ -9,8 +9,9 @@ Supported: ``LlamaForCausalLM`` checkpoints (SmolLM2, TinyLlama, Llama 2/3 and t
 byte-level BPE tokenizer. The vocabulary is written from the Hugging Face tokenizer; r2rec always feeds token
 ids it tokenised itself, so the GGUF's own pre-tokenizer setting does not change r2rec's results.
 
-``quant``: ``f32`` (bit-exact weights: the parity reference), ``f16``, or ``q8_0`` (8-bit blocks of 32, a
-quarter of f32's bytes: decoding reads every weight once per token, so it is the fastest on a CPU).
+``quant``: ``f16`` (the default: half of f32's bytes, the same greedy output as fp32 in
+``bench/bench_generation.py`` and the fastest llama.cpp decode there), ``f32`` (bit-exact weights: the parity
+reference) or ``q8_0`` (8-bit blocks of 32, the smallest; it changed some answers).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def _vocab(tok) -> tuple[list[str], list[int], list[str]]:
     return tokens, [int(t) for t in types], merges
 
 
-def export_gguf(model, tokenizer, out: str | os.PathLike, quant: str = "q8_0", name: str = "r2rec") -> Path:
+def export_gguf(model, tokenizer, out: str | os.PathLike, quant: str = "f16", name: str = "r2rec") -> Path:
     """Write ``model`` (a transformers Llama, adapters already merged) as a GGUF file at ``out`` (atomically)."""
     import gguf
     import numpy as np

@@ -73,7 +73,8 @@ class DecodingConfig:
         ``llama.cpp`` (one prompt at a time, a GGUF export; the extra ``engine``) or ``auto`` (llama.cpp on a
         CPU where llama-cpp-python is installed and the model is a Llama, else torch). Training-time val curves
         always use torch (the model being trained).
-    quant: the llama.cpp engine's weights: ``q8_0`` (8-bit, fastest), ``f16`` or ``f32`` (bit-exact).
+    quant: the llama.cpp engine's weights: ``f16`` (the default: answers as fp32 does, fastest to decode in
+        bench/bench_generation.py), ``q8_0`` (8-bit, smallest) or ``f32`` (bit-exact).
     """
 
     max_new_tokens: int = 256
@@ -86,7 +87,7 @@ class DecodingConfig:
     precision: str = "auto"
     length_norm: bool = False
     engine: str = "torch"
-    quant: str = "q8_0"
+    quant: str = "f16"
 
     def generation(self, **changes) -> GenerationConfig:
         """The :class:`GenerationConfig` of these settings, with ``changes`` (e.g. ``progress=False``)."""
