@@ -47,6 +47,7 @@ test: lint typecheck browser
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
 
 # src/r2rec only: the files and settings are in pyproject.toml's [tool.mypy].
 typecheck: $(VENV)/.installed-test

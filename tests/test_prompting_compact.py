@@ -50,7 +50,8 @@ def test_defaults_render_the_original_prompt(run, prepared):
     explicit = PromptBuilder(run, PromptConfig(**RANKED, style="full", max_history=0, show_candidates=0)).build(samples)
     for s, a, b in zip(samples, default, explicit):
         assert a.messages == b.messages and a.hidden == [] and sorted(a.candidates) == sorted(s.candidates)
-        assert a.messages[1]["content"].endswith("Which candidate will the user choose next? Answer with its exact title.\n")
+        question = "Which candidate will the user choose next? Answer with its exact title.\n"
+        assert a.messages[1]["content"].endswith(question)
     assert build_messages(["A"], ["B"]) == build_messages(["A"], ["B"], style="full")
 
 
@@ -85,7 +86,7 @@ def test_chains_start_from_shown_history_and_reach_shown_candidates(run, prepare
                 assert c["i_b"] in prompt.candidates
                 assert c["slot_a"] >= len(s.history) - 5 and s.history[c["slot_a"]] == c["i_a"]
                 assert c["u1"] != s.user  # a train prompt never cites its own user
-                assert line.endswith(f'(shares {c["n_shared"]})')
+                assert line.endswith(f"(shares {c['n_shared']})")
                 f = checker.check(line, s.history)
                 assert f.cited == 2 and f.all_real, line
                 n += 1

@@ -10,14 +10,21 @@ grammar (:mod:`r2rec.grammar`), and below the model code: a prompt is plain text
 """
 
 from r2rec.prompting.builder import (
-           Prompt,
-           PromptBuilder,
-           PromptConfig,
-           noun_for_dataset,
-           prompt_config,
-           rebuild_messages,
+    Prompt,
+    PromptBuilder,
+    PromptConfig,
+    noun_for_dataset,
+    prompt_config,
+    rebuild_messages,
 )
 from r2rec.prompting.messages import build_messages
 
-__all__ = ["Prompt", "PromptBuilder", "PromptConfig", "build_messages", "noun_for_dataset", "prompt_config",
-           "rebuild_messages"]
+__all__ = [
+    "Prompt",
+    "PromptBuilder",
+    "PromptConfig",
+    "build_messages",
+    "noun_for_dataset",
+    "prompt_config",
+    "rebuild_messages",
+]

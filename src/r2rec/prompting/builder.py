@@ -96,23 +96,27 @@ class PromptConfig:
         if self.candidate_order not in ORDERS:
             raise ValueError(f"PromptConfig.candidate_order must be one of {ORDERS}, got {self.candidate_order!r}")
         if self.chain_selection not in CHAIN_SELECTIONS:
-            raise ValueError(f"PromptConfig.chain_selection must be one of {CHAIN_SELECTIONS}, "
-                             f"got {self.chain_selection!r}")
+            raise ValueError(
+                f"PromptConfig.chain_selection must be one of {CHAIN_SELECTIONS}, got {self.chain_selection!r}"
+            )
         if self.transition_window < 1:
             raise ValueError(f"PromptConfig.transition_window must be >= 1, got {self.transition_window}")
         if self.context_chains < 0:
             raise ValueError(f"PromptConfig.context_chains must be >= 0, got {self.context_chains}")
         if self.items_noun != "auto" and self.items_noun not in VERBS:
-            raise ValueError(f"PromptConfig.items_noun must be 'auto' or one of {sorted(VERBS)}, "
-                             f"got {self.items_noun!r}")
+            raise ValueError(
+                f"PromptConfig.items_noun must be 'auto' or one of {sorted(VERBS)}, got {self.items_noun!r}"
+            )
         if self.style not in STYLES:
             raise ValueError(f"PromptConfig.style must be one of {STYLES}, got {self.style!r}")
         for name in ("max_history", "show_candidates"):
             if getattr(self, name) < 0:
                 raise ValueError(f"PromptConfig.{name} must be >= 0 (0 = all), got {getattr(self, name)}")
         if self.show_candidates and self.candidate_order == "frozen":
-            raise ValueError("PromptConfig.show_candidates needs a ranked candidate_order (transition or "
-                             "evidence): the first N of the frozen order are a random subset")
+            raise ValueError(
+                "PromptConfig.show_candidates needs a ranked candidate_order (transition or "
+                "evidence): the first N of the frozen order are a random subset"
+            )
 
 
 def noun_for_dataset(name: str) -> str:
@@ -148,8 +152,9 @@ class Prompt:
 class PromptBuilder:
     """Builds prompts for the samples of one run: ``messages(sample)``, ``ordered_candidates(sample)``."""
 
-    def __init__(self, run_dir: str | Path, config: PromptConfig | None = None, graph=None,
-                 prepared: PreparedData | None = None):
+    def __init__(
+        self, run_dir: str | Path, config: PromptConfig | None = None, graph=None, prepared: PreparedData | None = None
+    ):
         from r2rec.graph.chains import ChainConfig, ChainSampler
         from r2rec.graph.graph import graph_for_run
 
@@ -164,9 +169,15 @@ class PromptBuilder:
         self.sampler = None
         if self.graph is not None:
             # Context shows the strongest chains (temperature 0): deterministic, the same at train and test.
-            self.sampler = ChainSampler(self.graph, ChainConfig(
-                k=self.config.context_chains, temperature=0.0, seed=self.config.chain_seed,
-                max_users_per_item=self.config.max_users_per_item))
+            self.sampler = ChainSampler(
+                self.graph,
+                ChainConfig(
+                    k=self.config.context_chains,
+                    temperature=0.0,
+                    seed=self.config.chain_seed,
+                    max_users_per_item=self.config.max_users_per_item,
+                ),
+            )
         self._transition: tuple[dict[str, list[int]], sp.csr_array, sp.csr_array] | None = None
 
     def transition_scores(self, samples: Sequence[Sample]) -> np.ndarray:
@@ -177,22 +188,24 @@ class PromptBuilder:
         """
         if self._transition is None:
             seqs = {s.user: s.items for s in self.prepared.train_sequences()}
-            counts = transition_matrix(seqs.values(), self.prepared.n_items, window=self.config.transition_window,
-                                       normalize=False)
+            counts = transition_matrix(
+                seqs.values(), self.prepared.n_items, window=self.config.transition_window, normalize=False
+            )
             self._transition = (seqs, counts, row_normalize(counts))
         seqs, counts, matrix = self._transition
         width = max((len(s.candidates) for s in samples), default=0)
         cands = np.full((len(samples), width), -1, dtype=np.int64)
         for b, s in enumerate(samples):
-            cands[b, :len(s.candidates)] = s.candidates
+            cands[b, : len(s.candidates)] = s.candidates
         known = (cands >= 0) & (cands < self.prepared.n_items)
         hist = [[h for h in s.history if 0 <= h < self.prepared.n_items] for s in samples]
         out = np.where(known, transition_scores(matrix, hist, np.where(known, cands, 0)), 0.0)
         for b, s in enumerate(samples):
             if s.split == "train" and s.user in seqs:
                 n = len(s.candidates)
-                own = leave_user_out_scores(counts, hist[b], cands[b, :n], seqs[s.user],
-                                            window=self.config.transition_window)
+                own = leave_user_out_scores(
+                    counts, hist[b], cands[b, :n], seqs[s.user], window=self.config.transition_window
+                )
                 out[b, :n] = np.where(known[b, :n], own, 0.0)
         return out
 
@@ -219,14 +232,14 @@ class PromptBuilder:
             # With chains filtered by what the prompt shows, draw more to pick the strongest shown ones from.
             k = cfg.context_chains * (16 if self._filters_chains else 1)
             for start, cb in self.sampler.iter_batches(samples, "candidates", k=k):
-                evidence[start:start + cb.evidence.shape[0], :cb.evidence.shape[1]] = cb.evidence
+                evidence[start : start + cb.evidence.shape[0], : cb.evidence.shape[1]] = cb.evidence
                 if cfg.chain_selection == "strongest" and cfg.context_chains:
                     for b in range(cb.evidence.shape[0]):
                         drawn[start + b] = cb.records(b)
         trans = self.transition_scores(samples) if cfg.candidate_order == "transition" and samples else None
         ranked = []
         for b, (s, ev) in enumerate(zip(samples, evidence)):
-            ev, n = ev[:len(s.candidates)], len(s.candidates)
+            ev, n = ev[: len(s.candidates)], len(s.candidates)
             if cfg.candidate_order == "transition":
                 assert trans is not None  # computed above for this order
                 order = np.lexsort((np.arange(n), -ev, -trans[b, :n]))
@@ -236,22 +249,32 @@ class PromptBuilder:
                 order = np.arange(n)
             ranked.append(order)
         ordered = [[int(s.candidates[j]) for j in o] for s, o in zip(samples, ranked)]
-        shown = [o[:self._n_shown(len(o))] for o in ordered]
+        shown = [o[: self._n_shown(len(o))] for o in ordered]
         if cfg.chain_selection == "ranked" and cfg.context_chains and self.sampler is not None:
             chains = self._ranked_chains(samples, shown)
         else:
-            chains = [[c for c in d if self._visible(c, s, set(sh))][:cfg.context_chains]
-                      for d, s, sh in zip(drawn, samples, shown)]
+            chains = [
+                [c for c in d if self._visible(c, s, set(sh))][: cfg.context_chains]
+                for d, s, sh in zip(drawn, samples, shown)
+            ]
         out = []
         for s, ev, ch, order, cands, rest in zip(samples, evidence, chains, ranked, shown, ordered):
-            ev = ev[:len(s.candidates)]
+            ev = ev[: len(s.candidates)]
             lines = [self.render_chain(c) for c in ch]
-            history = s.history[-cfg.max_history:] if cfg.max_history else s.history
-            messages = build_messages([self.title(i) for i in history], [self.title(i) for i in cands],
-                                      lines or None, items=self.noun, ranked=cfg.candidate_order != "frozen",
-                                      style=cfg.style)
-            out.append(Prompt(messages, cands, [float(ev[j]) for j in order[:len(cands)]], ch, lines,
-                              hidden=rest[len(cands):]))
+            history = s.history[-cfg.max_history :] if cfg.max_history else s.history
+            messages = build_messages(
+                [self.title(i) for i in history],
+                [self.title(i) for i in cands],
+                lines or None,
+                items=self.noun,
+                ranked=cfg.candidate_order != "frozen",
+                style=cfg.style,
+            )
+            out.append(
+                Prompt(
+                    messages, cands, [float(ev[j]) for j in order[: len(cands)]], ch, lines, hidden=rest[len(cands) :]
+                )
+            )
         return out
 
     @property

@@ -27,27 +27,49 @@ def template(name: str) -> str:
     return resources.files("r2rec.prompting").joinpath("templates").joinpath(f"{name}.txt").read_text(encoding="utf-8")
 
 
-def build_user_prompt(history_titles: list[str], candidate_titles: list[str],
-                      context_lines: list[str] | None = None, items: str = "items", ranked: bool = False,
-                      style: str = "full") -> str:
+def build_user_prompt(
+    history_titles: list[str],
+    candidate_titles: list[str],
+    context_lines: list[str] | None = None,
+    items: str = "items",
+    ranked: bool = False,
+    style: str = "full",
+) -> str:
     if style == "compact":
-        context = template("context_compact").format(
-            chains="\n".join(f"- {c}" for c in context_lines)) if context_lines else ""
+        context = (
+            template("context_compact").format(chains="\n".join(f"- {c}" for c in context_lines))
+            if context_lines
+            else ""
+        )
         header = "Candidates, most likely first:" if ranked else "Candidates:"
-        return template("user_compact").format(items=items, history="\n".join(history_titles),
-                                               candidates="\n".join(candidate_titles), context=context,
-                                               candidates_header=header).strip()
+        return (
+            template("user_compact")
+            .format(
+                items=items,
+                history="\n".join(history_titles),
+                candidates="\n".join(candidate_titles),
+                context=context,
+                candidates_header=header,
+            )
+            .strip()
+        )
     history = "\n".join(f"- {t}" for t in history_titles)
     candidates = "\n".join(f"- {t}" for t in candidate_titles)
     context = template("context").format(chains="\n".join(f"- {c}" for c in context_lines)) if context_lines else ""
     header = "Candidates, most likely first by what other users chose next:" if ranked else "Candidates:"
-    return template("user").format(items=items, history=history, candidates=candidates, context=context,
-                                   candidates_header=header)
+    return template("user").format(
+        items=items, history=history, candidates=candidates, context=context, candidates_header=header
+    )
 
 
-def build_messages(history_titles: list[str], candidate_titles: list[str],
-                   context_lines: list[str] | None = None, items: str = "items",
-                   ranked: bool = False, style: str = "full") -> list[dict]:
+def build_messages(
+    history_titles: list[str],
+    candidate_titles: list[str],
+    context_lines: list[str] | None = None,
+    items: str = "items",
+    ranked: bool = False,
+    style: str = "full",
+) -> list[dict]:
     """``ranked``: the candidates come ranked by a train-only heuristic, and the prompt says so.
     ``style``: one of :data:`STYLES` (``full``, the default, is the original wording)."""
     if style not in STYLES:
@@ -55,6 +77,8 @@ def build_messages(history_titles: list[str], candidate_titles: list[str],
     system = template("system_compact" if style == "compact" else "system").strip()
     return [
         {"role": "system", "content": system},
-        {"role": "user", "content": build_user_prompt(history_titles, candidate_titles, context_lines, items, ranked,
-                                                      style)},
+        {
+            "role": "user",
+            "content": build_user_prompt(history_titles, candidate_titles, context_lines, items, ranked, style),
+        },
     ]

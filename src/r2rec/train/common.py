@@ -35,13 +35,28 @@ log = logging.getLogger(__name__)
 def lora_config(r: int, alpha: int, dropout: float, target_modules, seed: int | None = None):
     from peft import LoraConfig
 
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
-                      bias="none", task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=list(target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
 
 
 # Settings that do not change what training computes: a checkpoint made under other values still resumes.
-_RESUME_NEUTRAL = ("threads", "save_every", "save_total_limit", "logging_steps", "eval_every", "eval_samples",
-                   "eval_at_start", "eval_max_new_tokens", "eval_batch_size")
+_RESUME_NEUTRAL = (
+    "threads",
+    "save_every",
+    "save_total_limit",
+    "logging_steps",
+    "eval_every",
+    "eval_samples",
+    "eval_at_start",
+    "eval_max_new_tokens",
+    "eval_batch_size",
+)
 
 
 def training_state(config: dict, inputs) -> dict:
@@ -70,14 +85,16 @@ def resume_point(output_dir: Path, config: dict, force: bool = False) -> str | N
             try:
                 old = json.loads(saved.read_text())
             except (OSError, ValueError) as e:
-                log.warning(f"[train] {saved} is unreadable ({type(e).__name__}): the settings its checkpoints "
-                            "were made with are unknown")
-        same = isinstance(old, dict) and all(old.get(k) == v for k, v in json.loads(json.dumps(config)).items()
-                                             if k not in _RESUME_NEUTRAL)
+                log.warning(
+                    f"[train] {saved} is unreadable ({type(e).__name__}): the settings its checkpoints "
+                    "were made with are unknown"
+                )
+        same = isinstance(old, dict) and all(
+            old.get(k) == v for k, v in json.loads(json.dumps(config)).items() if k not in _RESUME_NEUTRAL
+        )
         if force or not same:
             if force or any(output_dir.glob("checkpoint-*")):
-                log.info(f"[train] {output_dir}: {'--force' if force else 'settings or inputs changed'}; "
-                      "starting over")
+                log.info(f"[train] {output_dir}: {'--force' if force else 'settings or inputs changed'}; starting over")
             shutil.rmtree(output_dir)
             return None
     return last_checkpoint(output_dir)
@@ -108,16 +125,22 @@ def last_checkpoint(output_dir: Path, discard: bool = True) -> str | None:
         problem = checkpoint_problem(path)
         if problem is None:
             return str(path)
-        log.warning(f"[train] damaged checkpoint {path}: {problem}; "
-                    f"{'removed it, ' if discard else ''}trying the previous one")
+        log.warning(
+            f"[train] damaged checkpoint {path}: {problem}; {'removed it, ' if discard else ''}trying the previous one"
+        )
         if discard:
             shutil.rmtree(path, ignore_errors=True)
     return None
 
 
 CHECKPOINT_MARKER = "r2rec-checkpoint.json"  # written last into a saved checkpoint: its files and their sizes
-_WEIGHTS = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json", "adapter_model.bin",
-            "pytorch_model.bin")
+_WEIGHTS = (
+    "adapter_model.safetensors",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "adapter_model.bin",
+    "pytorch_model.bin",
+)
 _REQUIRED = ("optimizer.pt", "scheduler.pt")  # without them transformers would resume with a fresh optimizer
 
 
@@ -257,8 +280,13 @@ def csv_log_callback(path: Path):
                 return
             now = time.time()
             row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
-            row.update({k: (round(v, 6) if isinstance(v, float) else v) for k, v in logs.items()
-                        if isinstance(v, (int, float))})
+            row.update(
+                {
+                    k: (round(v, 6) if isinstance(v, float) else v)
+                    for k, v in logs.items()
+                    if isinstance(v, (int, float))
+                }
+            )
             if self._last is not None and state.global_step > self._last[0]:
                 row["sec_per_step"] = round((now - self._last[1]) / (state.global_step - self._last[0]), 3)
                 self._last = (state.global_step, now)
@@ -304,8 +332,14 @@ def save_policy(model, path: Path) -> None:
         model.save_pretrained(str(path))
 
 
-def val_callback(evaluate: Callable[[object, object], dict], every: int, tokenizer, log_path: Path | None = None,
-                 at_start: bool = True, best_dir: Path | None = None):
+def val_callback(
+    evaluate: Callable[[object, object], dict],
+    every: int,
+    tokenizer,
+    log_path: Path | None = None,
+    at_start: bool = True,
+    best_dir: Path | None = None,
+):
     """A ``TrainerCallback`` that runs ``evaluate(model, tokenizer) -> {"val_hr1": ..}`` every ``every`` steps
     (and at the end, and at step 0 unless ``at_start`` is off), logs the metrics through the trainer (so they
     reach the CSV/TensorBoard) and appends them to ``log_path`` as JSON lines (:func:`r2rec.io.append_log`).
@@ -357,8 +391,9 @@ def val_callback(evaluate: Callable[[object, object], dict], every: int, tokeniz
         def on_train_begin(self, args, state, control, model=None, **kw):
             # A resumed run keeps the val points it already has (one costs minutes on a CPU).
             if log_path is not None:
-                self.done.update(int(r["step"]) for r in read_log(log_path)
-                                 if "step" in r and int(r["step"]) <= state.global_step)
+                self.done.update(
+                    int(r["step"]) for r in read_log(log_path) if "step" in r and int(r["step"]) <= state.global_step
+                )
             if best_dir is not None:
                 saved = Path(best_dir) / "best.json"
                 best = json.loads(saved.read_text()) if saved.exists() else None
@@ -456,12 +491,28 @@ def stage_val_callback(evaluate, cfg: TrainConfig, tokenizer, out: Path):
     ``cfg.keep == 'best_val'``."""
     if evaluate is None:
         return None
-    return val_callback(evaluate, cfg.eval_every, tokenizer, out / "val.jsonl", at_start=cfg.eval_at_start,
-                        best_dir=out / BEST_DIR if cfg.keep == "best_val" else None)
+    return val_callback(
+        evaluate,
+        cfg.eval_every,
+        tokenizer,
+        out / "val.jsonl",
+        at_start=cfg.eval_at_start,
+        best_dir=out / BEST_DIR if cfg.keep == "best_val" else None,
+    )
 
 
-def train_and_save(trainer, run: RunDir, cfg: TrainConfig, out: Path, inputs, resume: str | None, tag: str,
-                   compute, verify: Callable[[Path], dict] | None = None, **summary) -> Path:
+def train_and_save(
+    trainer,
+    run: RunDir,
+    cfg: TrainConfig,
+    out: Path,
+    inputs,
+    resume: str | None,
+    tag: str,
+    compute,
+    verify: Callable[[Path], dict] | None = None,
+    **summary,
+) -> Path:
     """Train (resuming from ``resume``), write ``<out>/final`` (the weights ``cfg.keep`` selects, plus the
     tokenizer), its ``train_summary.json`` (``summary`` adds stage-specific fields) and the stage manifest.
     Returns ``<out>/final``. ``tag`` prefixes the log lines (``sft``, ``rl``); ``compute`` (the resolved device
@@ -478,9 +529,15 @@ def train_and_save(trainer, run: RunDir, cfg: TrainConfig, out: Path, inputs, re
     wall = time.time() - t0
     kept = keep_final(trainer, out, final, cfg.keep)
     trainer.processing_class.save_pretrained(str(final))
-    summary = {"global_step": trainer.state.global_step, "wall_seconds": round(wall, 1),
-               "compute": compute.as_dict(), **summary,
-               "trainable_params": n_train, "resumed_from": resume, "kept": kept}
+    summary = {
+        "global_step": trainer.state.global_step,
+        "wall_seconds": round(wall, 1),
+        "compute": compute.as_dict(),
+        **summary,
+        "trainable_params": n_train,
+        "resumed_from": resume,
+        "kept": kept,
+    }
     try:
         summary.update(verify(final) if verify is not None else {})
     except Exception as e:  # a refused result still leaves its facts beside the weights
@@ -489,6 +546,8 @@ def train_and_save(trainer, run: RunDir, cfg: TrainConfig, out: Path, inputs, re
     finally:
         atomic_write_json(final / "train_summary.json", summary)
     run.write_manifest(cfg.stage, inputs, cfg, cfg.seed, outputs=[final], extra=summary)
-    log.info(f"[{tag}] saved {final} (step {kept['step']}, {cfg.keep}) after {trainer.state.global_step} steps "
-          f"in {wall:.0f}s")
+    log.info(
+        f"[{tag}] saved {final} (step {kept['step']}, {cfg.keep}) after {trainer.state.global_step} steps "
+        f"in {wall:.0f}s"
+    )
     return final

@@ -128,8 +128,14 @@ def load_traces(path: Path, variant: str) -> list[dict]:
         messages = rec["messages"]
         if not messages or messages[-1].get("role") == "assistant":
             raise ValueError(f"{path}:{i}: 'messages' must be the prompt (system/user), not end with the answer")
-        out.append({"prompt": messages, "completion": [{"role": "assistant", "content": rec[key]}],
-                    "sample": rec["sample"], "reasoning": rec.get("completion", "")})
+        out.append(
+            {
+                "prompt": messages,
+                "completion": [{"role": "assistant", "content": rec[key]}],
+                "sample": rec["sample"],
+                "reasoning": rec.get("completion", ""),
+            }
+        )
     if not out:
         raise ValueError(f"{path}: no SFT records")
     return out
@@ -254,13 +260,36 @@ def make_trainer(run: RunDir, cfg: SFTConfig, compute=None):
         args=args,
         train_dataset=ds,
         processing_class=tok,
-        peft_config=None if cfg.full_finetune else lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
-                                                                cfg.lora_target_modules),
+        peft_config=None
+        if cfg.full_finetune
+        else lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules),
         callbacks=callbacks,
     )
     if val_cb is not None:
         val_cb.trainer = trainer
+    trainer.add_callback(token_count_callback(trainer))
     return trainer, dropped
+
+
+def token_count_callback(trainer):
+    """A ``TrainerCallback`` that gives a resumed run the count of tokens trained on so far.
+
+    TRL's ``SFTTrainer`` logs ``num_tokens`` from a counter it keeps outside the trainer state, so a run resumed
+    from a checkpoint counted from 0 again. The count is taken back from the resumed state's log: exact when
+    the checkpoint's step was logged (``logging_steps`` divides ``save_every``), else the last logged count."""
+    from transformers import TrainerCallback
+
+    class RestoreTokenCount(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            logged = [
+                h["num_tokens"]
+                for h in state.log_history
+                if "num_tokens" in h and h.get("step", 0) <= state.global_step
+            ]
+            if state.global_step > 0 and logged and hasattr(trainer, "_total_train_tokens"):
+                trainer._total_train_tokens = int(logged[-1])
+
+    return RestoreTokenCount()
 
 
 def run_sft(run_dir: str | Path, cfg: SFTConfig, force: bool = False) -> Path:
@@ -273,11 +302,23 @@ def run_sft(run_dir: str | Path, cfg: SFTConfig, force: bool = False) -> Path:
     resume, compute = begin(run, cfg, inputs, "sft", force)
     trainer, dropped = make_trainer(run, cfg, compute)
     n_train, n_total = trainable_parameters(trainer.model)
-    log.info(f"[sft] variant={cfg.variant} examples={len(trainer.train_dataset)} trainable={n_train:,}/{n_total:,} "
-          f"max_steps={trainer.args.max_steps} epochs={cfg.epochs} -> {out}")
-    return train_and_save(trainer, run, cfg, out, inputs, resume, "sft", compute,
-                          examples=len(trainer.train_dataset),
-                          dropped_too_long=dropped, full_finetune=cfg.full_finetune)
+    log.info(
+        f"[sft] variant={cfg.variant} examples={len(trainer.train_dataset)} trainable={n_train:,}/{n_total:,} "
+        f"max_steps={trainer.args.max_steps} epochs={cfg.epochs} -> {out}"
+    )
+    return train_and_save(
+        trainer,
+        run,
+        cfg,
+        out,
+        inputs,
+        resume,
+        "sft",
+        compute,
+        examples=len(trainer.train_dataset),
+        dropped_too_long=dropped,
+        full_finetune=cfg.full_finetune,
+    )
 
 
 # -- CLI -------------------------------------------------------------------------------------------------
