@@ -174,3 +174,48 @@ def test_config_errors():
         PromptConfig(candidate_order="frozen", show_candidates=10)
     with pytest.raises(ValueError, match="style"):
         build_messages(["A"], ["B"], style="terse")
+
+
+@pytest.mark.real_model
+def test_eval_and_val_curve_answer_among_the_shown_candidates(run, tiny_model_dir):
+    """``r2rec eval`` and the training val curve with ``show_candidates``: answers among the shown candidates,
+    every sample counted, the candidates not shown ranked below the shown ones in prior order."""
+    from r2rec.eval import load_predictions
+    from r2rec.eval.runner import EvalConfig, run_eval
+    from r2rec.runs import RunDir
+    from r2rec.train.evalhook import make_val_evaluator
+    from r2rec.train.sft import SFTConfig
+
+    prompt = {**COMPACT, "show_candidates": 4}
+    cfg = EvalConfig(
+        model=str(tiny_model_dir),
+        split="val",
+        max_samples=4,
+        max_new_tokens=4,
+        batch_size=4,
+        precision="fp32",
+        n_bootstrap=20,
+        faithfulness=False,
+    )
+    res = run_eval(run, "base", cfg, prompt=PromptConfig(**prompt))
+    assert res["n"] == 4 and res["valid_ratio"] == 1.0
+    for p in load_predictions(run / "results", "base")[0]:
+        ranking = p.extra["shown_candidates"]
+        assert sorted(ranking) == sorted(p.candidates)  # the whole prompt order, shown then hidden
+        assert p.answer in ranking[:4]
+        by_item = dict(zip(p.candidates, p.scores))
+        tail = [by_item[c] for c in ranking[4:]]
+        assert max(tail) < min(by_item[c] for c in ranking[:4]) and tail == sorted(tail, reverse=True)
+
+    evaluate = make_val_evaluator(
+        RunDir(run), SFTConfig(prompt=prompt, eval_samples=8, eval_max_new_tokens=4, max_steps=1), "direct"
+    )
+    from r2rec.llm.models import load_model
+
+    model, tok = load_model(tiny_model_dir)
+    out = evaluate(model, tok)
+    samples = PreparedData(run / "prepared").samples("val", 0)[:8]
+    prompts = PromptBuilder(run, PromptConfig(**prompt)).build(samples)
+    assert out["val_first_hr1"] == sum(p.candidates[0] == s.target for p, s in zip(prompts, samples)) / 8
+    # a target the prompt does not show cannot be hit
+    assert out["val_hr1"] <= sum(s.target in p.candidates for p, s in zip(prompts, samples)) / 8
