@@ -3,6 +3,12 @@ LoRA config, CSV logging, the periodic val HR@1 callback. Their settings: :mod:`
 
 Heavy imports (torch, transformers, peft) stay inside functions so ``r2rec --help`` stays fast.
 
+Several processes (``accelerate launch`` or ``torchrun``, one process per GPU, or gloo on the CPU): each process
+trains on its own share of every batch (``batch_size`` / ``prompts_per_step`` are per process) and the gradients
+are averaged. Only the main process writes: it alone prepares the output folder (:func:`begin`; the others wait
+for its decision to resume or start over), logs the loss curve, commits checkpoints (after every process has
+written its part) and writes ``final/``, the summary and the manifest (:func:`train_and_save`).
+
 Crash safety of the checkpoints: transformers writes a ``checkpoint-N`` folder file by file, so a run killed (or a
 disk filled) mid-save leaves a folder that looks like a checkpoint. After each save, :func:`checkpoint_commit`
 fsyncs the folder's files and writes :data:`CHECKPOINT_MARKER` (atomically) listing them with their sizes: the
@@ -44,6 +50,10 @@ def lora_config(r: int, alpha: int, dropout: float, target_modules, seed: int | 
         task_type="CAUSAL_LM",
     )
 
+
+# Keys of the training state added after some checkpoints were made, with the value an older ``config.json``
+# that lacks them implies (a run before multi-process training ran as one process).
+_IMPLIED = {"processes": 1}
 
 # Settings that do not change what training computes: a checkpoint made under other values still resumes.
 _RESUME_NEUTRAL = (
@@ -90,7 +100,9 @@ def resume_point(output_dir: Path, config: dict, force: bool = False) -> str | N
                     "were made with are unknown"
                 )
         same = isinstance(old, dict) and all(
-            old.get(k) == v for k, v in json.loads(json.dumps(config)).items() if k not in _RESUME_NEUTRAL
+            old.get(k, _IMPLIED.get(k)) == v
+            for k, v in json.loads(json.dumps(config)).items()
+            if k not in _RESUME_NEUTRAL
         )
         if force or not same:
             if force or any(output_dir.glob("checkpoint-*")):
@@ -190,10 +202,15 @@ def checkpoint_problem(path: Path) -> str | None:
             weights += [path / name for name in sorted(set(index["weight_map"].values()))]
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return "model.safetensors.index.json is unreadable"
-    for name in _REQUIRED:
-        if not (path / name).exists():
-            return f"no {name}"
-    for file in [*weights, *(path / name for name in _REQUIRED)]:
+    states = deepspeed_states(path)
+    if isinstance(states, str):
+        return states
+    if not states:
+        for name in _REQUIRED:
+            if not (path / name).exists():
+                return f"no {name}"
+        states = [path / name for name in _REQUIRED]
+    for file in [*weights, *states]:
         if not file.exists() or file.stat().st_size == 0:
             return f"{file.name} is {'missing' if not file.exists() else 'empty'}"
         if file.suffix == ".safetensors" and (problem := safetensors_problem(file)):
@@ -211,6 +228,24 @@ def checkpoint_problem(path: Path) -> str | None:
             if have != size:
                 return f"{name} is {'missing' if have is None else f'{have} bytes'}, the save wrote {size}"
     return None
+
+
+def deepspeed_states(path: Path) -> list[Path] | str:
+    """The optimizer and model state files of a DeepSpeed checkpoint (``latest`` names the ``global_stepN`` folder
+    that holds them, one optimizer shard per process; DeepSpeed writes no ``optimizer.pt``/``scheduler.pt``), an
+    empty list for a plain checkpoint, or why a DeepSpeed one is incomplete."""
+    latest = Path(path) / "latest"
+    if not latest.exists():
+        return []
+    tag = latest.read_text().strip()
+    folder = Path(path) / tag
+    if not tag or not folder.is_dir():
+        return f"DeepSpeed's 'latest' names {tag!r}, which is not there"
+    optim = sorted(folder.glob("*optim_states.pt"))
+    model = sorted(folder.glob("*model_states.pt"))
+    if not optim or not model:
+        return f"{tag}/ lacks DeepSpeed's {'optimizer' if not optim else 'model'} states"
+    return [*model, *optim]
 
 
 def checkpoint_commit(path: Path) -> None:
@@ -232,6 +267,9 @@ def checkpoint_commit_callback():
 
     class CommitCheckpoint(TrainerCallback):
         def on_save(self, args, state, control, **kw):
+            # Every process writes a part (its RNG state, its DeepSpeed optimizer shard), and nothing waits for
+            # the others after a save: the main process commits only once all of them are done.
+            barrier()
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if state.is_world_process_zero and folder.is_dir():
                 checkpoint_commit(folder)
@@ -399,7 +437,7 @@ def val_callback(
                 best = json.loads(saved.read_text()) if saved.exists() else None
                 if best is not None and best["step"] <= state.global_step:
                     self.best = best["val_hr1"]
-                elif Path(best_dir).exists():
+                elif Path(best_dir).exists() and state.is_world_process_zero:
                     import shutil
 
                     shutil.rmtree(best_dir)  # made after the resumed checkpoint, by a run that did not finish
@@ -428,13 +466,69 @@ def up_to_date(run: RunDir, cfg: TrainConfig, inputs, tag: str) -> Path | None:
 
 def begin(run: RunDir, cfg: TrainConfig, inputs, tag: str, force: bool = False):
     """Claim the output folder for a run of ``cfg`` on ``inputs``: clear it unless its checkpoints come from the
-    same settings and inputs (:func:`resume_point`), record those in its ``config.json`` (atomically), resolve
-    the compute. Returns ``(checkpoint to resume from or None, compute)``."""
+    same settings, inputs and number of processes (:func:`resume_point`), record those in its ``config.json``
+    (atomically), resolve the compute. With several processes the main one does this and the others take its
+    decision. Returns ``(checkpoint to resume from or None, compute)``."""
     out = run.root / cfg.output_dir
     state = training_state(asdict(cfg), inputs)
-    resume = resume_point(out, state, force)
-    atomic_write_json(out / "config.json", state)
-    return resume, stage_compute(cfg, tag)
+    if os.environ.get("RANK", "0") != "0":  # set by the launcher: tell the progress once, from the main process
+        quiet_replica()
+    compute = stage_compute(cfg, tag)
+    group = process_group(compute)
+    # The number of processes is part of what a checkpoint was made from: the batch of a step and the data
+    # order depend on it, so a checkpoint resumes only a run with as many processes.
+    state["processes"] = group.num_processes if group is not None else 1
+    if group is None:
+        resume = resume_point(out, state, force)
+        atomic_write_json(out / "config.json", state)
+        return resume, compute
+    decision: list[str | None] = [None]
+    if group.is_main_process:
+        decision = [resume_point(out, state, force)]
+        atomic_write_json(out / "config.json", state)
+    from accelerate.utils import broadcast_object_list
+
+    resume = broadcast_object_list(decision, from_process=0)[0]  # the others wait for the main one's decision
+    log.info(f"[{tag}] {group.num_processes} processes ({group.backend}); the main one writes the results")
+    return resume, compute
+
+
+def world_size() -> int:
+    """How many processes run this stage together: ``WORLD_SIZE`` as ``accelerate launch``/``torchrun`` set it."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE") or 1))
+    except ValueError:
+        return 1
+
+
+def process_group(compute):
+    """accelerate's ``PartialState`` with the process group started (gloo on the CPU, NCCL on CUDA, DeepSpeed's
+    when launched for it) when the stage runs as one of several processes, else None (one process).
+
+    The trainer would start the group itself, but only once it is built; the stage needs it earlier, so that
+    the main process alone clears or resumes the output folder while the others wait. The trainer then finds
+    the group started and keeps it."""
+    if world_size() <= 1:
+        return None
+    from accelerate import PartialState
+
+    return PartialState(cpu=compute.device == "cpu")
+
+
+def barrier() -> None:
+    """Wait for every process of the group (nothing with one process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def quiet_replica() -> None:
+    """On a process other than the main one, r2rec logs warnings and errors only: the main process tells the
+    progress, once."""
+    logger = logging.getLogger("r2rec")
+    if logger.getEffectiveLevel() < logging.WARNING:
+        logger.setLevel(logging.WARNING)
 
 
 def stage_compute(cfg: TrainConfig, tag: str):
@@ -518,7 +612,8 @@ def train_and_save(
     Returns ``<out>/final``. ``tag`` prefixes the log lines (``sft``, ``rl``); ``compute`` (the resolved device
     and precision) goes into the summary and the manifest. ``verify(final)`` runs before the manifest is written:
     it returns facts for the summary, or raises when the result must not count as done (an RL run that did
-    not move the adapter)."""
+    not move the adapter). With several processes, all of them train and the main one alone writes (after
+    every process has finished its last step)."""
     final = Path(out) / "final"
     n_train, _ = trainable_parameters(trainer.model)
     if resume:
@@ -527,12 +622,16 @@ def train_and_save(
     t0 = time.time()
     trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - t0
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.is_world_process_zero():
+        return final  # the main process writes the result, once
     kept = keep_final(trainer, out, final, cfg.keep)
     trainer.processing_class.save_pretrained(str(final))
     summary = {
         "global_step": trainer.state.global_step,
         "wall_seconds": round(wall, 1),
         "compute": compute.as_dict(),
+        "processes": trainer.accelerator.num_processes,
         **summary,
         "trainable_params": n_train,
         "resumed_from": resume,

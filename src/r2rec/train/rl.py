@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from r2rec.data.schema import PreparedData, Sample, read_jsonl
+from r2rec.errors import ConfigError
 from r2rec.runs import RunDir
 
 from .common import (
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 # TRL's GRPO losses that work with token-level importance sampling (what this stage uses), and reward scalings.
 LOSS_TYPES = ("dapo", "dr_grpo", "grpo", "bnpo", "cispo", "sapo", "vespo")
 SCALE_REWARDS = ("group", "batch", "none")
+VLLM_MODES = ("colocate", "server")  # TRL's GRPOConfig.vllm_mode
+VLLM_INSTALL = "pip install 'trl[vllm]'"  # TRL's extra pins the vLLM versions it supports
 
 
 @dataclass
@@ -68,6 +71,12 @@ class RLConfig(TrainConfig):
     loss_type: TRL loss aggregation (``dapo``, ``dr_grpo``, ``grpo``, ``bnpo``).
     scale_rewards: ``group`` (divide advantages by the group std), ``batch`` or ``none``.
     reward_weights: reward name -> weight (names from ``r2rec.train.rewards.REWARDS``).
+    use_vllm: generate the rollouts with vLLM instead of ``model.generate`` (needs a CUDA GPU and
+        ``pip install 'trl[vllm]'``; refused with that reason otherwise). The LoRA policy is merged into vLLM's copy of
+        the model after every optimiser step (TRL does this).
+    vllm_mode: ``colocate`` (vLLM runs inside each training process and shares its GPU, taking
+        ``vllm_gpu_memory_utilization`` of its memory) or ``server`` (a separate ``trl vllm-serve`` process on
+        its own GPU, reached at ``vllm_server_base_url``, empty = ``http://0.0.0.0:8000``).
 
     Defaults that differ from the shared ones (GRPO takes few, costly steps from a trained policy): a small
     constant learning rate without warmup, 100 steps (``max_steps`` must be >= 1), no LoRA dropout, a val
@@ -87,6 +96,10 @@ class RLConfig(TrainConfig):
     loss_type: str = "dapo"
     scale_rewards: str = "group"
     reward_weights: dict = field(default_factory=lambda: {"format": 0.2, "valid": 0.2, "correct": 1.0})
+    use_vllm: bool = False
+    vllm_mode: str = "colocate"
+    vllm_server_base_url: str = ""
+    vllm_gpu_memory_utilization: float = 0.3
     # overridden defaults
     learning_rate: float = 1e-5
     lr_scheduler: str = "constant"
@@ -129,6 +142,12 @@ class RLConfig(TrainConfig):
             raise ValueError(f"RLConfig.loss_type: expected one of {LOSS_TYPES}, got {self.loss_type!r}")
         if self.scale_rewards not in SCALE_REWARDS:
             raise ValueError(f"RLConfig.scale_rewards: expected one of {SCALE_REWARDS}, got {self.scale_rewards!r}")
+        if self.vllm_mode not in VLLM_MODES:
+            raise ValueError(f"RLConfig.vllm_mode: expected one of {VLLM_MODES}, got {self.vllm_mode!r}")
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ValueError(
+                f"RLConfig.vllm_gpu_memory_utilization: must be in (0, 1], got {self.vllm_gpu_memory_utilization}"
+            )
         batch = self.prompts_per_step * self.num_generations
         if self.micro_batch_size < 0 or (self.micro_batch_size and batch % self.micro_batch_size):
             raise ValueError(
@@ -192,11 +211,31 @@ def load_policy(run: RunDir, cfg: RLConfig):
     raise FileNotFoundError(f"{init}: no SFT adapter or checkpoint to start RL from (run `r2rec sft` first)")
 
 
+def check_vllm(cfg: RLConfig, compute) -> dict:
+    """TRL's vLLM settings for ``cfg`` (empty without ``use_vllm``); a :class:`ConfigError` that says what is
+    missing when vLLM cannot run here (not installed, or no CUDA device)."""
+    if not cfg.use_vllm:
+        return {}
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError(f"rl.use_vllm=true needs the vllm package, which is not installed: {VLLM_INSTALL}")
+    if compute.device != "cuda":
+        raise ConfigError("rl.use_vllm=true needs a CUDA GPU (vLLM does not run on the CPU); set use_vllm=false")
+    opts = dict(use_vllm=True, vllm_mode=cfg.vllm_mode)
+    if cfg.vllm_mode == "colocate":
+        opts["vllm_gpu_memory_utilization"] = cfg.vllm_gpu_memory_utilization
+    elif cfg.vllm_server_base_url:
+        opts["vllm_server_base_url"] = cfg.vllm_server_base_url
+    return opts
+
+
 def make_trainer(run: RunDir, cfg: RLConfig, compute=None):
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
     out, compute = setup(run, cfg, "rl", compute)
+    vllm = check_vllm(cfg, compute)
     model, tok, peft_config = load_policy(run, cfg)
     tok.padding_side = "left"  # GRPO generates: prompts are left-padded
     ds = Dataset.from_list(load_prompts(run, cfg))
@@ -218,6 +257,7 @@ def make_trainer(run: RunDir, cfg: RLConfig, compute=None):
         reward_weights=weights,
         gradient_checkpointing=False,  # 135M: activations fit; recomputation would only slow the CPU down
         log_completions=False,
+        **vllm,
     )
     callbacks = [csv_log_callback(out / "log.csv")]
     val_cb = None
@@ -327,6 +367,10 @@ def run_rl(run_dir: str | Path, cfg: RLConfig, force: bool = False) -> Path:
     inputs = [run.root / cfg.traces] + sorted(p for p in init.glob("*.safetensors"))
     if not force and (final := up_to_date(run, cfg, inputs, "rl")):
         return final
+    if cfg.use_vllm:  # refused before the output folder is touched
+        from r2rec.hardware import resolve
+
+        check_vllm(cfg, resolve(cfg.precision, cfg.device, "rl"))
     resume, compute = begin(run, cfg, inputs, "rl", force)
     trainer = make_trainer(run, cfg, compute)
     n_train, n_total = trainable_parameters(trainer.model)
