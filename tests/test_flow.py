@@ -50,6 +50,7 @@ LAYERS: dict[str, int] = {
     "serve": 9,
     "serve_http": 9,
     "export": 9,
+    "catalogue": 9,  # whole-catalogue evaluation: retrieval (baselines) + the LLM re-ranker (eval's runner)
     "cli": 9,  # on top: they call the stage runners
 }
 

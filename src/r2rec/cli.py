@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "recommend": ("r2rec.serve", "recommend one item with its reasoning"),
     "serve": ("r2rec.serve_http", "serve recommendations as JSON over HTTP"),
     "pipeline": ("r2rec.pipeline", "run every stage from a YAML config, skipping finished stages"),
+    "catalogue": ("r2rec.catalogue", "whole-catalogue evaluation: a retriever's top k re-ranked by the LLM"),
 }
 
 

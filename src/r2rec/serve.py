@@ -12,10 +12,16 @@ constrained evaluation. A served answer is therefore what evaluation would produ
 candidates.
 
 Items are named by title (matched by normalised exact match, :func:`r2rec.grammar.normalize_title`) or by
-catalogue id (an int, or the string ``"id:<n>"``). Without candidates, the top ``num_candidates`` (20) items by
-the train-only chain evidence (ties: item transitions, then popularity) among items outside the history act
-as the upstream candidate generator. The generated reasoning is checked against the train graph: every
-interaction it cites is marked real or invented.
+catalogue id (an int, or the string ``"id:<n>"``). Without candidates, a retrieval stage proposes them: the top
+``num_candidates`` (K, default 20) items of the whole catalogue outside the history, by a classical model of the
+run (:class:`r2rec.baselines.retrieval.Retriever`), which the LLM then re-ranks. ``retriever="auto"`` (the
+default) uses the fitted model the run's baseline stage saved (``<run>/baselines/<method>/``; SASRec or GRU4Rec,
+the better on val HR@1 if both), else the train-only chain evidence (ties: item transitions, then popularity);
+a baseline name (``sasrec``, ``gru4rec``, ``transition``, ...) uses that model (its saved fit, or fitted once
+when the service starts and saved), ``evidence`` the chain evidence. The answer says where its candidates came
+from (``candidates_source``: ``given``, ``retrieved`` by a model, or ``generated`` by the evidence) and, in
+``retrieval``, which model proposed which items with what score. The generated reasoning is checked against the
+train graph: every interaction it cites is marked real or invented.
 
 What the user already consumed is not recommended: given candidates that appear anywhere in the history (not
 only in the last ``max_history`` items the prompt shows) are dropped before the prompt is built, and generated
@@ -193,7 +199,10 @@ class RecommendService:
     LLM (registry name or local dir; empty = the checkpoint's own base, or ``smollm2-135m`` for ``base``).
     ``prompt``: a :class:`PromptConfig` (default: the one the run's traces were built with).
     ``max_new_tokens``: default reasoning budget per request. ``max_candidates``: most candidates a request
-    may give. ``num_candidates``: candidates generated when a request gives none (default: the run's 20).
+    may give. ``num_candidates``: K, the candidates retrieved when a request gives none (default: the run's 20).
+    ``retriever``: what retrieves them: ``auto`` (the run's saved SASRec/GRU4Rec fit, else ``evidence``),
+    ``evidence`` (train-graph chain evidence) or a baseline name; ``retriever_values``: ``{baseline: config}``
+    for a baseline retriever (the YAML ``baselines`` section; a saved fit is used only under the same config).
     ``rank``: also score every candidate (``logprob`` per candidate in the answer). ``threads``: torch CPU
     threads for the process (0 = torch's default; 1 is faster for tiny models or on a busy machine).
     ``max_history_items``: most history entries a request may give. ``max_new_tokens_limit``: the largest
@@ -225,6 +234,8 @@ class RecommendService:
         max_pending: int = MAX_PENDING,
         engine: str = "torch",
         quant: str = "f16",
+        retriever: str = "auto",
+        retriever_values: dict | None = None,
     ):
         from r2rec.baselines.simple import TransitionRecommender
         from r2rec.eval.runner import EvalConfig, resolve_checkpoint
@@ -278,6 +289,7 @@ class RecommendService:
             self._by_title.setdefault(normalize_title(title), []).append(int(item))
         self._items = np.asarray(sorted(self.titles), dtype=np.int64)
         self._transition = TransitionRecommender().fit(self.prepared)
+        self.retriever = _load_retriever(self.run.root, retriever, retriever_values)
         if threads:
             import torch
 
@@ -412,6 +424,41 @@ class RecommendService:
                     break
         return out
 
+    def retriever_info(self) -> dict:
+        """Which model retrieves candidates for requests without them, and K."""
+        if self.retriever is None:
+            return {"model": "evidence", "k": self.num_candidates, "source": "train graph"}
+        return {**self.retriever.describe(), "k": self.num_candidates}
+
+    def retrieve_candidates(
+        self, scored: Sequence[int], history: Sequence[int], exclude: Sequence[int] = ()
+    ) -> tuple[list[int], list[float]]:
+        """The retriever's top K items for a user who consumed ``scored`` (the model reads its own window of it),
+        never an item of ``history`` (what the prompt shows) or ``exclude``; best first, with their scores.
+        Items sharing a title with a better one are skipped (the answer could not tell them apart)."""
+        assert self.retriever is not None  # the caller checks
+        S = self.retriever.scores([list(scored)], [_USER])
+        n_items = self.retriever.n_items
+        k = min(n_items, 2 * self.num_candidates)
+        while True:
+            (items,), (values,) = self.retriever.top_k([list(history)], k, exclude=[list(exclude)], scores=S)
+            out, vals, keys = [], [], set()
+            for c, x in zip(items, values):
+                if c not in self.titles:
+                    continue
+                key = normalize_title(self.titles[c])
+                if key not in keys:
+                    keys.add(key)
+                    out.append(c)
+                    vals.append(x)
+                    if len(out) == self.num_candidates:
+                        return out, vals
+            if len(items) < k or k >= n_items:  # nothing more to draw from
+                if not out:
+                    raise NothingToRecommend("history: covers the whole catalogue, so no candidate is left")
+                return out, vals
+            k = min(n_items, 4 * k)
+
     # -- faithfulness ----------------------------------------------------------------------------------
     def faithfulness_report(self, reasoning: Sequence[str], history: Sequence[int]) -> dict:
         """Score and per-citation verdicts of the interactions cited in ``reasoning`` (train graph + history).
@@ -457,8 +504,19 @@ class RecommendService:
         dropped = max(0, len(consumed) - self.max_history)
         hist = consumed[dropped:]  # what the prompt shows
         removed: list[int] = []
+        retrieval = None
         if candidates is None:
-            cands, source = self.generate_candidates(hist, exclude=() if allow_history else consumed), "generated"
+            exclude = () if allow_history else consumed
+            if self.retriever is None:
+                cands, source = self.generate_candidates(hist, exclude=exclude), "generated"
+                retrieval = {"model": "evidence", "k": self.num_candidates, "source": "train graph", "items": None}
+            else:
+                cands, scores = self.retrieve_candidates(consumed, hist, exclude=exclude)
+                source = "retrieved"
+                retrieval = {
+                    **self.retriever_info(),
+                    "items": [{"item": c, "title": self.titles[c], "score": _finite(x)} for c, x in zip(cands, scores)],
+                }
         else:
             given = self.resolve_items(candidates, "candidates")
             self._check_candidates(candidates, given)
@@ -490,6 +548,7 @@ class RecommendService:
                 for c, t, e, s in zip(prompt.candidates, shown, prompt.evidence, scores)
             ],
             "candidates_source": source,
+            "retrieval": retrieval,
             "candidates_removed": [{"item": c, "title": self.titles[c]} for c in removed],
             "allow_history": bool(allow_history),
             "candidate_order": self.prompt_config.candidate_order,
@@ -528,6 +587,7 @@ class RecommendService:
             "items": len(self.titles),
             "max_candidates": self.max_candidates,
             "num_candidates": self.num_candidates,
+            "retriever": self.retriever_info(),
             "max_history": self.max_history,
             "max_history_items": self.max_history_items,
             "max_new_tokens": self.max_new_tokens,
@@ -538,6 +598,29 @@ class RecommendService:
             "generation_calls": self._batcher.calls,
             "requests_generated": self._batcher.items,
         }
+
+
+def _load_retriever(run_dir: Path, name: str, values: dict | None):
+    """The service's retriever: ``None`` for the chain evidence, else a fitted baseline (see RecommendService)."""
+    from r2rec.baselines import BASELINES
+    from r2rec.baselines.retrieval import NEURAL, Retriever, load_fitted, saved_models
+
+    if name == "evidence":
+        return None
+    if name != "auto":
+        if name not in BASELINES:
+            raise ValueError(f"retriever must be auto, evidence or one of {', '.join(BASELINES)}; got {name!r}")
+        return Retriever.for_run(run_dir, name, (values or {}).get(name))
+    # auto: a saved neural fit that still matches the run's data, the best on val first.
+    saved = [(m, info) for m, info in saved_models(run_dir).items() if info.get("baseline") in NEURAL]
+    saved.sort(key=lambda mi: -float((mi[1].get("fit_info") or {}).get("best_val_hr1") or 0.0))
+    for method, info in saved:
+        model = load_fitted(run_dir, info["baseline"], method, info.get("config"), seed=info.get("seed"))
+        if model is not None:
+            log.info(f"[serve] candidates without a request's own: {info['baseline']} top K (saved fit {method})")
+            return Retriever(model, info["baseline"], model.n_items, "loaded")  # type: ignore[attr-defined]
+    log.info("[serve] candidates without a request's own: train-graph chain evidence (no saved SASRec/GRU4Rec fit)")
+    return None
 
 
 # -- CLI ---------------------------------------------------------------------------------------------------
@@ -580,12 +663,24 @@ def add_service_arguments(p) -> None:
     )
     p.add_argument(
         "--engine",
-        choices=("torch", "llama.cpp", "auto"),
+        choices=("torch", "llama.cpp", "auto", "vllm"),
         default="torch",
         help="torch (default, batches requests) or llama.cpp (a GGUF export, one request at a time; "
-        "the `engine` extra); see README, Inference engines",
+        "the `engine` extra) or vllm (a CUDA GPU, `pip install vllm`); see README, Inference engines",
     )
     p.add_argument("--quant", choices=("f16", "q8_0", "f32"), default="f16", help="llama.cpp weights")
+    p.add_argument(
+        "--retriever",
+        default="auto",
+        help="what proposes candidates for a request without them: auto (the run's saved SASRec/GRU4Rec fit, "
+        "else evidence), evidence (train-graph chains), or a baseline name (sasrec, gru4rec, transition, ...)",
+    )
+    p.add_argument(
+        "--retrieve-k",
+        type=int,
+        default=None,
+        help="K: how many candidates retrieval proposes for the LLM to re-rank (default: the run's 20)",
+    )
 
 
 def service_from_args(args) -> RecommendService:
@@ -605,6 +700,8 @@ def service_from_args(args) -> RecommendService:
         max_pending=getattr(args, "max_pending", MAX_PENDING),
         engine=args.engine,
         quant=args.quant,
+        num_candidates=args.retrieve_k,
+        retriever=args.retriever,
     )
 
 
@@ -616,7 +713,7 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--candidates",
         default=None,
-        help='candidate items separated by "|" (default: the top 20 by train-graph evidence)',
+        help='candidate items separated by "|" (default: retrieval\'s top K from the whole catalogue, see --retriever)',
     )
     p.add_argument(
         "--allow-history",
@@ -636,7 +733,9 @@ def format_text(res: dict) -> str:
         lines += [f"  {c}" for c in res["context"]]
     order = res.get("candidate_order", "")
     ranked = f", ranked by {order}" if order and order != "frozen" else ""
-    lines.append(f"candidates ({res['candidates_source']}, in prompt order{ranked}; [chain evidence]):")
+    retrieval = res.get("retrieval") or {}
+    by = f" by {retrieval['model']} (top {retrieval['k']} of the catalogue)" if retrieval else ""
+    lines.append(f"candidates ({res['candidates_source']}{by}, in prompt order{ranked}; [chain evidence]):")
     for k, c in enumerate(res["candidates"], 1):
         mark = "*" if c["chosen"] else " "
         lines.append(f" {mark}{k:2d}. {c['title']}  [{c['evidence']:.3g}]")

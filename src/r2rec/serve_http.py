@@ -8,7 +8,8 @@ Endpoints (the OpenAPI schema at ``/openapi.json`` and ``/docs`` states every fi
 
 * ``POST /recommend``: body ``RecommendRequest`` (``history``, ``candidates``?, ``max_new_tokens``?,
   ``allow_history``?); answers with a :class:`Recommendation` (chosen item, reasoning, faithfulness,
-  candidates with their evidence), the result of :meth:`r2rec.serve.RecommendService.recommend`.
+  candidates with their evidence, and for a request without candidates the retrieval that proposed them: which
+  model, its top K with scores), the result of :meth:`r2rec.serve.RecommendService.recommend`.
 * ``GET /health``: a :class:`Health`: ``{"status": "ok", ...}`` with the served run, model and limits.
 
 Errors are JSON :class:`ErrorBody` ``{"error": "..."}``: 400 for a body that is not JSON or a request whose
@@ -72,6 +73,24 @@ class Candidate(BaseModel):
     chosen: bool = Field(description="this candidate is the answer")
 
 
+class RetrievedItem(BaseModel):
+    item: int = Field(description="catalogue id")
+    title: str = Field(description="catalogue title")
+    score: float | None = Field(description="the retriever's score (higher = better; null: not finite)")
+
+
+class Retrieval(BaseModel):
+    """Where the candidates of a request without its own came from."""
+
+    model: str = Field(description="the retriever: a classical model (sasrec, gru4rec, transition, ...) or evidence")
+    k: int = Field(description="K: how many items retrieval proposes from the whole catalogue")
+    source: str = Field(description="loaded (the run's saved fit), fitted (at start-up), or train graph (evidence)")
+    items: list[RetrievedItem] | None = Field(
+        description="the retrieved items, best first, with their scores (null for evidence); the prompt shows "
+        "the prior's top show_candidates of them, listed under candidates",
+    )
+
+
 class Citation(BaseModel):
     user: str | None = Field(
         description="the cited user as written; null = the requesting user (checked against the request's history)"
@@ -104,8 +123,12 @@ class Recommendation(BaseModel):
     raw: str = Field(description="the completion as decoded (<think>...</think><answer>...</answer>)")
     faithfulness: Faithfulness
     candidates: list[Candidate] = Field(description="the candidates in prompt order")
-    candidates_source: Literal["given", "generated"] = Field(
-        description="given by the request, or generated from the train graph's evidence"
+    candidates_source: Literal["given", "retrieved", "generated"] = Field(
+        description="given by the request; retrieved from the whole catalogue by a classical model; or generated "
+        "from the train graph's chain evidence"
+    )
+    retrieval: Retrieval | None = Field(
+        description="which model retrieved the candidates, and its top K (null: candidates given)"
     )
     candidates_removed: list[ItemRef] = Field(description="given candidates left out because they are in the history")
     allow_history: bool = Field(description="whether history items could be recommended")
@@ -133,7 +156,8 @@ class Health(BaseModel):
     think: bool = Field(description="the model reasons before answering")
     items: int = Field(description="catalogue size")
     max_candidates: int = Field(description="most candidates a request may give")
-    num_candidates: int = Field(description="candidates generated when a request gives none")
+    num_candidates: int = Field(description="K: candidates retrieved when a request gives none")
+    retriever: dict[str, Any] = Field(description="what retrieves candidates for a request without them")
     max_history: int = Field(description="history items the prompt shows (the newest)")
     max_history_items: int = Field(description="most history entries a request may give")
     max_new_tokens: int = Field(description="default reasoning budget in tokens")
@@ -190,8 +214,8 @@ def create_app(service, max_body_bytes: int = MAX_BODY_BYTES):
         candidates: Annotated[list[ItemName], Field(min_length=2, max_length=info["max_candidates"])] | None = Field(
             default=None,
             description="the items to choose from (distinct titles); null or absent: the "
-            "service generates them from the train graph. Those in the history "
-            "are left out.",
+            "service retrieves the top K of the whole catalogue (see /health, retriever) and the LLM "
+            "re-ranks them. Those in the history are left out.",
         )
         max_new_tokens: Annotated[StrictInt, Field(ge=0, le=info["max_new_tokens_limit"])] | None = Field(
             default=None, description="reasoning budget in tokens (default: the service's)"
@@ -261,7 +285,7 @@ def create_app(service, max_body_bytes: int = MAX_BODY_BYTES):
         },
     )
     def recommend(req: RecommendRequest):
-        """Choose the user's next item among the candidates (given, or generated from the train graph), with the
+        """Choose the user's next item among the candidates (given, or retrieved from the whole catalogue), with the
         reasoning that led there and which of the interactions it cites are real. Greedy decoding: the same
         request always gets the same answer, alone or batched with others."""
         try:

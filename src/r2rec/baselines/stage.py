@@ -68,6 +68,9 @@ def run_baseline(
 
     start = time.time()
     model.fit(prepared, seed=seeds[0])
+    from r2rec.baselines.retrieval import save_fitted
+
+    save_fitted(model, run.root, method)  # neural fits only: reused by whole-catalogue retrieval
     preds, samples = {}, {}
     for k in seeds:
         samples[k] = prepared.samples(split, k)

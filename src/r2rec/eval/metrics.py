@@ -156,22 +156,38 @@ def _harmonic_cumsum(n: int) -> np.ndarray:
     return np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, n + 1))])
 
 
-def rank_metrics(a: np.ndarray, t: np.ndarray, n_candidates: int) -> dict[str, np.ndarray]:
-    """Expected HR@1/5, NDCG@5/10 and MRR when the target's rank is uniform on ``a+1 .. a+t+1``.
+def rank_metrics(
+    a: np.ndarray,
+    t: np.ndarray,
+    n_candidates: int,
+    hr_ks: Sequence[int] = (1, 5),
+    ndcg_ks: Sequence[int] = (5, 10),
+    ranked: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Expected HR@k, NDCG@k and MRR when the target's rank is uniform on ``a+1 .. a+t+1``.
 
     For a per-rank gain ``g(r)`` with cumulative sum ``G``, ``E[g] = (G[hi] - G[lo]) / (t+1)`` where
     ``lo = a`` and ``hi = a+t+1``, each clipped at the cut-off ``k`` for @k metrics. Vectorised over samples.
+    NDCG@k of one relevant item at rank ``r`` is ``1 / log2(r + 1)`` for ``r <= k``, else 0 (the ideal DCG is 1).
+    The defaults give the candidate metrics (``hr@1``, ``hr@5``, ``ndcg@5``, ``ndcg@10``, ``mrr``); the
+    whole-catalogue evaluation asks for ``hr_ks=(1, 5, 10), ndcg_ks=(10,)`` over the catalogue's size.
+    ``ranked``: optional bool per sample; where False the target was never ranked (e.g. left out by a retrieval
+    stage) and every metric is 0.
     """
     a = np.asarray(a, dtype=np.int64)
     t = np.asarray(t, dtype=np.int64)
     lo, hi, m = a, a + t + 1, (t + 1).astype(np.float64)
-    D, H = _discount_cumsum(n_candidates), _harmonic_cumsum(n_candidates)
-    out = {"hr@1": (np.minimum(hi, 1) - np.minimum(lo, 1)) / m}
-    for k in (5,):
+    n = int(max(n_candidates, int(hi.max(initial=1))))
+    D, H = _discount_cumsum(n), _harmonic_cumsum(n)
+    out = {}
+    for k in hr_ks:
         out[f"hr@{k}"] = (np.minimum(hi, k) - np.minimum(lo, k)) / m
-    for k in (5, 10):
+    for k in ndcg_ks:
         out[f"ndcg@{k}"] = (D[np.minimum(hi, k)] - D[np.minimum(lo, k)]) / m
     out["mrr"] = (H[hi] - H[lo]) / m
+    if ranked is not None:
+        keep = np.asarray(ranked, dtype=bool)
+        out = {name: np.where(keep, v, 0.0) for name, v in out.items()}
     return out
 
 
