@@ -66,7 +66,7 @@ def _baselines_configs(section: dict, cfg: dict, path: str | None):
     from .baselines.base import BASELINES
     from .baselines.trainer import reject_removed_keys
 
-    _known_keys(section, ("methods", "settings"), "baselines", path)
+    _known_keys(section, ("methods", "settings", "prior"), "baselines", path)
     methods = _names(section.get("methods", BASELINE_DEFAULTS), list(BASELINES), "baselines.methods", path)
     settings = section.get("settings") or {}
     if not isinstance(settings, dict):
@@ -80,7 +80,29 @@ def _baselines_configs(section: dict, cfg: dict, path: str | None):
         except ValueError as e:
             raise ConfigError(f"{where}: {e}", path=path) from None
         out[name] = build(BASELINES[name].config_cls, settings.get(name), where=where, path=path)
+    _prior_configs(section, cfg, path)
     return out
+
+
+def _prior_configs(section: dict, cfg: dict, path: str | None):
+    """The prior's config (``baselines.prior``), or None when nothing asks for one: the prompt orders its
+    candidates by it (``prompt.candidate_order: prior``), the fusion reads it (``eval.fusion``), or the section
+    sets it."""
+    from .baselines.prior import PriorConfig
+
+    values = section.get("prior")
+    if values is None and not _uses_prior(cfg):
+        return None
+    if values is not None and not isinstance(values, dict):
+        raise ConfigError(f"baselines.prior: expected a mapping of key: value, got {values!r}", path=path)
+    return build(PriorConfig, values or {}, where="baselines.prior", path=path)
+
+
+def _uses_prior(cfg: dict) -> bool:
+    prompt, ev = cfg.get("prompt") or {}, cfg.get("eval") or {}
+    return (isinstance(prompt, dict) and prompt.get("candidate_order") == "prior") or (
+        isinstance(ev, dict) and ev.get("fusion") not in (None, False)
+    )
 
 
 def _graph_configs(section: dict, cfg: dict, path: str | None):
@@ -127,6 +149,7 @@ def _eval_configs(section: dict, cfg: dict, path: str | None):
     no_chains = section.pop("no_context_ablation", True)
     if not isinstance(no_chains, bool):
         raise ConfigError(f"eval.no_context_ablation: expected a boolean, got {no_chains!r}", path=path)
+    section.pop("fusion", None)  # its own config (_fusion_config); not a decoding setting
     prompt = build(PromptConfig, cfg.get("prompt") or {}, where="prompt", path=path)
     jobs = [(kind, build(EvalConfig, section, where="eval", path=path), prompt) for kind in kinds]
     if no_chains and kinds:
@@ -135,7 +158,43 @@ def _eval_configs(section: dict, cfg: dict, path: str | None):
         jobs.append(
             (final, build(EvalConfig, {**section, "method": f"{final}-no-chains"}, where="eval", path=path), ablated)
         )
+    fusion = _fusion_config(cfg, path)
+    if fusion is not None and kinds:
+        # The fused model's val pass, which the fusion weight is chosen on.
+        from .eval.fusion import val_name
+
+        method = _fusion_method(fusion, cfg)
+        kind = next((k for k, e, _ in jobs if (e.method or k) == method), None)
+        if kind is None:
+            raise ConfigError(f"eval.fusion.method: {method!r} is none of the evaluated methods {kinds}", path=path)
+        seeds = fusion.val_seeds or section.get("seeds", [])
+        val = {**section, "split": "val", "method": val_name(method), "seeds": seeds}
+        if fusion.val_max_samples:
+            val["max_samples"] = fusion.val_max_samples
+        jobs.append((kind, build(EvalConfig, val, where="eval", path=path), prompt))
     return jobs
+
+
+def _fusion_method(fusion, cfg: dict) -> str:
+    """The LLM result the fusion combines with the prior: ``eval.fusion.method``, else the last evaluated model."""
+    models = (cfg.get("eval") or {}).get("models", ["base", "sft-direct", "sft", "rl"])
+    if isinstance(models, str):
+        models = [m.strip() for m in models.split(",") if m.strip()]
+    return fusion.method or (models[-1] if models else "")
+
+
+def _fusion_config(cfg: dict, path: str | None):
+    """``eval.fusion`` built (``true`` = the defaults), or None when absent or false."""
+    from .eval.fusion import FusionConfig
+
+    values = (cfg.get("eval") or {}).get("fusion")
+    if values in (None, False):
+        return None
+    if values is True:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"eval.fusion: expected true or a mapping of key: value, got {values!r}", path=path)
+    return build(FusionConfig, values, where="eval.fusion", path=path)
 
 
 REPORT_KEYS = ("out_dir", "n_traces", "n_boot", "seed")
@@ -163,6 +222,11 @@ def _baselines(run: RunDir, section: dict, cfg: dict, force: bool) -> None:
     methods = _baselines_configs(section, cfg, None)  # checked; the stage builds them from the section again
     for name in _names(section.get("methods", BASELINE_DEFAULTS), list(methods), "baselines.methods", None):
         run_baseline(run.root, name, values=(section.get("settings") or {}).get(name), force=force)
+    prior = _prior_configs(section, cfg, None)
+    if prior is not None:
+        from .baselines.prior import run_prior
+
+        run_prior(run.root, prior, section.get("settings") or {}, force=force)
 
 
 def _graph(run: RunDir, section: dict, cfg: dict, force: bool) -> None:
@@ -208,9 +272,15 @@ def _eval(run: RunDir, section: dict, cfg: dict, force: bool) -> None:
     if len(seeds) > 1:
         for seed in seeds:
             for kind, ecfg, pcfg in jobs:
-                run_eval(run.root, kind, replace(ecfg, seeds=[seed]), prompt=pcfg)
+                if ecfg.split == jobs[0][1].split:  # the fusion's val pass runs on its own seeds, below
+                    run_eval(run.root, kind, replace(ecfg, seeds=[seed]), prompt=pcfg)
     for kind, ecfg, pcfg in jobs:
         run_eval(run.root, kind, ecfg, prompt=pcfg)
+    fusion = _fusion_config(cfg, None)
+    if fusion is not None and jobs:
+        from .eval.fusion import run_fusion
+
+        run_fusion(run.root, _fusion_method(fusion, cfg), fusion)
 
 
 def _report(run: RunDir, section: dict, cfg: dict, force: bool) -> None:
@@ -292,6 +362,8 @@ def _check_files(cfg: dict, configs: dict[str, object], todo: list[str], run: Pa
         if name == "rl":
             init = train.init  # type: ignore[attr-defined]
             need(run / init, "rl.init", "sft" if init == "checkpoints/sft/final" else None)
+    if _uses_prior(cfg) and {"thoughts", "eval"} & set(todo):
+        need(run / "prior" / "meta.json", "baselines.prior", "baselines")
     if "eval" in todo:
         for kind, ecfg, _ in configs["eval"]:  # type: ignore[attr-defined]
             if kind != "base":
@@ -339,11 +411,22 @@ def validate(
     return todo
 
 
-def _key(stage: Stage, section: dict, prompt: dict, keys: dict[str, str]) -> str:
+def _key(stage: Stage, section: dict, prompt: dict, keys: dict[str, str], cfg: dict | None = None) -> str:
     # The prompt section shapes the thoughts (training prompts) and eval prompts, so it is part of those keys.
-    payload = {"stage": stage.name, "section": section, "deps": [keys[d] for d in stage.deps]}
+    payload: dict[str, object] = {"stage": stage.name, "section": section, "deps": [keys[d] for d in stage.deps]}
+    if stage.name == "baselines" and cfg is not None and _uses_prior(cfg):
+        payload["writes_prior"] = True  # the stage writes the prior when the prompt or the fusion reads it
     if stage.name in ("thoughts", "eval"):
         payload["prompt"] = prompt
+        if cfg is not None and _uses_prior(cfg):
+            # The prior (written by the baselines stage) orders the prompts' candidates or enters the fusion: what
+            # makes it (its section, the models' settings, the prepared data) is part of these keys.
+            base = cfg.get("baselines") or {}
+            payload["prior"] = {
+                "prior": base.get("prior"),
+                "settings": base.get("settings"),
+                "prepare": keys["prepare"],
+            }
     return fingerprint(payload)[:16]
 
 
@@ -368,7 +451,7 @@ def run_pipeline(
     # Keys of every stage, skipped ones included, so that `--only` never changes a stage's key.
     keys: dict[str, str] = {}
     for stage in STAGES:
-        keys[stage.name] = _key(stage, cfg.get(stage.section) or {}, cfg.get("prompt", {}), keys)
+        keys[stage.name] = _key(stage, cfg.get(stage.section) or {}, cfg.get("prompt", {}), keys, cfg)
     for i, stage in enumerate(todo, 1):
         section = cfg.get(stage.section) or {}
         key = keys[stage.name]
@@ -503,9 +586,15 @@ def show_results(root: str | Path) -> None:
     prepared = PreparedData(run.prepared)
     sample = prepared.samples("test", prepared.seeds[0])[0]
     titles = prepared.titles
+    from .errors import InputError
+
     service = RecommendService(run.root)
     # Catalogue ids, not titles: some catalogues (ml-100k) hold two items with one title.
-    res = service.recommend(list(sample.history), list(sample.candidates))
+    try:
+        res = service.recommend(list(sample.history), list(sample.candidates))
+    except InputError as e:  # e.g. a prompt ordered by the prior, whose scores cover the prepared samples only
+        print(f"\n(no example recommendation: {e})")
+        return
     print(
         f"\n## One recommendation ({service.kind} model), test user {sample.user}; "
         f'the true next item was "{titles[sample.target]}"\n'

@@ -175,7 +175,9 @@ class NeuralRecommender(Recommender):
                 {"epoch": epoch, "loss": row.pop("loss"), "val_hr1": metric["hr1"], "val_mrr": metric["mrr"], **row}
             )
             bar.set_postfix(loss=f"{curve[-1]['loss']:.3f}", val_hr1=f"{metric['hr1']:.3f}")
-            if (metric["hr1"], metric["mrr"]) > best:
+            # Without val samples (a cross-fit fold, r2rec.baselines.prior) every epoch counts as the best: a
+            # fixed-epoch fit that keeps its last epoch.
+            if not val or (metric["hr1"], metric["mrr"]) > best:
                 best, best_epoch = (metric["hr1"], metric["mrr"]), epoch
                 best_state = copy.deepcopy(self.net.state_dict())
             elif epoch - best_epoch >= c.patience:

@@ -142,7 +142,7 @@ def run_eval(run_dir: str | Path, model_kind: str, config: EvalConfig | None = N
     from r2rec.data.schema import PreparedData, samples_path
     from r2rec.eval import EvalProtocol, evaluate, write_result
     from r2rec.eval.results import load_result, result_path
-    from r2rec.prompting import prompt_config
+    from r2rec.prompting import prompt_config, prompt_inputs
 
     cfg = config or EvalConfig()
     run = RunDir(run_dir)
@@ -158,6 +158,13 @@ def run_eval(run_dir: str | Path, model_kind: str, config: EvalConfig | None = N
         raise FileNotFoundError(
             f"{missing[0]}: no {cfg.split} samples for that seed (prepared seeds: {prepared.seeds})"
         )
+    # The prior's meta (with every score file's hash) when the prompt orders its candidates by it: a new prior
+    # is a new evaluation.
+    extra_inputs = prompt_inputs(run.root, prompt)
+    for p in extra_inputs:
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: candidate_order: prior, but the run has no prior (run the baselines stage)")
+    inputs += extra_inputs
     stage_config = {
         "eval": asdict(cfg) | {"force": False},
         "prompt": asdict(prompt),
@@ -178,7 +185,9 @@ def run_eval(run_dir: str | Path, model_kind: str, config: EvalConfig | None = N
     ev = _SeedEvaluator(run, prepared, model_kind, cfg, prompt, model_name, adapter, described)
     preds, stats = {}, {}
     for seed in seeds:
-        preds[seed], stats[seed] = ev.seed(seed, samples[seed], method, _checkpoint_files(adapter, model_name))
+        preds[seed], stats[seed] = ev.seed(
+            seed, samples[seed], method, _checkpoint_files(adapter, model_name) + extra_inputs
+        )
 
     protocol = EvalProtocol(
         split=cfg.split,
@@ -337,6 +346,7 @@ class _SeedEvaluator:
             answer = None if out.answer is None else p.candidates[out.answer]
             extra = {
                 "shown_candidates": p.ranking,
+                "n_shown": len(p.candidates),
                 "stop": out.stop,
                 "n_generated": out.n_generated,
                 "well_formed": out.well_formed,

@@ -2,7 +2,8 @@
 
 SFT, RL, evaluation and serving all build prompts through :class:`PromptBuilder`, so training and inference
 see the same text: the history titles, the candidate titles (ranked by the train-only ``transition`` score, by
-chain evidence, or in the frozen order) and, optionally, interaction chains reaching the candidates, rendered
+the run's precomputed prior (the best classical model, cross-fitted on train prompts: :mod:`r2rec.prompting.prior`),
+by chain evidence, or in the frozen order) and, optionally, interaction chains reaching the candidates, rendered
 as checkable citations such as ``user 254 watched "Heat" and later "Ronin" (shares 4 of the user's movies)``.
 
 Why rank at all: a 135M model did not learn to compare 20 candidates from scratch on a CPU budget
@@ -10,8 +11,8 @@ Why rank at all: a 135M model did not learn to compare 20 candidates from scratc
 depart from it.
 ``transition`` is the strongest such heuristic measured here (top-1 0.39-0.48 vs 0.19-0.25 for evidence).
 
-Only the train graph and the sample's own history are used, so a val/test prompt never sees a val/test
-interaction other than its own history.
+Only the train graph, the train-only prior and the sample's own history are used, so a val/test prompt never sees a
+val/test interaction other than its own history.
 
 How much of this the prompt shows is set by three fields of :class:`PromptConfig` (all default to the original
 prompt): ``style`` (``full`` or ``compact`` wording), ``max_history`` (the last N history titles) and
@@ -28,7 +29,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -36,13 +37,14 @@ from r2rec.config import build
 from r2rec.data.schema import PreparedData, Sample
 from r2rec.grammar import VERBS, cite, verb_for
 from r2rec.prompting.messages import STYLES, build_messages
+from r2rec.prompting.prior import PriorScores, prior_inputs
 
 if TYPE_CHECKING:
     import scipy.sparse as sp
 from r2rec.runs import RunDir
 from r2rec.signals.transition import leave_user_out_scores, row_normalize, transition_matrix, transition_scores
 
-ORDERS = ("transition", "evidence", "frozen")
+ORDERS = ("transition", "prior", "evidence", "frozen")
 CHAIN_SELECTIONS = ("strongest", "ranked")
 # dataset-name fragment -> items noun, for items_noun="auto"
 _NOUNS = (("movie", "movies"), ("ml-", "movies"), ("lastfm", "artists"), ("steam", "games"))
@@ -56,9 +58,11 @@ class PromptConfig:
     """Interaction chains shown as context; 0 = no chains (the ablation)."""
     candidate_order: str = "evidence"
     """"transition": candidates ranked by the recency-weighted item-to-next-item score of the train sequences
-    (the ``transition`` baseline), ties by evidence then the frozen order; "evidence": ranked by chain evidence
-    (recency-weighted supporting chains), ties in the frozen order; "frozen": the sample's stored (seeded,
-    shuffled) order."""
+    (the ``transition`` baseline), ties by evidence then the frozen order; "prior": ranked by the run's prior
+    scores (``<run>/prior/``, written by the baselines stage: the best classical model on val, e.g. SASRec,
+    with train prompts scored by models that never saw their user's sequence), ties by evidence then the
+    frozen order; "evidence": ranked by chain evidence (recency-weighted supporting chains), ties in the frozen
+    order; "frozen": the sample's stored (seeded, shuffled) order."""
     transition_window: int = 10
     """With ``candidate_order: transition``: how many later items of a train sequence count as "went on to".
     10 is the ``transition`` baseline (order matters: MovieLens); 1000 is the order-free ``cooc`` baseline
@@ -114,7 +118,7 @@ class PromptConfig:
                 raise ValueError(f"PromptConfig.{name} must be >= 0 (0 = all), got {getattr(self, name)}")
         if self.show_candidates and self.candidate_order == "frozen":
             raise ValueError(
-                "PromptConfig.show_candidates needs a ranked candidate_order (transition or "
+                "PromptConfig.show_candidates needs a ranked candidate_order (transition, prior or "
                 "evidence): the first N of the frozen order are a random subset"
             )
 
@@ -153,12 +157,20 @@ class PromptBuilder:
     """Builds prompts for the samples of one run: ``messages(sample)``, ``ordered_candidates(sample)``."""
 
     def __init__(
-        self, run_dir: str | Path, config: PromptConfig | None = None, graph=None, prepared: PreparedData | None = None
+        self,
+        run_dir: str | Path,
+        config: PromptConfig | None = None,
+        graph=None,
+        prepared: PreparedData | None = None,
+        prior: Callable[[Sequence[Sample]], np.ndarray] | None = None,
     ):
+        """``prior``: with ``candidate_order: prior``, a scorer of samples to use instead of the run's prior files
+        (which hold the prepared samples only; a server ranking new requests passes the prior model's scorer)."""
         from r2rec.graph.chains import ChainConfig, ChainSampler
         from r2rec.graph.graph import graph_for_run
 
         self.config = config or PromptConfig()
+        self.run_dir = Path(run_dir)
         self.prepared = prepared or PreparedData(Path(run_dir) / "prepared")
         self.titles = self.prepared.titles
         noun = self.config.items_noun
@@ -179,6 +191,13 @@ class PromptBuilder:
                 ),
             )
         self._transition: tuple[dict[str, list[int]], sp.csr_array, sp.csr_array] | None = None
+        self._prior: Callable[[Sequence[Sample]], np.ndarray] | None = prior
+
+    def prior_scores(self, samples: Sequence[Sample]) -> np.ndarray:
+        """The run's prior scores of ``samples`` (read from ``<run>/prior/``; cross-fitted for train samples)."""
+        if self._prior is None:
+            self._prior = PriorScores(self.run_dir).scores
+        return np.asarray(self._prior(samples), dtype=np.float64)
 
     def transition_scores(self, samples: Sequence[Sample]) -> np.ndarray:
         """The ``transition`` baseline's scores, fit once on the train sequences only.
@@ -236,12 +255,16 @@ class PromptBuilder:
                 if cfg.chain_selection == "strongest" and cfg.context_chains:
                     for b in range(cb.evidence.shape[0]):
                         drawn[start + b] = cb.records(b)
-        trans = self.transition_scores(samples) if cfg.candidate_order == "transition" and samples else None
+        trans = None
+        if cfg.candidate_order == "transition" and samples:
+            trans = self.transition_scores(samples)
+        elif cfg.candidate_order == "prior" and samples:
+            trans = self.prior_scores(samples)
         ranked = []
         for b, (s, ev) in enumerate(zip(samples, evidence)):
             ev, n = ev[: len(s.candidates)], len(s.candidates)
-            if cfg.candidate_order == "transition":
-                assert trans is not None  # computed above for this order
+            if cfg.candidate_order in ("transition", "prior"):
+                assert trans is not None  # computed above for these orders
                 order = np.lexsort((np.arange(n), -ev, -trans[b, :n]))
             elif cfg.candidate_order == "evidence":
                 order = np.argsort(-ev, kind="stable")
@@ -336,6 +359,12 @@ def prompt_config(run: RunDir, overrides: dict | None) -> PromptConfig:
     if manifest.exists():
         recorded = dict(json.loads(manifest.read_text()).get("config", {}).get("prompt") or {})
     return build(PromptConfig, {**recorded, **(overrides or {})}, where="prompt")
+
+
+def prompt_inputs(run_root: str | Path, config: PromptConfig) -> list[Path]:
+    """Files of the run besides the prepared data and the graph that a prompt under ``config`` depends on (the
+    prior's meta when the candidates are ordered by it), for the manifests of the stages that build prompts."""
+    return prior_inputs(run_root) if config.candidate_order == "prior" else []
 
 
 def rebuild_messages(run: RunDir, samples: list, overrides: dict | None) -> list[list[dict]]:

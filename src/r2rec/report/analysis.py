@@ -27,11 +27,19 @@ METHOD_ORDER = (
     "evidence",
     "sasrec",
     "gru4rec",
+    "prior",
     "base",
     "sft-direct",
     "sft",
     "rl",
+    "rl+prior",
 )
+
+
+def is_classical(result) -> bool:
+    """A row of a classical model (a baseline, or the prior the prompt and the fusion use), not of an LLM."""
+    config = result.get("config") or {}
+    return "baseline" in config or (result.get("method") == "prior" and "llm" not in config)
 
 
 def method_sort_key(method: str) -> tuple[int, str]:

@@ -39,7 +39,7 @@ from r2rec.data.schema import PreparedData, Sample, samples_path, write_jsonl
 from r2rec.errors import redact_obj
 from r2rec.grammar import format_completion, format_direct, normalize_title
 from r2rec.io import JsonlLog, atomic_write_json, atomic_write_text
-from r2rec.prompting import PromptBuilder, PromptConfig
+from r2rec.prompting import PromptBuilder, PromptConfig, prompt_inputs
 from r2rec.runs import RunDir
 from r2rec.thoughts.faithfulness import CitationChecker
 from r2rec.thoughts.progressive import HOPS, TraceContext, write_traces
@@ -217,6 +217,8 @@ def run_thoughts(
         run.prepared / "items.jsonl",
         run.root / "graph" / GRAPH_FILE,
         chains_path(run.root, "train", seed0),
+        # the prior's meta when the prompt orders its candidates by it (candidate_order: prior)
+        *prompt_inputs(run.root, build(PromptConfig, config.prompt, where="thoughts.prompt")),
     ]
     if (
         not force
