@@ -392,3 +392,24 @@ def test_llama_cpp_engine_serves_what_torch_serves(run, tiny_model_dir, service,
     finally:
         svc.close()
         ref.close()
+
+
+def test_requests_are_ordered_by_the_runs_prior_like_its_prepared_samples(run, tiny_model_dir, tmp_path, sample):
+    """candidate_order: prior: a request is ordered by the prior's model, as the prior files order a prepared
+    val sample (the files cover prepared samples only; the service scores requests with the model itself)."""
+    from r2rec.baselines.prior import PriorConfig, run_prior
+    from r2rec.prompting import PromptConfig
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    run_prior(copy, PriorConfig(model="pop", folds=2))  # pop orders differently from the transition default
+    cfg = PromptConfig(candidate_order="prior", context_chains=0, show_candidates=6)
+    svc = RecommendService(copy, model="base", base_model=str(tiny_model_dir), prompt=cfg, max_new_tokens=0, threads=1)
+    try:
+        res = svc.recommend(list(sample.history), list(sample.candidates))
+    finally:
+        svc.close()
+    from_files = PromptBuilder(copy, cfg, graph=svc.graph).prompt(sample)
+    assert [c["item"] for c in res["candidates"]] == from_files.candidates
+    by_transition = PromptBuilder(copy, PromptConfig(context_chains=0, show_candidates=6), graph=svc.graph)
+    assert from_files.candidates != by_transition.prompt(sample).candidates  # the test can tell the orders apart

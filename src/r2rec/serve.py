@@ -281,7 +281,12 @@ class RecommendService:
         self.prompt_config = prompt or prompt_config(self.run, None)
         # The graph is needed even when the prompt shows no chains: faithfulness and the candidate generator.
         self.graph = graph_for_run(self.run.root)
-        self.builder = PromptBuilder(self.run.root, self.prompt_config, graph=self.graph, prepared=self.prepared)
+        # candidate_order: prior reads the run's prior files for prepared samples; a request is scored by the
+        # prior's own model fitted on every train sequence (what val/test prompts were ordered by).
+        prior = _prior_scorer(self.run.root, self.prepared) if self.prompt_config.candidate_order == "prior" else None
+        self.builder = PromptBuilder(
+            self.run.root, self.prompt_config, graph=self.graph, prepared=self.prepared, prior=prior
+        )
         self.titles = self.builder.titles
         self.checker = CitationChecker(self.graph, self.titles)
         self._by_title: dict[str, list[int]] = {}
@@ -598,6 +603,25 @@ class RecommendService:
             "generation_calls": self._batcher.calls,
             "requests_generated": self._batcher.items,
         }
+
+
+def _prior_scorer(run_dir: Path, prepared):
+    """The scorer of the run's prior (``<run>/prior/meta.json``: which model, its settings and fit seed) for
+    requests: the saved fit of a neural model when it matches, else a fit on the train sequences, then saved."""
+    from r2rec.baselines import make_recommender
+    from r2rec.baselines.retrieval import NEURAL, load_fitted, save_fitted
+    from r2rec.prompting.prior import read_meta
+
+    meta = read_meta(run_dir)
+    name, values, seed = meta["model"], meta.get("settings"), int(meta.get("fit_seed") or 0)
+    model = load_fitted(run_dir, name, values=values, seed=seed) if name in NEURAL else None
+    if model is None:
+        if name in NEURAL:
+            log.info(f"[serve] prior {name}: no matching saved fit, fitting it on the train sequences once")
+        model = make_recommender(name, values).fit(prepared, seed=seed)
+        save_fitted(model, run_dir, name)  # neural fits only
+    log.info(f"[serve] candidate order of requests: the prior {name} (seed {seed})")
+    return model.score
 
 
 def _load_retriever(run_dir: Path, name: str, values: dict | None):
