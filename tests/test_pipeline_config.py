@@ -92,6 +92,17 @@ def test_unknown_section_is_an_error(tmp_path):
         run_pipeline(cfg)
 
 
+def test_the_pipeline_refuses_to_run_in_every_process_of_a_launcher(tmp_path, monkeypatch):
+    _write_csv(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="runs as one process"):
+        run_pipeline(_config(tmp_path))
+    assert not (tmp_path / "run").exists()  # nothing ran
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    run_pipeline(_config(tmp_path))
+    assert (tmp_path / "run" / "prepared" / "meta.json").exists()
+
+
 @dataclass
 class _Cfg:
     n: int = 1

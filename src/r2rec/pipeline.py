@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -386,6 +387,12 @@ def validate(
     earlier stage of this run writes them. Raises :class:`r2rec.errors.ConfigError` naming the section and key.
     """
     path = None if config_path is None else str(config_path)
+    if int(os.environ.get("WORLD_SIZE") or 1) > 1:  # under accelerate launch / torchrun every process would run it
+        raise ConfigError(
+            "r2rec pipeline runs as one process; launch only the training stages with several processes "
+            "(`accelerate launch ... -m r2rec.cli sft --run R`, README: Training on GPUs and several processes)",
+            path,
+        )
     sections = [s.section for s in STAGES]
     for name in cfg:
         if name not in sections and name not in TOP_KEYS:
