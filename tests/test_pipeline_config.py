@@ -96,10 +96,10 @@ def test_the_pipeline_refuses_to_run_in_every_process_of_a_launcher(tmp_path, mo
     _write_csv(tmp_path)
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="runs as one process"):
-        run_pipeline(_config(tmp_path))
+        run_pipeline(_config(tmp_path), only=["prepare"])
     assert not (tmp_path / "run").exists()  # nothing ran
     monkeypatch.setenv("WORLD_SIZE", "1")
-    run_pipeline(_config(tmp_path))
+    run_pipeline(_config(tmp_path), only=["prepare"])
     assert (tmp_path / "run" / "prepared" / "meta.json").exists()
 
 
