@@ -24,12 +24,14 @@ import re
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 from tqdm import tqdm
 
 from r2rec.errors import InputError
-from r2rec.io import INT64_MAX, check_input, clip, iter_lines
+from r2rec.io import INT64_MAX, MAX_LINE_BYTES, check_input, clip, iter_lines
 
-from .loo import leave_one_out
+from .budget import check_memory, estimate_rows
+from .loo import leave_one_out, leave_one_out_sorted
 from .raw import RawDataset
 from .titles import check_text
 
@@ -183,6 +185,109 @@ def _is_header(item: str, ts: str, index: dict[str, int]) -> bool:
         return item not in index
 
 
+# Bytes that send a log to the line-by-line reader (past a header line): C0 controls other than LF (CR, tab, NUL,
+# ...), space, double quote, DEL and every non-ASCII byte. A log without them is plain comma-separated ASCII,
+# which pyarrow splits exactly as csv.reader does, with nothing to strip, unquote or decode.
+_ODD_BYTE = np.zeros(256, dtype=bool)
+_ODD_BYTE[:0x20] = True
+_ODD_BYTE[0x0A] = False
+_ODD_BYTE[[0x20, 0x22, 0x7F]] = True
+_ODD_BYTE[0x80:] = True
+_SCAN_BYTES = 1 << 26
+# Peak memory of the whole prepare stage on a csv log, per row and fixed: measured 0.84 GiB at 1M rows and
+# 5.37 GiB at 10M (~540 bytes per extra row; default seeds and candidates, bench/bench_data_scale.py), plus
+# headroom. Most of it is one Row object per train sample, which the frozen candidate draw takes.
+PREPARE_BYTES_PER_ROW = 650
+PREPARE_BASE_BYTES = 400 << 20
+
+
+def _plain_start(path: Path, index: dict[str, int]) -> int | None:
+    """Byte offset where the data of a plain log starts (after a header line, if any), or None when the log
+    needs the line-by-line reader: gzip, a byte-order mark, an odd byte (``_ODD_BYTE``), a first line that
+    is neither a clean header nor clean data."""
+    if path.name.endswith(".gz"):
+        return None
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        first = f.readline(MAX_LINE_BYTES + 1)
+    head = np.frombuffer(first[:-1], dtype=np.uint8)
+    # A header may hold quotes and spaces (csv.reader unquotes it, as the line reader does); no control byte.
+    if not first.endswith(b"\n") or not first.strip() or not first.isascii() or ((head < 0x20) | (head == 0x7F)).any():
+        return None
+    try:
+        fields = next(csv.reader([first.decode()[:-1]], strict=True), [])
+    except csv.Error:
+        return None
+    if len(fields) != 3:
+        return None
+    start = len(first) if _is_header(fields[1].strip(), fields[2].strip(), index) else 0
+    if start < size:
+        data = np.memmap(path, dtype=np.uint8, mode="r")
+        for lo in range(start, size, _SCAN_BYTES):
+            if _ODD_BYTE[data[lo : lo + _SCAN_BYTES]].any():
+                return None
+        del data
+    return start
+
+
+def _read_plain(path: Path, index: dict[str, int], source_ids: list[str]):
+    """Vectorised read of a plain log (pyarrow): ``(user ids in order of first appearance, user code, item,
+    timestamp)`` per row, sorted by (user, timestamp, item); None when anything is off (a malformed line, an
+    empty field, an unknown item, a timestamp that is not a non-negative int64, a duplicate row), so that the
+    line-by-line reader finds the fault and names its line."""
+    start = _plain_start(path, index)
+    if start is None:
+        return None
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    names = ["user", "item", "timestamp"]
+    try:
+        table = pacsv.read_csv(
+            str(path),
+            read_options=pacsv.ReadOptions(column_names=names, skip_rows=int(start > 0), block_size=1 << 24),
+            parse_options=pacsv.ParseOptions(quote_char=False, escape_char=False, ignore_empty_lines=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.string() for c in names},
+                null_values=[],
+                strings_can_be_null=False,
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    if table.num_rows == 0 or any(table[c].null_count for c in names):
+        return None
+    lengths = [pc.min_max(pc.binary_length(table[c])).as_py() for c in names]
+    if min(x["min"] for x in lengths) == 0 or sum(x["max"] for x in lengths) + 3 > MAX_LINE_BYTES:
+        return None
+    # Whole numbers of at most 18 digits: 0..2^63-1 for sure (longer ones, signs: the line reader decides).
+    if not pc.all(pc.match_substring_regex(table["timestamp"], r"^[0-9]{1,18}$")).as_py():
+        return None
+    item = pc.index_in(table["item"], value_set=pa.array(source_ids, pa.string()))
+    if item.null_count:
+        return None
+    item = item.to_numpy().astype(np.int32)
+    users = pc.unique(table["user"])  # in order of first appearance, as the line-by-line reader's dict
+    user = pc.index_in(table["user"], value_set=users).to_numpy().astype(np.int32)
+    ts = pc.cast(table["timestamp"], pa.int64()).to_numpy()
+    del table
+    order = np.lexsort((item, ts, user))
+    user, ts, item = user[order], ts[order], item[order]
+    del order
+    same = (user[1:] == user[:-1]) & (ts[1:] == ts[:-1]) & (item[1:] == item[:-1])
+    if same.any():
+        return None
+    return users.to_pylist(), user, item, ts
+
+
+def _sorted_users(user_ids: list[str], user: np.ndarray, item: np.ndarray, ts: np.ndarray):
+    """``(user id, items, timestamps)`` per user from the rows sorted by (user, timestamp, item)."""
+    bounds = np.concatenate([[0], np.flatnonzero(user[1:] != user[:-1]) + 1, [len(user)]]).tolist()
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        yield user_ids[int(user[lo])], item[lo:hi].tolist(), ts[lo:hi].tolist()
+
+
 def load(
     interactions: Path, titles_path: Path, *, min_history: int = 3, max_history: int = 10, name: str = "csv"
 ) -> RawDataset:
@@ -190,6 +295,27 @@ def load(
     check_input(interactions, "interactions file")
     titles, source_ids = read_titles(titles_path)
     index = {sid: i for i, sid in enumerate(source_ids)}
+    rows = estimate_rows(interactions)
+    check_memory(
+        PREPARE_BASE_BYTES + rows * PREPARE_BYTES_PER_ROW,
+        interactions,
+        f"preparing ~{rows:,} interactions",
+        "prepare a sample of the log's users (the split is per user, so that is a smaller dataset of the same "
+        "kind), or run where that much memory is free",
+    )
+    plain = _read_plain(interactions, index, source_ids)
+    if plain is not None:
+        log.debug(f"{interactions}: read as a plain log ({len(plain[1]):,} rows, {len(plain[0]):,} users)")
+        ds = leave_one_out_sorted(
+            name,
+            titles,
+            _sorted_users(*plain),
+            min_history=min_history,
+            max_history=max_history,
+            source_files=[interactions, titles_path],
+        )
+        ds.source_ids = source_ids
+        return ds
     events: dict[str, list[tuple[int, int]]] = {}
     seen: dict[tuple[str, int, int], int] = {}
     first = True

@@ -19,7 +19,7 @@ no user is long enough, the log is an error (InputError naming its first source 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from r2rec.errors import InputError
 
@@ -38,6 +38,36 @@ def leave_one_out(
     dropped: dict[str, int] | None = None,
 ) -> RawDataset:
     """``events``: user -> [(timestamp, item), ...] in any order; users keep the dict's order."""
+
+    def ordered() -> Iterator[tuple[str, list[int], list[int]]]:
+        for user, evs in events.items():
+            evs = sorted(evs)  # (timestamp, item): ties broken by item id
+            yield user, [i for _, i in evs], [t for t, _ in evs]
+
+    return leave_one_out_sorted(
+        name,
+        titles,
+        ordered(),
+        min_history=min_history,
+        max_history=max_history,
+        source_files=source_files,
+        dropped=dropped,
+    )
+
+
+def leave_one_out_sorted(
+    name: str,
+    titles: dict[int, str],
+    users: Iterable[tuple[str, list[int], list[int]]],
+    *,
+    min_history: int = 3,
+    max_history: int = 10,
+    source_files: Iterable[Path] = (),
+    dropped: dict[str, int] | None = None,
+) -> RawDataset:
+    """The split of ``(user, items, timestamps)`` triples whose interactions are already sorted by
+    (timestamp, item); users keep the iterable's order. :func:`leave_one_out` and the csv source's vectorised
+    reader both end here, so they split identically."""
     ds = RawDataset(
         name=name,
         titles=titles,
@@ -48,27 +78,29 @@ def leave_one_out(
         dropped=dict(dropped or {}),
         source_files=list(source_files),
     )
-    for user, evs in events.items():
-        evs = sorted(evs)  # (timestamp, item): ties broken by item id
-        items = [i for _, i in evs]
+    n_users, longest = 0, 0
+    short = f"users_with_fewer_than_{min_history + 2}_interactions"
+    train_append = ds.train.append
+    for user, items, times in users:
         n = len(items)
+        n_users += 1
+        longest = max(longest, n)
         if n < min_history + 2:
-            ds.add_dropped(f"users_with_fewer_than_{min_history + 2}_interactions", 1)
+            ds.add_dropped(short, 1)
             ds.add_dropped("interactions_of_dropped_users", n)
             continue
         known = frozenset(items)
         train_part = items[:-2]
-        ds.train_sequences.append(UserSequence(user, train_part, [t for t, _ in evs[:-2]]))
+        ds.train_sequences.append(UserSequence(user, train_part, times[:-2]))
         for k in range(min_history, len(train_part)):
-            ds.train.append(Row(user, tuple(train_part[max(0, k - max_history) : k]), train_part[k], known))
+            train_append(Row(user, tuple(train_part[max(0, k - max_history) : k]), train_part[k], known))
         ds.add_dropped("train_rows_short_history", min(min_history, len(train_part)))
         ds.val.append(Row(user, tuple(train_part[-max_history:]), items[-2], known))
         ds.test.append(Row(user, tuple(items[-1 - max_history : -1]), items[-1], known))
     if not ds.test:
-        longest = max((len(evs) for evs in events.values()), default=0)
         raise InputError(
             f"no user has the {min_history + 2} interactions a leave-one-out split needs "
-            f"(min_history {min_history}, plus the val and test targets): {len(events):,} users, "
+            f"(min_history {min_history}, plus the val and test targets): {n_users:,} users, "
             f"the longest with {longest}; lower min_history or add interactions",
             ds.source_files[0] if ds.source_files else None,
         )

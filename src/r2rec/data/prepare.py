@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -23,8 +23,8 @@ from ..config import build, data_dirs
 from ..errors import ConfigError, InputError
 from ..io import atomic_write_json, check_input, sha256_file
 from ..runs import RunDir
-from .candidates import freeze_candidates, rng_for
-from .raw import RawDataset
+from .candidates import draw_negatives, rng_for
+from .raw import RawDataset, Row
 from .schema import PreparedData, samples_path, write_jsonl
 from .sources import SOURCES, SourceOptions, get_source
 
@@ -93,6 +93,48 @@ def _subset_indices(n_rows: int, n: int | None, dataset: str, purpose: str, seed
     if n is None or n >= n_rows:
         return None
     return np.sort(rng_for(dataset, purpose, seed).choice(n_rows, size=n, replace=False)).tolist()
+
+
+# Rows per block when the frozen candidates are shuffled and written (bounds memory; results do not depend on it).
+_WRITE_BLOCK = 1 << 16
+
+
+def _frozen_lines(
+    rows: Sequence[Row],
+    *,
+    dataset: str,
+    split: str,
+    seed: int,
+    n_items: int,
+    num_candidates: int,
+    keep: Sequence[int] | None = None,
+) -> Iterator[dict]:
+    """The JSON lines of ``freeze_candidates(rows, ...)`` (kept rows only, when ``keep`` is given), made in
+    blocks of rows instead of one Sample per row held at once: the generator is called as there (all
+    negatives first, then the shuffle's uniforms row after row, which a block-wise call draws identically),
+    so the lines are the same (tests/test_data_scale.py compares them)."""
+    if num_candidates < 2:
+        raise ValueError(f"num_candidates must be >= 2 (the target plus at least one negative), got {num_candidates}")
+    rng = rng_for(dataset, split, seed)
+    negatives = draw_negatives(rows, n_items, num_candidates - 1, rng)
+    kept = None if keep is None else np.asarray(keep, dtype=np.int64)
+    for lo in range(0, len(rows), _WRITE_BLOCK):
+        hi = min(lo + _WRITE_BLOCK, len(rows))
+        targets = np.fromiter((rows[r].target for r in range(lo, hi)), dtype=np.int64, count=hi - lo)
+        cands = np.concatenate([targets[:, None], negatives[lo:hi]], axis=1)
+        perm = np.argsort(rng.random(cands.shape), axis=1)
+        cands = np.take_along_axis(cands, perm, axis=1)
+        idx = range(lo, hi) if kept is None else kept[(kept >= lo) & (kept < hi)].tolist()
+        for r in idx:
+            row = rows[r]
+            yield {
+                "user": row.user,
+                "history": list(row.history),
+                "target": int(row.target),
+                "candidates": cands[r - lo].tolist(),
+                "split": split,
+                "seed": int(seed),
+            }
 
 
 def _summary(meta: dict) -> str:
@@ -176,6 +218,9 @@ def prepare(config: PrepareConfig, run_dir: RunDir | str | Path, force: bool = F
         ({"user": s.user, "items": s.items, "times": s.times} for s in ds.train_sequences),
     )
     written += [out / "items.jsonl", out / "train_sequences.jsonl.gz"]
+    train_users = len(ds.train_sequences)
+    train_interactions = sum(len(s.items) for s in ds.train_sequences)
+    ds.train_sequences = []  # written; frees ~100 bytes per interaction before the candidates are drawn
 
     t1 = time.perf_counter()
     counts: dict[str, int] = {}
@@ -189,15 +234,18 @@ def prepare(config: PrepareConfig, run_dir: RunDir | str | Path, force: bool = F
     for split, seed, rows in jobs:
         # Freeze over the full split first, then subset: a kept sample's candidates are the ones the full
         # test set gives it, so subset rows can be compared sample by sample with full-set results.
-        samples = freeze_candidates(
-            rows, dataset=ds.name, split=split, seed=seed, n_items=ds.n_items, num_candidates=config.num_candidates
+        lines = _frozen_lines(
+            rows,
+            dataset=ds.name,
+            split=split,
+            seed=seed,
+            n_items=ds.n_items,
+            num_candidates=config.num_candidates,
+            keep=keep_test if split == "test" else None,
         )
-        if split == "test" and keep_test is not None:
-            samples = [samples[i] for i in keep_test]
         path = samples_path(out, split, seed)
-        write_jsonl(path, (s.to_json() for s in samples))
+        counts[split] = write_jsonl(path, lines)
         written.append(path)
-        counts[split] = len(samples)
     t_cands = time.perf_counter() - t1
 
     titles = list(ds.titles.values())
@@ -212,8 +260,8 @@ def prepare(config: PrepareConfig, run_dir: RunDir | str | Path, force: bool = F
             **counts,
             "train_rows": len(ds.train),
             "test_rows": test_rows,
-            "train_users": len(ds.train_sequences),
-            "train_interactions": sum(len(s.items) for s in ds.train_sequences),
+            "train_users": train_users,
+            "train_interactions": train_interactions,
         },
         "dropped": ds.dropped,
         "duplicate_titles": len(titles) - len(set(titles)),

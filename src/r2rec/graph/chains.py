@@ -33,15 +33,31 @@ on which batch it was processed in, and the sample key never includes the target
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator, Sequence, cast
 
 import numpy as np
 
+from r2rec.data.budget import check_memory
 from r2rec.data.schema import Sample
 from r2rec.graph.graph import InteractionGraph
 
 MODES = ("target", "candidates")
+# Peak memory of the chains stage beyond the loaded graph: the samples of one split file held as Sample objects
+# (~455 bytes each, measured), and the working arrays of one batch in "candidates" mode; plus headroom.
+CHAIN_BYTES_PER_SAMPLE = 700
+CHAIN_BATCH_BYTES = 512 << 20
+
+
+def check_chain_memory(n_samples: int, path: str | Path | None) -> None:
+    """MemoryBudgetError when the chains of a split file of ``n_samples`` samples will not fit in memory."""
+    check_memory(
+        CHAIN_BATCH_BYTES + n_samples * CHAIN_BYTES_PER_SAMPLE,
+        path,
+        f"sampling chains for {n_samples:,} samples",
+        "prepare with --max-train-samples N (a seeded subsample), or run on a machine with more memory",
+    )
 
 
 @dataclass
@@ -120,6 +136,7 @@ class ChainBatch:
     closeness: np.ndarray
     strength: np.ndarray
     evidence: np.ndarray  # [B, T]
+    _columns: dict | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.u1)
@@ -135,33 +152,49 @@ class ChainBatch:
         lo, hi = int(self.offsets[b]), int(self.offsets[b + 1])
         if hi == lo:
             return []
-        rows = np.arange(lo, hi)
+        rows: Sequence[int] = range(lo, hi)
         if best_per_item:
-            _, first = np.unique(self.i_b[rows], return_index=True)
-            rows = rows[np.sort(first)]
-        t_a = self.graph.time_of(self.u1[rows], self.i_a[rows])
-        t_b = self.graph.time_of(self.u1[rows], self.i_b[rows])
-        hist = self.histories[b]
-        out = []
-        for k, r in enumerate(rows):
-            out.append(
-                {
-                    "u1": str(self.graph.users[self.u1[r]]),
-                    "i_a": int(self.i_a[r]),
-                    "i_b": int(self.i_b[r]),
-                    "shared": [int(i) for i in hist[self.shared[r]]],
-                    "n_shared": int(self.n_shared[r]),
-                    "slot_a": int(self.slot_a[r]),
-                    "pos_a": int(self.pos_a[r]),
-                    "pos_b": int(self.pos_b[r]),
-                    "time_a": int(t_a[k]),
-                    "time_b": int(t_b[k]),
-                    "recency": round(float(self.recency[r]), 6),
-                    "closeness": round(float(self.closeness[r]), 6),
-                    "strength": round(float(self.strength[r]), 6),
-                }
-            )
-        return out
+            _, first = np.unique(self.i_b[lo:hi], return_index=True)
+            rows = (lo + np.sort(first)).tolist()
+        c = self._records_columns()
+        hist = self.histories[b].tolist()
+        return [
+            {
+                "u1": c["u1"][r],
+                "i_a": c["i_a"][r],
+                "i_b": c["i_b"][r],
+                "shared": [h for h, s in zip(hist, c["shared"][r]) if s],
+                "n_shared": c["n_shared"][r],
+                "slot_a": c["slot_a"][r],
+                "pos_a": c["pos_a"][r],
+                "pos_b": c["pos_b"][r],
+                "time_a": c["time_a"][r],
+                "time_b": c["time_b"][r],
+                "recency": c["recency"][r],
+                "closeness": c["closeness"][r],
+                "strength": c["strength"][r],
+            }
+            for r in rows
+        ]
+
+    def _records_columns(self) -> dict:
+        """Every chain's record fields as Python lists, made once per batch (numpy scalars one by one cost
+        ~10x more); floats rounded by Python's ``round`` as the records always were."""
+        if self._columns is None:
+            self._columns = {
+                "u1": self.graph.users[self.u1].tolist(),
+                "i_a": self.i_a.tolist(),
+                "i_b": self.i_b.tolist(),
+                "shared": self.shared.tolist(),
+                "n_shared": self.n_shared.tolist(),
+                "slot_a": self.slot_a.tolist(),
+                "pos_a": self.pos_a.tolist(),
+                "pos_b": self.pos_b.tolist(),
+                "time_a": self.graph.time_of(self.u1, self.i_a).tolist(),
+                "time_b": self.graph.time_of(self.u1, self.i_b).tolist(),
+                **{k: [round(x, 6) for x in getattr(self, k).tolist()] for k in ("recency", "closeness", "strength")},
+            }
+        return self._columns
 
 
 class ChainSampler:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from r2rec.data.schema import PreparedData, read_jsonl, samples_path, write_jsonl
-from r2rec.graph.chains import ChainConfig, ChainSampler
+from r2rec.graph.chains import ChainConfig, ChainSampler, check_chain_memory
 from r2rec.graph.graph import GRAPH_FILE, build_graph
 from r2rec.io import atomic_write_json
 from r2rec.runs import RunDir
@@ -42,6 +42,25 @@ def _jobs(prepared: PreparedData, splits: Sequence[str], seeds: Sequence[int] | 
     return jobs
 
 
+def _lines(sampler: ChainSampler, samples: list, mode: str, counts: dict, progress: bool, desc: str) -> Iterator[dict]:
+    """The chains file's lines for ``samples``, batch by batch; ``counts`` adds up chains, samples with a chain
+    and (candidates mode) samples whose target some chain reaches."""
+    for start, cb in sampler.iter_batches(samples, mode, progress=progress, desc=desc):
+        for b in range(len(cb.offsets) - 1):
+            s = samples[start + b]
+            recs = cb.records(b)
+            row = {"i": start + b, "user": s.user, "mode": mode, "chains": recs}
+            if mode == "target":
+                row["target"] = s.target
+            else:
+                # Val/test lines carry the candidates' evidence, never the target itself.
+                row["evidence"] = [round(float(x), 6) for x in cb.evidence[b, : len(s.candidates)]]
+                counts["reach"] += int(cb.evidence[b, s.candidates.index(s.target)] > 0)
+            counts["chains"] += len(recs)
+            counts["with_chain"] += bool(recs)
+            yield row
+
+
 def run_chains(
     run_dir: str | Path,
     config: ChainConfig | None = None,
@@ -68,25 +87,14 @@ def run_chains(
     stats: dict = {"config": asdict(config), "graph": graph.stats(), "files": {}}
     outputs = []
     for split, seed in jobs:
+        check_chain_memory(prepared.meta.get("counts", {}).get(split, 0), samples_path(run.prepared, split, seed))
         samples = prepared.samples(split, seed)
         mode = "target" if split == "train" else "candidates"
-        rows, n_chains, with_chain, reach = [], 0, 0, 0
-        for start, cb in sampler.iter_batches(samples, mode, progress=progress, desc=f"chains {split}.seed{seed}"):
-            for b in range(len(cb.offsets) - 1):
-                s = samples[start + b]
-                recs = cb.records(b)
-                row = {"i": start + b, "user": s.user, "mode": mode, "chains": recs}
-                if mode == "target":
-                    row["target"] = s.target
-                else:
-                    # Val/test lines carry the candidates' evidence, never the target itself.
-                    row["evidence"] = [round(float(x), 6) for x in cb.evidence[b, : len(s.candidates)]]
-                    reach += int(cb.evidence[b, s.candidates.index(s.target)] > 0)
-                rows.append(row)
-                n_chains += len(recs)
-                with_chain += bool(recs)
+        counts = {"chains": 0, "with_chain": 0, "reach": 0}
         out = chains_path(run_dir, split, seed)
-        write_jsonl(out, rows)
+        # Streamed: a line is written as soon as its batch is sampled (holding every line costs ~7 KB/sample).
+        write_jsonl(out, _lines(sampler, samples, mode, counts, progress, f"chains {split}.seed{seed}"))
+        n_chains, with_chain, reach = counts["chains"], counts["with_chain"], counts["reach"]
         outputs.append(out)
         entry = {
             "samples": len(samples),
