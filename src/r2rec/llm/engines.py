@@ -6,12 +6,14 @@ and get an object with :class:`r2rec.llm.generate.Generator`'s methods (``genera
 
 * ``torch``: the reference decode loop of :mod:`r2rec.llm.generate` (any Hugging Face causal LM, CPU or CUDA);
 * ``llama.cpp``: :mod:`r2rec.llm.llamacpp` on a GGUF export of the model with its adapter merged
-  (:mod:`r2rec.llm.export`), built once and cached by content under ``$R2REC_CACHE/gguf``.
+  (:mod:`r2rec.llm.export`), built once and cached by content under ``$R2REC_CACHE/gguf``;
+* ``vllm``: :mod:`r2rec.llm.vllm_engine` on a CUDA GPU (``pip install vllm``), the adapter applied by vLLM's LoRA
+  support. Only when asked for; untested here (no GPU): a stand-in ``vllm`` module checks the requests it builds.
 
 The default is ``torch``: the reference, and batched. ``engine: auto`` picks llama.cpp on a CPU when
 ``llama-cpp-python`` is installed and the model is a Llama (the default SmolLM2 is), else torch. The choice and its
 reason are logged and written with the results (docs/results.md compares the two engines).
-On a GPU the field's engine is vLLM; r2rec does not wrap it (see README, "On a GPU").
+``auto`` never picks vLLM: it is the field's engine on GPUs, but r2rec has not run it (see README, "On a GPU").
 """
 
 from __future__ import annotations
@@ -25,12 +27,12 @@ from .generate import GenerationConfig, Generator
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("auto", "torch", "llama.cpp")
+ENGINES = ("auto", "torch", "llama.cpp", "vllm")
 
 
 @dataclass(frozen=True)
 class EngineChoice:
-    engine: str  # "torch" or "llama.cpp"
+    engine: str  # "torch", "llama.cpp" or "vllm"
     reason: str
 
     def describe(self) -> str:
@@ -53,6 +55,16 @@ def choose_engine(engine: str, device: str, model_type: str | None) -> EngineCho
 
     if engine == "torch":
         return EngineChoice("torch", "asked for")
+    if engine == "vllm":
+        from . import vllm_engine
+
+        if not vllm_engine.available():
+            raise ValueError(vllm_engine.missing_message())
+        if device != "cuda":
+            raise ValueError(
+                f"engine: vllm runs on a CUDA GPU; this stage runs on {device}: use engine: torch or llama.cpp"
+            )
+        return EngineChoice("vllm", "asked for")
     if engine == "llama.cpp":
         if not available():
             raise ValueError(
@@ -123,7 +135,7 @@ def load_generator(
     """``(generator, choice)``: a generator for the model (+ adapter) on the chosen engine.
 
     ``device``: the resolved device (``cpu``/``cuda``, :func:`r2rec.hardware.resolve`); ``config.precision``
-    applies to the torch engine, ``quant`` to llama.cpp.
+    applies to the torch engine and vLLM, ``quant`` to llama.cpp.
     """
     from .models import load_model, load_tokenizer, resolve_model
 
@@ -131,6 +143,11 @@ def load_generator(
     if choice.engine == "torch":
         model, tok = load_model(model_name, adapter=adapter, device=device)
         return Generator(model, tok, config), choice
+    if choice.engine == "vllm":
+        from .vllm_engine import VllmGenerator
+
+        base = resolve_model(model_name)
+        return VllmGenerator(base, load_tokenizer(model_name), config, adapter=adapter), choice
     from .llamacpp import LlamaCppGenerator
 
     path = gguf_for(model_name, adapter, quant)

@@ -70,8 +70,9 @@ class DecodingConfig:
     length_norm: rank by mean token log-prob instead of the sum (the sum is the title's probability and
         favours short titles; the mean does not).
     engine: what computes the logits (:mod:`r2rec.llm.engines`): ``torch`` (the reference loop, batched),
-        ``llama.cpp`` (one prompt at a time, a GGUF export; the extra ``engine``) or ``auto`` (llama.cpp on a
-        CPU where llama-cpp-python is installed and the model is a Llama, else torch). Training-time val curves
+        ``llama.cpp`` (one prompt at a time, a GGUF export; the extra ``engine``), ``vllm`` (a CUDA GPU with
+        vLLM installed; only when asked for) or ``auto`` (llama.cpp on a CPU where llama-cpp-python is installed
+        and the model is a Llama, else torch). Training-time val curves
         always use torch (the model being trained).
     quant: the llama.cpp engine's weights: ``f16`` (the default: answers as fp32 does, fastest to decode in
         bench/bench_generation.py), ``q8_0`` (8-bit, smallest) or ``f32`` (bit-exact).

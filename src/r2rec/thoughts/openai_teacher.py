@@ -1,11 +1,16 @@
 """``openai:<model>``: a teacher behind any OpenAI-compatible chat endpoint (vLLM, llama.cpp server, hosted APIs).
 
-- endpoint: ``base_url`` from the config, else ``$R2REC_OPENAI_BASE_URL``, else ``https://api.openai.com/v1``;
+- endpoint: ``base_url`` from the config, else ``$R2REC_OPENAI_BASE_URL``, else ``https://api.openai.com/v1``.
+  Several URLs separated by spaces make a fleet of servers of the same model: each request goes to the one with
+  the fewest requests in flight (ties in turn), and a retry goes to the next one. One llama.cpp server
+  (llama-cpp-python) answers one request at a time, so a fleet of them is how requests run in parallel there
+  (bench/bench_teacher.py);
 - key: ``$R2REC_OPENAI_API_KEY`` or ``$OPENAI_API_KEY`` (optional for local servers). It is sent in the
   Authorization header only: never logged, never written, never part of the cache key or of an error. A
   token in ``base_url`` (``https://user:token@host/v1``, ``...?key=...``) is used as given but redacted
   (:func:`r2rec.errors.redact`) from every message and file, and so is the key when a server echoes it;
-- ``concurrency`` requests in flight (thread pool over one pooled ``httpx.Client``), a timeout per request;
+- at most ``concurrency`` requests in flight over the whole fleet (a thread pool of that size over one pooled
+  ``httpx.Client`` per endpoint), a timeout per request;
 - retries with exponential backoff (+ jitter, ``Retry-After`` honoured) on every transient fault: connection
   errors, timeouts, 5xx, 408/409/425/429, and a 200 whose body is not a chat completion (not JSON, no
   ``choices``); any other 4xx fails at once (retrying a bad request only costs money). A request whose retries
@@ -26,6 +31,7 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
@@ -102,31 +108,52 @@ class ResponseCache:
             self._log.close()
 
 
+@dataclass
+class _Endpoint:
+    base_url: str
+    display_url: str  # redacted
+    client: httpx.Client
+    in_flight: int = 0
+
+
 class OpenAIChat:
-    """Chat completions against one endpoint, with retries and the cache (usable outside the teacher too)."""
+    """Chat completions against one endpoint or a fleet, with retries and the cache (usable outside the teacher)."""
 
     def __init__(self, model: str, options: TeacherOptions | None = None, cache_path: str | Path | None = None):
         self.model = model
         self.options = options or TeacherOptions()
-        url = self.options.base_url or os.environ.get("R2REC_OPENAI_BASE_URL") or DEFAULT_BASE_URL
-        self.base_url, params = split_base_url(url)
+        urls = (self.options.base_url or os.environ.get("R2REC_OPENAI_BASE_URL") or DEFAULT_BASE_URL).split()
+        if not urls:
+            raise ValueError("teacher_options.base_url: empty; give one URL, or several separated by spaces")
         key = os.environ.get("R2REC_OPENAI_API_KEY") or os.environ.get("OPENAI_API_KEY")
-        self._secrets = [s for s in (key, *params.values(), urlsplit(url).password) if s]
-        self.display_url = self.redact(self.base_url)  # what messages show
+        found: list[str | None] = [key]
+        for url in urls:
+            found += [*split_base_url(url)[1].values(), urlsplit(url).password]
+        self._secrets = [s for s in found if s]
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         limits = httpx.Limits(max_connections=max(1, self.options.concurrency))
-        self.client = httpx.Client(
-            base_url=self.base_url,
-            params=params,
-            headers=headers,
-            limits=limits,
-            timeout=httpx.Timeout(self.options.timeout_s),
-        )
+        self.endpoints: list[_Endpoint] = []
+        for url in urls:
+            base, params = split_base_url(url)
+            client = httpx.Client(
+                base_url=base,
+                params=params,
+                headers=headers,
+                limits=limits,
+                timeout=httpx.Timeout(self.options.timeout_s),
+            )
+            self.endpoints.append(_Endpoint(base, self.redact(base), client))
+        self.base_url = self.endpoints[0].base_url
+        self.client = self.endpoints[0].client
+        self.display_url = " ".join(e.display_url for e in self.endpoints)  # what messages show
         self.cache = ResponseCache(cache_path)
         self.calls = 0  # HTTP attempts made by this instance (tests and logs)
         self.retries = 0
         self.failed = 0  # requests given up after their retries (complete_many(partial=True))
         self.last_error = ""
+        self.latencies: list[float] = []  # seconds of each answered request's last attempt (benchmarks)
+        self.max_in_flight = 0  # the most requests this instance had in flight at once
+        self._turn = 0
         self._rng = random.Random(self.options.seed)
         self._count_lock = threading.Lock()
 
@@ -168,31 +195,54 @@ class OpenAIChat:
     def _fetch(self, key: str, payload: dict) -> None:
         self.cache.put(key, self._post(payload))
 
+    def _acquire(self, avoid: _Endpoint | None) -> _Endpoint:
+        """The endpoint with the fewest requests in flight (ties: in turn; a retry avoids the one that failed)."""
+        with self._count_lock:
+            n = len(self.endpoints)
+            order = [self.endpoints[(self._turn + k) % n] for k in range(n)]
+            self._turn += 1
+            if avoid is not None and n > 1:
+                order.remove(avoid)
+            ep = min(order, key=lambda e: e.in_flight)
+            ep.in_flight += 1
+            self.calls += 1
+            self.max_in_flight = max(self.max_in_flight, sum(e.in_flight for e in self.endpoints))
+            return ep
+
+    def _release(self, ep: _Endpoint) -> None:
+        with self._count_lock:
+            ep.in_flight -= 1
+
     def _post(self, payload: dict) -> str:
         opts = self.options
+        ep = None
         for attempt in range(opts.max_retries + 1):
             retry_after = None
-            with self._count_lock:
-                self.calls += 1
+            ep = self._acquire(ep)
+            t0 = time.perf_counter()
             try:
-                resp = self.client.post("/chat/completions", json=payload)
+                resp = ep.client.post("/chat/completions", json=payload)
             except _RETRY_ERRORS as e:
                 problem = f"{type(e).__name__}"
             else:
                 if resp.status_code == 200:
                     text = _content(resp)
                     if text is not None:
+                        with self._count_lock:
+                            self.latencies.append(time.perf_counter() - t0)
                         return text
                     problem = "HTTP 200 with a malformed body (not a chat completion)"
                 else:
                     problem = f"HTTP {resp.status_code}"
                     if resp.status_code not in _RETRY_STATUS and resp.status_code < 500:
                         body = " ".join(resp.text[:200].split())
-                        raise TeacherError(f"{self.display_url}/chat/completions: {problem}: {self.redact(body)}")
+                        raise TeacherError(f"{ep.display_url}/chat/completions: {problem}: {self.redact(body)}")
                     retry_after = resp.headers.get("retry-after")
+            finally:
+                self._release(ep)
             if attempt == opts.max_retries:
                 raise TeacherError(
-                    f"{self.display_url}/chat/completions: {problem} after {attempt + 1} attempts "
+                    f"{ep.display_url}/chat/completions: {problem} after {attempt + 1} attempts "
                     f"(completed answers are cached: rerun to resume)",
                     transient=True,
                 )
@@ -209,7 +259,8 @@ class OpenAIChat:
         raise AssertionError("unreachable")
 
     def close(self) -> None:
-        self.client.close()
+        for ep in self.endpoints:
+            ep.client.close()
         self.cache.close()
 
 

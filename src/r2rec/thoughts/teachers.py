@@ -32,13 +32,15 @@ class TeacherOptions:
     max_tokens: int = 96  # LLM teachers: new tokens per thought
     temperature: float = 0.0  # LLM teachers: 0 = greedy
     batch_size: int = 8  # hf: prompts decoded together
-    concurrency: int = 4  # openai: requests in flight
+    concurrency: int = 4  # openai: requests in flight (over the whole fleet)
     timeout_s: float = 120.0  # openai: per request
     max_retries: int = 6  # openai: retries on connection errors, 5xx and 429
     backoff_s: float = 1.0  # openai: first retry delay, doubled each time (capped at 60 s)
-    base_url: str | None = None  # openai: default $R2REC_OPENAI_BASE_URL, else https://api.openai.com/v1
+    # openai: default $R2REC_OPENAI_BASE_URL, else https://api.openai.com/v1; several URLs separated by spaces
+    # make a fleet of servers of the same model (each request goes to the one with the fewest in flight)
+    base_url: str | None = None
     seed: int = 0
-    engine: str = "torch"  # hf: torch, llama.cpp or auto (r2rec.llm.engines)
+    engine: str = "torch"  # hf: torch, llama.cpp, vllm (a CUDA GPU) or auto (r2rec.llm.engines)
 
     def __post_init__(self):
         from r2rec.llm.engines import ENGINES
