@@ -81,6 +81,13 @@ def test_grpo_step_changes_adapter_logs_reward_and_resumes(tiny_model_dir, synth
     rows = list(csv.DictReader(open(out / "log.csv")))
     assert [int(r["step"]) for r in rows if r.get("reward")] == [1, 2]
     assert all("rewards/correct/mean" in r and "rewards/format/mean" in r for r in rows if r.get("reward"))
+    # the per-step learning signal, one row per optimiser step, in the documented columns
+    from r2rec.train.rl import SIGNAL_COLUMNS
+
+    signal = list(csv.DictReader(open(out / "signal.csv")))
+    assert list(signal[0]) == ["step", *SIGNAL_COLUMNS] and [int(r["step"]) for r in signal] == [1, 2]
+    assert all(float(r["groups_with_spread"]) == 1.0 and float(r["entropy"]) > 0 for r in signal)
+    assert all(0 <= float(r["completions_clipped"]) <= 1 and float(r["kl"]) >= 0 for r in signal)
     # Interrupted after step 1: resume continues at step 2 rather than restarting.
     shutil.rmtree(out / "checkpoint-2")
     shutil.rmtree(final)

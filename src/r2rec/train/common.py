@@ -292,11 +292,12 @@ def report_to() -> list[str]:
     return [] if os.environ.get("R2REC_TENSORBOARD", "1") == "0" else ["tensorboard"]
 
 
-def csv_log_callback(path: Path):
+def csv_log_callback(path: Path, columns: dict[str, str] | None = None):
     """A ``TrainerCallback`` that appends every log row (loss, lr, rewards, val HR@1, step time) to a CSV.
 
     Columns can appear late (val HR@1 only at eval steps), so rows are kept and the file is rewritten with the
-    union of columns; on resume the previous rows up to the resumed step are kept.
+    union of columns; on resume the previous rows up to the resumed step are kept. ``columns`` (column name ->
+    logged key) writes only those columns, in that order, and only the rows that hold at least one of them.
     """
     from transformers import TrainerCallback
 
@@ -318,13 +319,17 @@ def csv_log_callback(path: Path):
                 return
             now = time.time()
             row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
-            row.update(
-                {
-                    k: (round(v, 6) if isinstance(v, float) else v)
-                    for k, v in logs.items()
-                    if isinstance(v, (int, float))
-                }
-            )
+            values = {
+                k: (round(v, 6) if isinstance(v, float) else v) for k, v in logs.items() if isinstance(v, (int, float))
+            }
+            if columns is not None:
+                if not any(key in values for key in columns.values()):
+                    return
+                row = {"step": state.global_step, **{name: values.get(key, "") for name, key in columns.items()}}
+                self.rows.append(row)
+                self._write()
+                return
+            row.update(values)
             if self._last is not None and state.global_step > self._last[0]:
                 row["sec_per_step"] = round((now - self._last[1]) / (state.global_step - self._last[0]), 3)
                 self._last = (state.global_step, now)

@@ -64,6 +64,10 @@ class SFTConfig(TrainConfig):
         prompt rather than recalling chains the prompt never showed (the direct variant keeps the same samples).
     gradient_checkpointing: recompute activations in backward (TRL's default is on; off is faster for a
         135M model, whose activations fit in memory easily).
+    departure_share: the share of examples whose target is not the first candidate the prompt shows (the
+        prior's top choice), set by resampling the traces (seeded by ``seed``; the count of examples stays the
+        same: the short side is oversampled, the long side undersampled). ``None`` (the default) keeps the
+        traces' own share; the measured share before and after is logged and goes into ``train_summary.json``.
 
     ``output`` empty (the default) writes to ``checkpoints/sft`` or ``checkpoints/sft-direct``.
     """
@@ -79,6 +83,7 @@ class SFTConfig(TrainConfig):
     num_candidates: int = 0
     trace_filter: str = "all"
     gradient_checkpointing: bool = False
+    departure_share: float | None = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -94,6 +99,8 @@ class SFTConfig(TrainConfig):
         for name in ("weight_decay", "epochs", "max_train_samples"):
             if getattr(self, name) < 0:
                 raise ValueError(f"SFTConfig.{name}: must be >= 0, got {getattr(self, name)}")
+        if self.departure_share is not None and not 0 <= self.departure_share <= 1:
+            raise ValueError(f"SFTConfig.departure_share: must be in [0, 1] (or unset), got {self.departure_share}")
         if self.num_candidates == 1 or self.num_candidates < 0:
             raise ValueError(f"SFTConfig.num_candidates: must be 0 (all) or >= 2, got {self.num_candidates}")
 
@@ -162,6 +169,66 @@ def restates_context(example: dict) -> bool:
     return any(c.casefold() in completion for c in context_citations(example["prompt"]))
 
 
+def shown_candidates(messages: list[dict], candidate_titles: list[str]) -> list[str]:
+    """The candidate titles a prompt shows, in prompt order: the lines after its ``Candidates...:`` header
+    (``- title`` or a bare title) that are titles of the sample's candidates. With ``show_candidates: N`` only
+    the prior's top N are shown, so a target outside them cannot be answered from the prompt."""
+    user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+    lines = user.splitlines()
+    head = max((i for i, line in enumerate(lines) if line.startswith("Candidates") and line.endswith(":")), default=-1)
+    wanted = set(candidate_titles)
+    shown = [line[2:] if line.startswith("- ") else line for line in lines[head + 1 :]] if head >= 0 else []
+    return [t for t in shown if t in wanted]
+
+
+def is_departure(example: dict, titles: dict) -> bool:
+    """The target is not the first candidate the prompt shows (not the prior's top choice, with a ranked
+    candidate order); a target the prompt does not show counts as a departure too."""
+    s = Sample.from_json(example["sample"])
+    shown = shown_candidates(example["prompt"], [titles[c] for c in s.candidates])
+    return not shown or shown[0] != titles[s.target]
+
+
+def set_departure_share(examples: list[dict], departs: list[bool], share: float, seed: int) -> list[dict]:
+    """``len(examples)`` examples of which ``round(share * n)`` are departures: each side drawn from its own
+    examples (all of them as often as they fit, the rest a seeded sample without repeats), then shuffled."""
+    import random
+
+    rng = random.Random(seed)
+    n = len(examples)
+    k = round(share * n)
+    pools = ([e for e, d in zip(examples, departs) if d], [e for e, d in zip(examples, departs) if not d])
+    for pool, m, what in ((pools[0], k, "departure"), (pools[1], n - k, "first-choice")):
+        if m and not pool:
+            raise ValueError(f"departure_share={share}: the traces hold no {what} example to draw {m} from")
+
+    def draw(pool: list, m: int) -> list:
+        reps, rest = divmod(m, len(pool)) if pool else (0, 0)
+        return pool * reps + rng.sample(pool, rest)
+
+    out = draw(pools[0], k) + draw(pools[1], n - k)
+    rng.shuffle(out)
+    return out
+
+
+def departure_facts(run: RunDir, examples: list[dict], cfg: SFTConfig) -> tuple[list[dict], dict]:
+    """Measure (and with ``departure_share``, set) the share of departure examples; logged and returned."""
+    from r2rec.data.schema import PreparedData
+
+    titles = PreparedData(run.prepared).titles
+    departs = [is_departure(ex, titles) for ex in examples]
+    before = sum(departs) / len(departs)
+    facts = {"departure_share_before": round(before, 4)}
+    if cfg.departure_share is not None:
+        examples = set_departure_share(examples, departs, cfg.departure_share, cfg.seed)
+        after = sum(is_departure(ex, titles) for ex in examples) / len(examples)
+        facts["departure_share_after"] = round(after, 4)
+        log.info(f"[sft] departure_share={cfg.departure_share}: {before:.1%} -> {after:.1%} of {len(examples)}")
+    else:
+        log.info(f"[sft] examples whose target is not the first shown candidate: {sum(departs)}/{len(departs)}")
+    return examples, facts
+
+
 def trim_candidates(sample: Sample, k: int) -> Sample:
     """The target plus the first ``k - 1`` negatives, in the frozen order (a fewer-candidates curriculum)."""
     if k <= 0 or k >= len(sample.candidates):
@@ -219,7 +286,8 @@ def val_evaluator(run: RunDir, cfg, variant: str):
 
 
 def make_trainer(run: RunDir, cfg: SFTConfig, compute=None):
-    """The configured ``SFTTrainer`` (model, LoRA, data, callbacks) and the number of dropped examples."""
+    """The configured ``SFTTrainer`` (model, LoRA, data, callbacks) and facts about its data for the summary
+    (examples dropped as too long, share of departures)."""
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
@@ -237,7 +305,8 @@ def make_trainer(run: RunDir, cfg: SFTConfig, compute=None):
         log.info(f"[sft] trace_filter=in_context kept {len(examples)}/{n} traces")
         if not examples:
             raise ValueError("trace_filter=in_context: no trace restates a chain shown in its prompt")
-    ds, dropped = build_dataset(examples, tok, cfg)
+    examples, facts = departure_facts(run, examples, cfg)
+    ds, facts["dropped_too_long"] = build_dataset(examples, tok, cfg)
     args = TRLSFTConfig(
         **shared_training_arguments(cfg, out, compute),
         per_device_train_batch_size=cfg.batch_size,
@@ -268,7 +337,7 @@ def make_trainer(run: RunDir, cfg: SFTConfig, compute=None):
     if val_cb is not None:
         val_cb.trainer = trainer
     trainer.add_callback(token_count_callback(trainer))
-    return trainer, dropped
+    return trainer, facts
 
 
 def token_count_callback(trainer):
@@ -300,7 +369,7 @@ def run_sft(run_dir: str | Path, cfg: SFTConfig, force: bool = False) -> Path:
     if not force and (final := up_to_date(run, cfg, inputs, "sft")):
         return final
     resume, compute = begin(run, cfg, inputs, "sft", force)
-    trainer, dropped = make_trainer(run, cfg, compute)
+    trainer, facts = make_trainer(run, cfg, compute)
     n_train, n_total = trainable_parameters(trainer.model)
     log.info(
         f"[sft] variant={cfg.variant} examples={len(trainer.train_dataset)} trainable={n_train:,}/{n_total:,} "
@@ -316,7 +385,7 @@ def run_sft(run_dir: str | Path, cfg: SFTConfig, force: bool = False) -> Path:
         "sft",
         compute,
         examples=len(trainer.train_dataset),
-        dropped_too_long=dropped,
+        **facts,
         full_finetune=cfg.full_finetune,
     )
 
