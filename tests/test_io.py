@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import pytest
 
@@ -18,6 +19,7 @@ from r2rec.io import (
     atomic_write_text,
     fingerprint,
     read_log,
+    remove_stale_tmp,
     sha256_file,
 )
 
@@ -77,6 +79,27 @@ def test_atomic_dir(tmp_path):
             (tmp / "x").write_text("x")
             raise RuntimeError
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_stale_temporary_files_of_dead_writers_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # a process that has exited
+    (tmp_path / "sub").mkdir()
+    stale_file = tmp_path / "sub" / f"samples.jsonl.gz.{dead_pid}-0123abcd.tmp"
+    stale_file.write_text("half")
+    stale_dir = tmp_path / f"final.{dead_pid}-89abcdef.tmp"
+    (stale_dir / "inner").mkdir(parents=True)
+    (stale_dir / "inner" / "adapter.safetensors").write_bytes(b"x")
+    live = tmp_path / f"state.json.{os.getpid()}-deadbeef.tmp"  # a writer that still runs
+    live.write_text("{}")
+    mine = tmp_path / "notes.tmp"  # not a name atomic writes make
+    mine.write_text("keep")
+    removed = remove_stale_tmp(tmp_path)
+    assert sorted(removed) == sorted([stale_file, stale_dir])
+    assert not stale_file.exists() and not stale_dir.exists() and live.exists() and mine.exists()
 
 
 def test_log_appends_and_resumes(tmp_path):

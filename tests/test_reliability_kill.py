@@ -212,9 +212,9 @@ VOLATILE = {
     "train_loss",
 }
 # Not compared: training_args.bin pickles the trainer's arguments, whose output_dir is the run folder's path
-# (the settings themselves are compared through the stage's config.json and manifest); *.tmp are the temporary
-# files of atomic writes that a kill interrupted (never read: each write makes a fresh name).
-SKIP = re.compile(r"(^|/)training_args\.bin$|\.tmp$")
+# (the settings themselves are compared through the stage's config.json and manifest). The temporary files of
+# atomic writes that a kill interrupted are compared too: the rerun must have removed them.
+SKIP = re.compile(r"(^|/)training_args\.bin$")
 # A checkpoint's r2rec-checkpoint.json records every file's size; these two vary with the run folder's path and
 # the digits of the wall times they hold (the other sizes are compared).
 _SIZES_OF_VOLATILE_FILES = {"training_args.bin", "trainer_state.json"}

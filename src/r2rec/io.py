@@ -6,7 +6,8 @@ was or complete, never half written:
 - :func:`atomic_open` (and :func:`atomic_write_text`, :func:`atomic_write_bytes`, :func:`atomic_write_json`,
   :func:`atomic_dir`): write to a temporary file (folder) beside the target, fsync it, then ``os.replace`` it
   over the target. An exception while writing (a failing serializer, Ctrl-C) removes the temporary file and
-  leaves the old content in place.
+  leaves the old content in place; what a killed process leaves behind, :func:`remove_stale_tmp` removes (each
+  stage calls it when it writes its manifest).
 - :class:`JsonlLog`: an append-only JSON-lines file (the teacher's response cache, the thoughts progress, the
   val curve). Each append is flushed and fsynced; on open the complete lines are read back and a torn last
   line (a run killed mid-append) is ignored and cut, so the next append starts on a fresh line.
@@ -28,6 +29,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -43,6 +45,36 @@ from r2rec.errors import InputError, InputNotFound
 def _tmp_name(path: Path) -> Path:
     """A fresh temporary name beside ``path`` (same folder, so ``os.replace`` is a rename); ends in ``.tmp``."""
     return path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+_TMP = re.compile(r"\.(\d+)-[0-9a-f]{8}\.tmp$")  # what _tmp_name appends: .<pid>-<8 hex>.tmp
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but is not ours (PermissionError), or a platform without signal 0
+        return True
+    return True
+
+
+def remove_stale_tmp(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files and folders that killed writers left under ``folder`` (names made by
+    :func:`atomic_open` / :func:`atomic_dir` whose process is gone); returns what was removed. A live writer's
+    temporary file (its pid still runs, e.g. another seed's process) is left alone."""
+    removed = []
+    for tmp in sorted(Path(folder).rglob("*.tmp"), key=lambda q: len(q.parts), reverse=True):
+        m = _TMP.search(tmp.name)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
 
 
 def _fsync_dir(folder: Path) -> None:

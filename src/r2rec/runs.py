@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from r2rec.errors import redact_obj
-from r2rec.io import atomic_write_json, sha256_file
+from r2rec.io import atomic_write_json, remove_stale_tmp, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -115,4 +115,8 @@ class RunDir:
             finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **(extra or {}),
         )
-        return atomic_write_json(self.manifest_path(stage), redact_obj(json.loads(json.dumps(m, default=str))))
+        path = atomic_write_json(self.manifest_path(stage), redact_obj(json.loads(json.dumps(m, default=str))))
+        stale = remove_stale_tmp(self.root)  # what a killed earlier attempt of any stage left behind
+        if stale:
+            log.info("[%s] removed %d temporary file(s) left by a killed process", stage, len(stale))
+        return path
