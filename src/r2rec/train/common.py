@@ -582,6 +582,7 @@ def shared_training_arguments(cfg: TrainConfig, out: Path, compute) -> dict:
         dataloader_num_workers=0,
         dataloader_pin_memory=False,
         disable_tqdm=False,
+        gradient_checkpointing=cfg.gradient_checkpointing,
     )
 
 

@@ -73,6 +73,10 @@ class TrainConfig:
         precision: ``auto`` (bf16 autocast with fp32 master weights where the machine runs bf16 natively, else
             fp32; see :mod:`r2rec.hardware`), ``bf16``, ``fp16`` (CUDA) or ``fp32``.
         device: ``auto`` (CUDA when torch sees one, else the CPU), ``cpu`` or ``cuda``.
+        gradient_checkpointing: recompute activations in backward: less memory per pass, slower (the forward runs
+            twice). TRL's default is on; off is faster for a 135M model. For GRPO, ``micro_batch_size: 1`` is the
+            cheaper lever (2.0 GiB per pass against 3.2 GiB for 8 completions of 330 tokens with checkpointing
+            and 6.9 GiB without).
     """
 
     model: str = "smollm2-135m"
@@ -101,6 +105,7 @@ class TrainConfig:
     threads: int = 0
     precision: str = "auto"
     device: str = "auto"
+    gradient_checkpointing: bool = False
 
     def __post_init__(self):
         where = type(self).__name__

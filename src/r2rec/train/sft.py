@@ -62,8 +62,6 @@ class SFTConfig(TrainConfig):
     trace_filter: ``all`` keeps every trace; ``in_context`` keeps the traces whose thoughts restate an
         interaction chain shown in the prompt's context, i.e. whose reasoning can be learned as reading the
         prompt rather than recalling chains the prompt never showed (the direct variant keeps the same samples).
-    gradient_checkpointing: recompute activations in backward (TRL's default is on; off is faster for a
-        135M model, whose activations fit in memory easily).
     departure_share: the share of examples whose target is not the first candidate the prompt shows (the
         prior's top choice), set by resampling the traces (seeded by ``seed``; the count of examples stays the
         same: the short side is oversampled, the long side undersampled). ``None`` (the default) keeps the
@@ -82,7 +80,6 @@ class SFTConfig(TrainConfig):
     max_train_samples: int = 0
     num_candidates: int = 0
     trace_filter: str = "all"
-    gradient_checkpointing: bool = False
     departure_share: float | None = None
 
     def __post_init__(self):
@@ -316,7 +313,6 @@ def make_trainer(run: RunDir, cfg: SFTConfig, compute=None):
         max_length=cfg.max_length,
         packing=False,
         completion_only_loss=True,
-        gradient_checkpointing=cfg.gradient_checkpointing,
         dataset_num_proc=None,
     )
     callbacks = [csv_log_callback(out / "log.csv")]
