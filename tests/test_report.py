@@ -141,6 +141,11 @@ def make_run(root: Path, methods=tuple(CORRECT), curves: bool = True, thoughts: 
             w.writerow(["step", "loss", "reward", "reward_std", "rewards/correct/mean"])
             for s in range(1, 41):
                 w.writerow([s, 0.01, 0.2 + s / 100, 0.3, 0.1 + s / 200])
+        with open(rl / "signal.csv", "w", newline="") as f:  # GRPO's per-step learning signal
+            w = csv.writer(f)
+            w.writerow(["step", "groups_with_spread", "entropy", "completions_clipped", "clip_ratio", "reward", "kl"])
+            for s in range(1, 41):
+                w.writerow([s, 0.5 + s / 100, 0.4, 0.1, 0.0, 0.2 + s / 100, ""])
     if thoughts:
         (root / "thoughts").mkdir(parents=True)
         (root / "thoughts" / "stats.json").write_text(
@@ -299,7 +304,12 @@ def test_training_curves_and_teacher_stats(report):
         "run-sft-loss",
         "run-grpo-reward",
         "run-val-hr1",
+        "run-grpo-signal",
     } <= names
+    # signal.csv has its own plot; the reward plot reads TRL's log only
+    reward_caption = md.split("(plots/run-grpo-reward.png)", 1)[1].split("![", 1)[0]
+    assert "signal.csv" not in reward_caption and "checkpoints/rl/log.csv" in reward_caption
+    assert "checkpoints/rl/signal.csv" in md.split("(plots/run-grpo-signal.png)", 1)[1].split("![", 1)[0]
     for p in paths["plots"]:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"plots/{p.name}" in md

@@ -404,9 +404,13 @@ class _Builder:
         self.add(Heading(level, "Training curves"))
         rl_stage = re.compile(r"(^|[-_])(rl|grpo)($|[-_])", re.I)
         loss = [c for c in run.curves if c.column.lower().endswith("loss") and not rl_stage.search(c.stage)]
-        reward = [c for c in run.curves if "reward" in c.column.lower() and not c.column.lower().endswith("std")]
-        val = [c for c in run.curves if re.search(r"hr1|hr@1", c.column, re.I)]
+        # GRPO's signal.csv repeats some of log.csv's values under its own names: it gets a plot of its own.
+        signal = [c for c in run.curves if c.path.name == "signal.csv" and c.column in SIGNAL_PLOTTED]
+        logs = [c for c in run.curves if c.path.name != "signal.csv"]
+        reward = [c for c in logs if "reward" in c.column.lower() and not c.column.lower().endswith("std")]
+        val = [c for c in logs if re.search(r"hr1|hr@1", c.column, re.I)]
         loss, reward, val = _drop_single_points(loss), _drop_single_points(reward), _drop_single_points(val)
+        signal = _drop_single_points(signal)
         where = f"no *.csv with a step column under {run.root / 'checkpoints'}"
         self.image(
             _slug(run.name, "sft-loss"),
@@ -422,6 +426,14 @@ class _Builder:
             _curve_sources(run, reward),
             f"no GRPO reward log: {where}, or no reward column",
         )
+        if signal:
+            self.image(
+                _slug(run.name, "grpo-signal"),
+                plots.curve_plot(signal, "GRPO learning signal per step", "share / nats"),
+                "GRPO learning signal (groups with a reward spread, entropy, clipped completions, clip ratio)",
+                _curve_sources(run, signal),
+                "no GRPO signal.csv",
+            )
         if val:
             self.image(
                 _slug(run.name, "val-hr1"),
@@ -460,6 +472,10 @@ class _Builder:
                     + ([Note(f"Truncated to {EXAMPLES_MAX_CHARS} characters; see the file.")] if cut else []),
                 )
             )
+
+
+# The columns of GRPO's checkpoints/rl/signal.csv (r2rec.train.rl.SIGNAL_COLUMNS) that the report plots.
+SIGNAL_PLOTTED = ("groups_with_spread", "entropy", "completions_clipped", "clip_ratio")
 
 
 def _drop_single_points(curves: list[Curve]) -> list[Curve]:
