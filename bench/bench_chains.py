@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shlex
 import subprocess
@@ -36,18 +35,10 @@ import sys
 import time
 from pathlib import Path
 
+from r2rec.hardware import cpu_model
+
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _synthetic_samples(graph, n: int, seed: int):
@@ -262,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "command": "python bench/bench_chains.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "machine": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cores": os.cpu_count(),
             "threads": 1,
             "loadavg_before": [round(x, 2) for x in load_before],

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -44,21 +43,13 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from r2rec.hardware import cpu_model
+
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")
 
 GIB = 2**30
 STAGES = ("prepare", "graph", "chains")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 # -- the synthetic log ------------------------------------------------------------------------------------
@@ -381,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         by_n[entry["interactions"]] = entry
     merged = list(by_n.values())
     doc = {
-        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "mem_total_gib": _memtotal_gib()},
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "mem_total_gib": _memtotal_gib()},
         "limit_gib": args.limit_gib,
         "results": sorted(merged, key=lambda r: r["interactions"]),
     }

@@ -22,20 +22,12 @@ import sys
 import time
 from pathlib import Path
 
+from r2rec.hardware import cpu_model
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # As `r2rec baseline` does (r2rec/baselines/__init__.py): must be set before torch loads OpenMP, or the two
 # threads busy-wait and a busy machine makes each epoch several times slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             for a in [".venv/bin/python", "bench/bench_sasrec.py", *(argv if argv is not None else sys.argv[1:])]
         ),
         "machine": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,

@@ -43,6 +43,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from r2rec.hardware import cpu_model
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Before torch loads: spinning OpenMP threads are an order of magnitude slower on a busy shared CPU.
@@ -53,16 +55,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def say(msg: str) -> None:
     print(f"[bench_serve] {msg}", file=sys.stderr, flush=True)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def percentile(xs: list[float], q: float) -> float:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import socket
 import statistics
@@ -38,6 +37,8 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from r2rec.hardware import cpu_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("R2REC_LOG_LEVEL", "WARNING")
@@ -57,16 +58,6 @@ PROMPT = {
 
 def say(msg: str) -> None:
     print(f"[bench_teacher] {msg}", file=sys.stderr, flush=True)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def load() -> list[float]:

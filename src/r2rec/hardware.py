@@ -77,6 +77,21 @@ def cpu_flags() -> frozenset[str]:
     return frozenset(flags)
 
 
+@lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (``platform.processor()`` or "unknown" where it cannot be read):
+    what benchmark results record beside their numbers."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
+
+
 def torch_cpu_capability() -> str:
     """The vector level torch's CPU kernels run at here (``AVX512``, ``AVX2``, ``DEFAULT``, ...)."""
     import torch
