@@ -46,6 +46,40 @@ def test_load_model_applies_a_peft_adapter(tiny_model_dir, tmp_path):
         assert not torch.allclose(model(ids).logits, plain(ids).logits)  # the adapter changes the output
 
 
+def test_inference_merges_the_adapter_and_runs_in_the_compute_precision(tiny_model_dir, tmp_path):
+    """load_generator (eval, recommend, serve, the hf: teacher) folds the adapter into the weights and casts them to
+    the compute precision; in fp32 it scores the candidates as the unmerged adapter does."""
+    from peft import LoraConfig, get_peft_model
+
+    from r2rec.llm.engines import load_generator
+    from r2rec.llm.generate import GenerationConfig, Generator
+
+    base, _ = models.load_model(tiny_model_dir)
+    peft = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "down_proj"], init_lora_weights=False))
+    peft.save_pretrained(tmp_path / "adapter")
+    msgs = [[{"role": "user", "content": f"user {i} watched Heat and Ronin. Next?"}] for i in range(3)]
+    titles = [["Heat", "Alien", "Fargo (1996)"]] * 3
+
+    def scores(gen):
+        return [c.scores for c in gen.score_candidates(msgs, titles)]
+
+    def cfg(precision):
+        return GenerationConfig(precision=precision, progress=False)
+
+    unmerged, tok = models.load_model(tiny_model_dir, adapter=tmp_path / "adapter")
+    reference = scores(Generator(unmerged, tok, cfg("fp32")))
+    fp32, _ = load_generator(tiny_model_dir, tmp_path / "adapter", cfg("fp32"), engine="torch")
+    assert not any("lora" in name for name, _ in fp32.model.named_modules())  # merged
+    assert next(fp32.model.parameters()).dtype == torch.float32
+    assert torch.allclose(torch.tensor(scores(fp32)), torch.tensor(reference), atol=1e-4)
+    plain = scores(load_generator(tiny_model_dir, None, cfg("fp32"), engine="torch")[0])
+    assert not torch.allclose(torch.tensor(plain), torch.tensor(reference), atol=1e-2)  # the adapter mattered
+
+    bf16, _ = load_generator(tiny_model_dir, tmp_path / "adapter", cfg("bf16"), engine="torch")
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16
+    assert torch.allclose(torch.tensor(scores(bf16)), torch.tensor(reference), atol=0.5)  # bf16 rounding only
+
+
 @pytest.mark.real_model
 def test_real_smollm2_through_the_registry():
     """Loads SmolLM2-135M (converted from the package's GGUF on first use) and answers among candidates."""

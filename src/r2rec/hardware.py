@@ -48,6 +48,13 @@ class Compute:
     def fp16(self) -> bool:
         return self.precision == "fp16"
 
+    @property
+    def dtype(self):
+        """The torch dtype of this precision: what inference casts its weights to (training keeps fp32 weights)."""
+        import torch
+
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+
     def describe(self) -> str:
         return f"{self.device} {self.precision} ({self.reason})"
 

@@ -107,11 +107,14 @@ def load_model(
     adapter: str | os.PathLike | None = None,
     dtype=None,
     device: str | None = None,
+    merge: bool = False,
 ):
-    """``(model, tokenizer)`` in eval mode. ``adapter``: a PEFT adapter dir applied on top (not merged).
+    """``(model, tokenizer)`` in eval mode. ``adapter``: a PEFT adapter dir applied on top, kept separate (training
+    goes on from it) or, with ``merge``, folded into the weights (inference: one matmul per projection instead of
+    three; an evaluation ran 1.4x faster on 2 cores).
 
-    ``dtype`` defaults to float32 (CPU training and numerically safe scoring); :func:`r2rec.hardware.autocast`
-    adds bf16 compute where the machine runs it natively.
+    ``dtype`` defaults to float32 (training and the reference numerics); inference passes its compute precision
+    (:attr:`r2rec.hardware.Compute.dtype`), and :func:`r2rec.hardware.autocast` adds bf16 compute to fp32 weights.
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -132,6 +135,8 @@ def load_model(
         if not (adapter / "adapter_config.json").exists():
             raise FileNotFoundError(f"{adapter}: not a PEFT adapter (no adapter_config.json)")
         model = PeftModel.from_pretrained(model, adapter)
+        if merge:
+            model = model.merge_and_unload()
     if device:
         model.to(device)
     model.eval()
