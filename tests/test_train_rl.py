@@ -126,3 +126,31 @@ def test_rl_config_errors():
         build(RLConfig, {"reward_weights": {"length": 1.0}})
     with pytest.raises(ValueError, match="num_generations"):
         build(RLConfig, {"num_generations": 1})
+
+
+def test_rollouts_on_merged_lora_restore_the_base_weights_exactly(tiny_model_dir):
+    """merged_lora: inside, the plain forward computes what the adapter computes; after, every base weight is the
+    same bit for bit (unmerging by subtraction would drift them) and the adapter is live again."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from r2rec.llm.models import load_model
+    from r2rec.train.rl import merged_lora
+
+    base, _ = load_model(tiny_model_dir)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "down_proj"], init_lora_weights=False))
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = torch.tensor([[5, 17, 33, 91, 2]])
+    with torch.no_grad():
+        tuned = model(ids).logits
+        with model.disable_adapter():
+            untuned = model(ids).logits
+        with merged_lora(model):
+            assert all(m.merged for m in model.modules() if hasattr(m, "merged_adapters"))
+            merged = model(ids).logits
+        after = model(ids).logits
+    assert not torch.allclose(tuned, untuned, atol=1e-3)  # the adapter matters
+    assert torch.allclose(merged, tuned, atol=1e-4)
+    assert torch.equal(after, tuned)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -273,6 +274,31 @@ def flat_groups(rewards, group: int):
     return (r.max(dim=1).values - r.min(dim=1).values) <= 1e-6
 
 
+@contextmanager
+def merged_lora(model):
+    """The LoRA update folded into the base weights for the duration (rollouts: one matmul per projection instead
+    of three), then the base weights restored bit for bit, so training goes on from exactly where it was.
+
+    Why not PEFT's ``merge_adapter``/``unmerge_adapter``: unmerging subtracts the update again, and the fp32 rounding
+    of ``(W + dW) - dW`` would drift the frozen weights a little at every step.
+    """
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer) and not m.merged]
+    saved = [m.get_base_layer().weight.detach().clone() for m in layers]
+    with torch.no_grad():
+        for m in layers:
+            m.merge()
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for m, w in zip(layers, saved):
+                m.get_base_layer().weight.copy_(w)
+                m.merged_adapters.clear()
+
+
 def grpo_trainer_class(drop_flat: bool):
     """TRL's ``GRPOTrainer`` that logs ``groups_with_spread`` per step; with ``drop_flat`` a group without reward
     spread also carries no loss: its completions' loss mask is zeroed (as TRL's ``mask_truncated_completions``
@@ -281,6 +307,15 @@ def grpo_trainer_class(drop_flat: bool):
     from trl import GRPOTrainer
 
     class Trainer(GRPOTrainer):
+        def _generate_single_turn(self, *args, **kwargs):
+            # On TRL's transformers path (not vLLM, not sharded weights), rollouts run on merged LoRA weights: a
+            # GRPO step of the ml-100k config went from 48 to NN s on 2 cores (docs/results.md). Merged weights
+            # also mean no LoRA dropout while sampling.
+            if self.use_vllm or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+                return super()._generate_single_turn(*args, **kwargs)
+            with merged_lora(self.accelerator.unwrap_model(self.model)):
+                return super()._generate_single_turn(*args, **kwargs)
+
         def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
             # every process's rewards (TRL gathers them before normalising per group), kept for the hook below
             self._rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
