@@ -65,8 +65,9 @@ class DecodingConfig:
     do_sample: sample instead of greedy (``temperature``, ``top_k`` (0 = off), ``top_p`` (1 = off)).
     seed: seeds the sampling generator (one per ``generate`` call: same prompts + same batch size = same output).
     precision: ``auto`` (bf16 autocast where the machine runs it natively, see :mod:`r2rec.hardware`),
-        ``bf16``, ``fp16`` (CUDA) or ``fp32``. Autocast covers prompt encoding and scoring; one-token decode
-        steps on the CPU run in the weights' dtype.
+        ``bf16``, ``fp16`` (CUDA) or ``fp32``. Inference (:func:`r2rec.llm.engines.load_generator`) loads the
+        weights in this precision; on fp32 weights (training's val curves) autocast covers prompt encoding and
+        scoring, and one-token decode steps on the CPU run in fp32.
     length_norm: rank by mean token log-prob instead of the sum (the sum is the title's probability and
         favours short titles; the mean does not).
     engine: what computes the logits (:mod:`r2rec.llm.engines`): ``torch`` (the reference loop, batched),
