@@ -82,8 +82,14 @@ def test_rl_keeps_only_answerable_prompts_unless_told(synthetic_train_run, caplo
     assert len(rows) == n - hidden == 6
     assert all(r["target_title"] in shown_candidates(r["prompt"], r["candidate_titles"]) for r in rows)
     assert "kept 6/12 prompts" in caplog.text
-    assert len(load_prompts(run, build(RLConfig, {"answerable_only": False}))) == 12
+    everything = load_prompts(run, build(RLConfig, {"answerable_only": False}))
+    assert len(everything) == 12
     assert len(load_prompts(run, build(RLConfig, {"max_prompts": 4}))) == 4
+    # The rewards' candidates are the ones the prompt shows: a hidden target is not even a valid answer.
+    titles = PreparedData(run.prepared).titles
+    for r in everything:
+        assert r["candidate_titles"] == shown_candidates(r["prompt"], list(titles.values()))
+    assert sum(r["target_title"] not in r["candidate_titles"] for r in everything) == hidden
 
 
 def test_flat_groups():

@@ -7,7 +7,8 @@ or several answers (reward hacking cases covered by ``tests/test_rewards.py``).
 
 ``trl_reward_funcs(weights)`` turns the registry into the callables TRL's ``GRPOTrainer`` expects: TRL calls
 each with ``prompts``, ``completions`` and every extra dataset column as keyword arguments, so the RL dataset
-carries ``candidate_titles`` (list of str) and ``target_title`` (str) columns.
+carries ``candidate_titles`` (the titles the prompt shows, as eval's answers are constrained to them) and
+``target_title`` (str) columns.
 """
 
 from __future__ import annotations

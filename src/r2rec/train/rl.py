@@ -219,15 +219,20 @@ def load_prompts(run: RunDir, cfg: RLConfig) -> list[dict]:
 
         for row, m in zip(rows, rebuild_messages(run, [r["_sample"] for r in rows], cfg.prompt)):
             row["prompt"] = m
+    for row in rows:
+        # The rewards judge an answer against what the prompt shows (as eval constrains it to): with
+        # ``show_candidates: N`` naming a hidden candidate is not a valid answer. All of them if none is listed.
+        row["_shown"] = shown_candidates(row["prompt"], row["candidate_titles"])
+        row["candidate_titles"] = row["_shown"] or row["candidate_titles"]
     if cfg.answerable_only:
         n = len(rows)
-        rows = [r for r in rows if r["target_title"] in shown_candidates(r["prompt"], r["candidate_titles"])]
+        rows = [r for r in rows if r["target_title"] in r["_shown"]]
         log.info(f"[rl] answerable_only: kept {len(rows)}/{n} prompts (the target is among the shown candidates)")
         if not rows:
             raise ValueError(f"{path}: no prompt shows its target (answerable_only=true); check prompt.show_candidates")
     rows = rows[: cfg.max_prompts] if cfg.max_prompts > 0 else rows
     for row in rows:
-        del row["_sample"]
+        del row["_sample"], row["_shown"]
     return rows
 
 
