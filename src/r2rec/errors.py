@@ -32,6 +32,11 @@ class InputNotFound(InputError, FileNotFoundError):
     ``FileNotFoundError``."""
 
 
+class MemoryBudgetError(InputError):
+    """An input too large for the memory this process has (raised by :mod:`r2rec.data.budget` before the work
+    starts, with the estimate and what to change)."""
+
+
 # -- secrets ---------------------------------------------------------------------------------------------
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s?#]+)@")
 _SECRET_PARAM = re.compile(

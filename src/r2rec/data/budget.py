@@ -15,17 +15,12 @@ import os
 import resource
 from pathlib import Path
 
-from r2rec.errors import InputError
+from r2rec.errors import MemoryBudgetError
 
 log = logging.getLogger(__name__)
 
 GIB = 1 << 30
 _SAMPLE_BYTES = 1 << 20
-
-
-class MemoryBudgetError(InputError):
-    """The input is too large for the memory available to this process (an :class:`InputError`, so the CLI
-    prints it as one line)."""
 
 
 def _meminfo(key: str) -> int | None:
