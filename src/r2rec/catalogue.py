@@ -280,26 +280,24 @@ def run_catalogue(
 
 def _rerank(run: RunDir, prepared, kind: str, eval_config, probes: list, tag: str, seed: int, prompt=None):
     """The LLM's predictions on ``probes`` (their candidates = the retrieved items), as ``r2rec eval`` makes them."""
-    from r2rec.eval.runner import EvalConfig, _checkpoint_files, _SeedEvaluator, resolve_checkpoint
+    from r2rec.eval.runner import EvalConfig, SeedEvaluator
     from r2rec.prompting import prompt_config
 
     cfg = eval_config or EvalConfig()
     if cfg.mode != "constrained":
         raise ValueError("the catalogue re-ranker decodes in constrained mode (answers among the retrieved items)")
     prompt = prompt or prompt_config(run, None)
-    model_name, adapter, described = resolve_checkpoint(run, kind, cfg)
-    ev = _SeedEvaluator(run, prepared, kind, cfg, prompt, model_name, adapter, described)
-    weights = _checkpoint_files(adapter, model_name)
+    ev = SeedEvaluator.for_model(run, prepared, kind, cfg, prompt)
     preds, seconds, tokens = [], 0.0, 0
     for start in range(0, len(probes), _CHUNK):
         chunk = probes[start : start + _CHUNK]
-        p, stats = ev.seed(seed, chunk, tag, weights)
+        p, stats = ev.seed(seed, chunk, tag, ev.weights)
         preds += p
         seconds += stats["wall_seconds"]
         tokens += stats["generated_tokens"]
         log.info(f"[catalogue] {kind}: {len(preds)}/{len(probes)} samples re-ranked")
     info = {
-        **described,
+        **ev.described,
         "n": len(probes),
         "prompt": asdict(prompt),
         "decoding": {k: v for k, v in asdict(cfg).items() if k not in ("seeds", "force", "method")},

@@ -182,12 +182,10 @@ def run_eval(run_dir: str | Path, model_kind: str, config: EvalConfig | None = N
     samples = {s: prepared.samples(cfg.split, s) for s in seeds}
     if cfg.max_samples:
         samples = {s: v[: cfg.max_samples] for s, v in samples.items()}
-    ev = _SeedEvaluator(run, prepared, model_kind, cfg, prompt, model_name, adapter, described)
+    ev = SeedEvaluator(run, prepared, model_kind, cfg, prompt, model_name, adapter, described)
     preds, stats = {}, {}
     for seed in seeds:
-        preds[seed], stats[seed] = ev.seed(
-            seed, samples[seed], method, _checkpoint_files(adapter, model_name) + extra_inputs
-        )
+        preds[seed], stats[seed] = ev.seed(seed, samples[seed], method, ev.weights + extra_inputs)
 
     protocol = EvalProtocol(
         split=cfg.split,
@@ -232,8 +230,10 @@ def run_eval(run_dir: str | Path, model_kind: str, config: EvalConfig | None = N
     return result
 
 
-class _SeedEvaluator:
-    """Generates the predictions of one seed (model, prompt builder and checker loaded once, lazily)."""
+class SeedEvaluator:
+    """Generates a model's predictions on the samples of one seed at a time, as ``r2rec eval`` does (model, prompt
+    builder and citation checker loaded once, lazily; finished seeds kept in ``results/.parts`` for resuming).
+    ``r2rec catalogue`` re-ranks its retrieved candidates with it. Build one with :meth:`for_model`."""
 
     def __init__(
         self,
@@ -253,6 +253,14 @@ class _SeedEvaluator:
         self._gen: Generator | None = None
         self._builder: PromptBuilder | None = None
         self._checker: CitationChecker | None = None
+        self.weights = _checkpoint_files(adapter, model_name)  # the files the predictions depend on
+
+    @classmethod
+    def for_model(cls, run: RunDir, prepared, kind: str, cfg: EvalConfig, prompt) -> SeedEvaluator:
+        """The evaluator of ``kind`` (``base``, ``sft``, ``rl``, ...) on ``run``, its checkpoint resolved as eval
+        does."""
+        model_name, adapter, described = resolve_checkpoint(run, kind, cfg)
+        return cls(run, prepared, kind, cfg, prompt, model_name, adapter, described)
 
     def _part_key(self, seed: int, samples, weights: list[Path]) -> str:
         """Hash of everything that determines a seed's predictions (not the other seeds, not bootstrap)."""
