@@ -135,7 +135,7 @@ def test_rollouts_on_merged_lora_restore_the_base_weights_exactly(tiny_model_dir
     from peft import LoraConfig, get_peft_model
 
     from r2rec.llm.models import load_model
-    from r2rec.train.rl import merged_lora
+    from r2rec.train.common import merged_lora
 
     base, _ = load_model(tiny_model_dir)
     model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "down_proj"], init_lora_weights=False))

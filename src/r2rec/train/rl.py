@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import random
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from .common import (
     begin,
     csv_log_callback,
     lora_config,
+    merged_lora,
     setup,
     shared_training_arguments,
     stage_val_callback,
@@ -277,31 +277,6 @@ def flat_groups(rewards, group: int):
     unscorable completion, counts as 0), i.e. the group has zero advantage everywhere."""
     r = rewards.nan_to_num(0.0).view(-1, group)
     return (r.max(dim=1).values - r.min(dim=1).values) <= 1e-6
-
-
-@contextmanager
-def merged_lora(model):
-    """The LoRA update folded into the base weights for the duration (rollouts: one matmul per projection instead
-    of three), then the base weights restored bit for bit, so training goes on from exactly where it was.
-
-    Why not PEFT's ``merge_adapter``/``unmerge_adapter``: unmerging subtracts the update again, and the fp32 rounding
-    of ``(W + dW) - dW`` would drift the frozen weights a little at every step.
-    """
-    import torch
-    from peft.tuners.lora import LoraLayer
-
-    layers = [m for m in model.modules() if isinstance(m, LoraLayer) and not m.merged]
-    saved = [m.get_base_layer().weight.detach().clone() for m in layers]
-    with torch.no_grad():
-        for m in layers:
-            m.merge()
-    try:
-        yield model
-    finally:
-        with torch.no_grad():
-            for m, w in zip(layers, saved):
-                m.get_base_layer().weight.copy_(w)
-                m.merged_adapters.clear()
 
 
 def grpo_trainer_class(drop_flat: bool):
