@@ -209,3 +209,18 @@ def test_the_prior_reuses_the_baselines_saved_fit(tmp_path):
     meta = run_prior(tmp_path, PriorConfig(model="gru4rec", folds=2), {"gru4rec": GRU})
     assert meta["fit"].get("loaded_from")  # not refitted
     assert load_result(tmp_path / "results" / "prior.json")["hr1"] == pytest.approx(baseline["hr1"])
+
+
+def test_the_prior_alone_from_the_command_line(tmp_path, capsys):
+    """``r2rec baseline prior``: the config's ``baselines.prior`` section with key=value overrides on top."""
+    from r2rec.cli import main
+
+    make_run(tmp_path, n_users=20, seq_len=12, noise=0.1)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("baselines:\n  prior: {model: auto, choose_from: [pop, transition], folds: 2}\n")
+    assert main(["baseline", "prior", "--run", str(tmp_path), "--config", str(cfg), "model=pop"]) == 0
+    meta = json.loads((tmp_path / "prior" / "meta.json").read_text())
+    assert meta["model"] == "pop" and meta["chosen_by"] == "config" and meta["config"]["folds"] == 2
+    assert "prior: pop (config)" in capsys.readouterr().out
+    assert main(["baseline", "prior", "--run", str(tmp_path), "folds=1"]) == 2  # a config error: one line, status 2
+    assert main(["baseline", "prior", "--run", str(tmp_path), "--seeds", "0"]) == 2

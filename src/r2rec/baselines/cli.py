@@ -3,6 +3,11 @@
 Parses the command line and calls :func:`r2rec.baselines.stage.run_baseline` (fit once, score the frozen
 candidates of every seed, write ``results/<method>.json``; skipped when its manifest matches), then prints the
 Markdown table of every result in the run.
+
+``r2rec baseline prior --run DIR [--config C] [key=value ...]`` makes the run's prior alone
+(:func:`r2rec.baselines.prior.run_prior`: the model chosen on val, cross-fitted train scores, ``<run>/prior/`` and
+``results/prior.json``), from the config's ``baselines.prior`` section and the overrides (``model=sasrec``,
+``folds=5``), as the pipeline's baselines stage does.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", help=f"baseline: one of {', '.join(BASELINES)}, or 'all'")
+    p.add_argument(
+        "name", help=f"baseline: one of {', '.join(BASELINES)}, or 'all', or 'prior' (the prompt's prior alone)"
+    )
     p.add_argument("--run", required=True, help="run folder holding prepared/ (from `r2rec prepare`)")
     p.add_argument(
         "--seeds",
@@ -45,9 +52,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from r2rec.eval import load_results, markdown_table
 
+    if args.name == "prior":
+        return _prior(args)
     names = list(BASELINES) if args.name == "all" else [args.name]
     if args.name != "all" and args.name not in BASELINES:
-        raise ValueError(f"unknown baseline {args.name!r}; known: {', '.join(BASELINES)} (or 'all')")
+        raise ValueError(f"unknown baseline {args.name!r}; known: {', '.join(BASELINES)} (or 'all', or 'prior')")
     if args.name == "all" and (args.overrides or args.method):
         raise ValueError("'all' takes no key=value overrides and no --as; run each baseline by name instead")
     section: dict = {}
@@ -66,6 +75,19 @@ def run(args: argparse.Namespace) -> int:
     results = [r for r in load_results(RunDir(args.run).results) if r.get("split") == args.split]
     print()
     print(markdown_table(results))
+    return 0
+
+
+def _prior(args: argparse.Namespace) -> int:
+    from r2rec.baselines.prior import PriorConfig, run_prior
+    from r2rec.config import build, load_yaml
+
+    if args.seeds or args.method or args.split != "test":
+        raise ValueError("'prior' scores every prepared seed and split; it takes no --seeds, --as or --split")
+    section = (load_yaml(args.config).get("baselines", {}) or {}) if args.config else {}
+    config = build(PriorConfig, section.get("prior") or {}, args.overrides, where="baselines.prior", path=args.config)
+    meta = run_prior(args.run, config, section.get("settings") or {}, force=args.force)
+    print(f"prior: {meta['model']} ({meta['chosen_by']}); first-candidate HR@1 {meta['hr1']}")
     return 0
 
 
