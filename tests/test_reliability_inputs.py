@@ -292,10 +292,8 @@ SAME_AS_CLEAN = [
 ]
 
 
-@pytest.fixture(scope="module")
-def clean(tmp_path_factory):
-    """The prepared files of the clean log and titles: {name: bytes} (meta.json without its file paths)."""
-    root = tmp_path_factory.mktemp("clean")
+def _prepare_clean(root):
+    """``r2rec prepare`` of the clean log and titles into ``root/run``."""
     (root / "log.csv").write_text(LOG)
     (root / "titles.csv").write_text(TITLES)
     assert (
@@ -315,7 +313,13 @@ def clean(tmp_path_factory):
         )
         == 0
     )
-    return _prepared(root / "run")
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    """The prepared files of the clean log and titles: {name: bytes} (meta.json without its file paths)."""
+    return _prepared(_prepare_clean(tmp_path_factory.mktemp("clean")))
 
 
 def _prepared(run: Path) -> dict[str, object]:
@@ -522,27 +526,7 @@ def test_llara_with_bom_and_crlf_reads_the_same(tmp_path, capsys):
 # -- a prepared run folder, read back by later stages ----------------------------------------------------------
 @pytest.fixture(scope="module")
 def prepared_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("run")
-    (root / "log.csv").write_text(LOG)
-    (root / "titles.csv").write_text(TITLES)
-    assert (
-        main(
-            [
-                "prepare",
-                "--dataset",
-                "csv",
-                "--interactions",
-                str(root / "log.csv"),
-                "--titles",
-                str(root / "titles.csv"),
-                "--run",
-                str(root / "run"),
-                *PREPARE,
-            ]
-        )
-        == 0
-    )
-    return root / "run"
+    return _prepare_clean(tmp_path_factory.mktemp("run"))
 
 
 def _gz_lines(*lines: str | bytes) -> bytes:
