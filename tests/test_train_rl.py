@@ -129,8 +129,9 @@ def test_rl_config_errors():
 
 
 def test_rollouts_on_merged_lora_restore_the_base_weights_exactly(tiny_model_dir):
-    """merged_lora: inside, the plain forward computes what the adapter computes; after, every base weight is the
-    same bit for bit (unmerging by subtraction would drift them) and the adapter is live again."""
+    """merged_lora: inside, the plain forward computes what the adapter computes (in bf16 too, within rounding);
+    after, every parameter is the same tensor object with the same bits (unmerging by subtraction would drift them)
+    and the adapter is live again."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -140,7 +141,8 @@ def test_rollouts_on_merged_lora_restore_the_base_weights_exactly(tiny_model_dir
     base, _ = load_model(tiny_model_dir)
     model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "down_proj"], init_lora_weights=False))
     model.eval()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    params = [(p, p.data, p.data.clone()) for p in model.parameters()]
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
     ids = torch.tensor([[5, 17, 33, 91, 2]])
     with torch.no_grad():
         tuned = model(ids).logits
@@ -149,8 +151,15 @@ def test_rollouts_on_merged_lora_restore_the_base_weights_exactly(tiny_model_dir
         with merged_lora(model):
             assert all(m.merged for m in model.modules() if hasattr(m, "merged_adapters"))
             merged = model(ids).logits
+        with merged_lora(model, dtype=torch.bfloat16):
+            assert next(model.parameters()).dtype == torch.bfloat16
+            assert all(v.dtype == buffers[k].dtype for k, v in model.named_buffers())  # rotary stays fp32
+            merged_bf16 = model(ids).logits.float()
         after = model(ids).logits
     assert not torch.allclose(tuned, untuned, atol=1e-3)  # the adapter matters
     assert torch.allclose(merged, tuned, atol=1e-4)
+    assert (merged_bf16 - tuned).abs().max() < 0.1 * tuned.abs().max()
     assert torch.equal(after, tuned)
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    for p, data, copy in params:
+        assert p.data_ptr() == data.data_ptr() and torch.equal(p.data, copy)  # the same storage, same bits
+    assert all(torch.equal(v, buffers[k]) for k, v in model.named_buffers())

@@ -377,29 +377,39 @@ def save_policy(model, path: Path) -> None:
 
 
 @contextmanager
-def merged_lora(model):
+def merged_lora(model, dtype=None):
     """The LoRA update folded into the base weights for the duration (GRPO rollouts, val passes: one matmul per
-    projection instead of three), then the base weights restored bit for bit, so training goes on from exactly where
-    it was. A model without LoRA layers is left as it is. Not for sharded weights (DeepSpeed ZeRO-3, FSDP).
+    projection instead of three), then every parameter given back its own tensor, so training goes on from exactly
+    where it was. ``dtype`` (e.g. bf16 where the CPU runs it natively): the weights in that precision meanwhile, half
+    the bytes per decode step; buffers (rotary frequencies) stay as they are. A model without LoRA layers is only
+    cast. Not for sharded weights (DeepSpeed ZeRO-3, FSDP).
 
     Why not PEFT's ``merge_adapter``/``unmerge_adapter``: unmerging subtracts the update again, and the fp32 rounding
-    of ``(W + dW) - dW`` would drift the frozen weights a little at every step.
+    of ``(W + dW) - dW`` would drift the frozen weights a little at every step. Here the merge goes into a copy and
+    the original tensors are never written to.
     """
     import torch
     from peft.tuners.lora import LoraLayer
 
+    params = list(model.parameters())
+    originals = [p.data for p in params]
     layers = [m for m in model.modules() if isinstance(m, LoraLayer) and not m.merged]
-    saved = [m.get_base_layer().weight.detach().clone() for m in layers]
     with torch.no_grad():
         for m in layers:
+            base = m.get_base_layer().weight
+            base.data = base.data.clone()  # PEFT merges in place: into the copy
             m.merge()
+        if dtype is not None:
+            for p in params:
+                if p.is_floating_point() and p.dtype != dtype:
+                    p.data = p.data.to(dtype)
     try:
         yield model
     finally:
-        with torch.no_grad():
-            for m, w in zip(layers, saved):
-                m.get_base_layer().weight.copy_(w)
-                m.merged_adapters.clear()
+        for p, data in zip(params, originals):
+            p.data = data
+        for m in layers:
+            m.merged_adapters.clear()
 
 
 def val_callback(
