@@ -60,6 +60,18 @@ def test_sft_departure_share_is_measured_and_set(synthetic_train_run):
         build(SFTConfig, {"departure_share": 1.5})
 
 
+def test_sft_without_any_departure_says_so(synthetic_train_run, caplog):
+    run = RunDir(synthetic_train_run)
+    titles = PreparedData(run.prepared).titles
+    examples = load_traces(synthetic_train_run / "thoughts/sft.jsonl.gz", "iot")
+    firsts = [ex for ex in examples if not is_departure(ex, titles)]
+    with caplog.at_level("WARNING", logger="r2rec.train.sft"):
+        departure_facts(run, examples, build(SFTConfig, {}))
+        assert "no example departs" not in caplog.text
+        departure_facts(run, firsts, build(SFTConfig, {}))
+    assert "no example departs from the first shown candidate" in caplog.text
+
+
 def _hide_targets(run, every: int = 2):
     """Rewrite the traces so that every ``every``-th prompt shows all candidates but its target."""
     path = run / "thoughts/sft.jsonl.gz"

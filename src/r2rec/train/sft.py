@@ -223,6 +223,12 @@ def departure_facts(run: RunDir, examples: list[dict], cfg: SFTConfig) -> tuple[
         log.info(f"[sft] departure_share={cfg.departure_share}: {before:.1%} -> {after:.1%} of {len(examples)}")
     else:
         log.info(f"[sft] examples whose target is not the first shown candidate: {sum(departs)}/{len(departs)}")
+    if not any(is_departure(ex, titles) for ex in examples):
+        log.warning(
+            "[sft] no example departs from the first shown candidate: the model is taught to answer it every time "
+            "(with trace_filter=in_context and context_chains=1 the prompt shows only that candidate's chain; "
+            "see docs/results.md, 'Departures in SFT')"
+        )
     return examples, facts
 
 
