@@ -419,10 +419,14 @@ def val_callback(
     log_path: Path | None = None,
     at_start: bool = True,
     best_dir: Path | None = None,
+    dtype=None,
 ):
     """A ``TrainerCallback`` that runs ``evaluate(model, tokenizer) -> {"val_hr1": ..}`` every ``every`` steps
     (and at the end, and at step 0 unless ``at_start`` is off), logs the metrics through the trainer (so they
     reach the CSV/TensorBoard) and appends them to ``log_path`` as JSON lines (:func:`r2rec.io.append_log`).
+
+    The passes generate on the LoRA merged into the weights, cast to ``dtype`` when given (:func:`merged_lora`;
+    every tensor is given back before training goes on).
 
     ``best_dir``: also save the weights of the best val point so far there (``best.json`` says which step; the
     earliest step wins a tie), so a stage can keep the val-selected model instead of the last one, as the
@@ -453,7 +457,7 @@ def val_callback(
             model.eval()
             t0 = time.time()
             sharded = self.trainer is not None and (self.trainer.is_deepspeed_enabled or self.trainer.is_fsdp_enabled)
-            with nullcontext() if sharded else merged_lora(model):  # 1.4x faster generation, weights restored
+            with nullcontext() if sharded else merged_lora(model, dtype):  # 1.4x faster merged, ~2x in bf16
                 metrics = evaluate(model, tokenizer)
             metrics = {k: float(v) for k, v in metrics.items()}
             metrics["val_seconds"] = round(time.time() - t0, 2)
@@ -625,9 +629,10 @@ def shared_training_arguments(cfg: TrainConfig, out: Path, compute) -> dict:
     )
 
 
-def stage_val_callback(evaluate, cfg: TrainConfig, tokenizer, out: Path):
+def stage_val_callback(evaluate, cfg: TrainConfig, tokenizer, out: Path, compute=None):
     """The stage's val HR@1 callback (``None`` without an evaluator), keeping the best point when
-    ``cfg.keep == 'best_val'``."""
+    ``cfg.keep == 'best_val'``. ``compute``: the stage's resolved precision; the val passes generate with the
+    weights in it (bf16 where native), as ``r2rec eval`` does."""
     if evaluate is None:
         return None
     return val_callback(
@@ -637,6 +642,7 @@ def stage_val_callback(evaluate, cfg: TrainConfig, tokenizer, out: Path):
         out / "val.jsonl",
         at_start=cfg.eval_at_start,
         best_dir=out / BEST_DIR if cfg.keep == "best_val" else None,
+        dtype=compute.dtype if compute is not None and compute.precision != "fp32" else None,
     )
 
 

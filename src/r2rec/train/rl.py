@@ -370,7 +370,7 @@ def make_trainer(run: RunDir, cfg: RLConfig, compute=None):
         from .evalhook import make_val_evaluator
 
         evaluate = make_val_evaluator(run, cfg, "iot")
-        val_cb = stage_val_callback(evaluate, cfg, tok, out)
+        val_cb = stage_val_callback(evaluate, cfg, tok, out, compute)
         if val_cb is not None:
             callbacks.append(val_cb)
     rollout_dtype = compute.dtype if compute.precision != "fp32" else None

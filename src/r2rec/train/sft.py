@@ -323,7 +323,7 @@ def make_trainer(run: RunDir, cfg: SFTConfig, compute=None):
     )
     callbacks = [csv_log_callback(out / "log.csv")]
     evaluate = val_evaluator(run, cfg, cfg.variant) if cfg.eval_every > 0 else None
-    val_cb = stage_val_callback(evaluate, cfg, tok, out)
+    val_cb = stage_val_callback(evaluate, cfg, tok, out, compute)
     if val_cb is not None:
         callbacks.append(val_cb)
     trainer = SFTTrainer(
