@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from r2rec.hardware import cpu_bf16, cpu_model
+from r2rec.io import read_log
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_STAGES = {"sft-direct": "checkpoints/sft-direct", "sft": "checkpoints/sft", "rl": "checkpoints/rl"}
@@ -54,11 +55,7 @@ def _train(run: Path) -> dict:
         summary = _json(run / folder / "final" / "train_summary.json")
         if not summary:
             continue
-        vals = (
-            [json.loads(line) for line in (run / folder / "val.jsonl").read_text().splitlines() if line.strip()]
-            if (run / folder / "val.jsonl").exists()
-            else []
-        )
+        vals = read_log(run / folder / "val.jsonl")
         out[stage] = {
             "steps": summary.get("global_step"),
             "train_wall_seconds": summary.get("wall_seconds"),
