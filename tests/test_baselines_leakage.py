@@ -79,22 +79,30 @@ def seen_items(model) -> set[int]:
     if name in ("sasrec", "gru4rec"):
         X = model.train_inputs_
         return set((X[X > 0] - 1).tolist()) | set(model.train_targets_.tolist())
+    if name == "blend":
+        return set().union(*(seen_items(p) for p in model.parts.values()))
     return set()
 
 
-@pytest.mark.parametrize("name", ["random", "pop", "transition", "cooc", "sasrec", "gru4rec"])
+BLEND = {"models": ["pop", "transition", "sasrec"], "settings": {"sasrec": dict(o.split("=") for o in FAST)}}
+
+
+@pytest.mark.parametrize("name", ["random", "pop", "transition", "cooc", "sasrec", "gru4rec", "blend"])
 def test_fit_sees_no_val_or_test_target(name, holdout):
     root, held = holdout
     spy = SpyPrepared(root)
-    model = make_recommender(name, overrides=FAST if name in ("sasrec", "gru4rec") else []).fit(spy, seed=0)
+    neural = name in ("sasrec", "gru4rec")
+    model = make_recommender(name, BLEND if name == "blend" else None, FAST if neural else []).fit(spy, seed=0)
 
-    # What fit asked for: train sequences, and at most the val samples of the first seed.
-    assert set(spy.requests) <= {("train_sequences",), ("val", 0)}, spy.requests
+    # What fit asked for: train sequences, and at most the val samples of the first seed (a blend chooses its
+    # weights on the val samples of every seed, as the prior's `auto` does).
+    allowed = {("train_sequences",), ("val", 0)} | ({("val", k) for k in spy.seeds} if name == "blend" else set())
+    assert set(spy.requests) <= allowed, spy.requests
     assert not any(r[0] == "test" for r in spy.requests)
     # Val targets are read by the early-stopping metric and nowhere else.
     assert set(spy.target_reads) <= {"val_hit_rate"}, spy.target_reads
-    if name in ("sasrec", "gru4rec"):
-        assert spy.target_reads["val_hit_rate"] > 0  # early stopping did run
+    if neural or name == "blend":
+        assert spy.target_reads["val_hit_rate"] > 0  # early stopping (the weights' choice) did run
     # No held-out target carries any signal in what the model was trained on.
     leaked = seen_items(model) & held
     assert not leaked, f"{name} trained on val/test targets {sorted(leaked)[:5]}"
@@ -123,6 +131,9 @@ def test_score_reads_no_target(holdout):
     test = [TracedSample(s, reads) for s in data.samples("test", 1)]
     for name in ("random", "pop", "transition"):
         make_recommender(name).fit(data, 0).score(test)
+    make_recommender("blend", {"models": ["pop", "transition"], "weights": {"pop": 1, "transition": 1}}).fit(
+        data, 0
+    ).score(test)
     model = make_recommender("sasrec", overrides=FAST).fit(data, 0)
     reads.clear()
     model.score(test)

@@ -48,7 +48,14 @@ def rewrite_sequence(prepared: PreparedData, user: str, keep: int, new_items: li
     write_jsonl(prepared.root / "train_sequences.jsonl.gz", rows)
 
 
-@pytest.mark.parametrize("name, values", [("transition", {}), ("gru4rec", GRU)])
+BLEND = {
+    "models": ["transition", "gru4rec"],
+    "weights": {"transition": 1.0, "gru4rec": 0.5},
+    "settings": {"gru4rec": GRU},
+}
+
+
+@pytest.mark.parametrize("name, values", [("transition", {}), ("gru4rec", GRU), ("blend", BLEND)])
 def test_a_train_users_scores_do_not_move_when_its_own_future_changes(tmp_path, name, values):
     """The leakage test of the cross-fit: a train prompt's scores come from a model that never saw that user's
     sequence, so rewriting the user's target and later items leaves them bit-identical, while the in-sample fit
@@ -224,3 +231,79 @@ def test_the_prior_alone_from_the_command_line(tmp_path, capsys):
     assert "prior: pop (config)" in capsys.readouterr().out
     assert main(["baseline", "prior", "--run", str(tmp_path), "folds=1"]) == 2  # a config error: one line, status 2
     assert main(["baseline", "prior", "--run", str(tmp_path), "--seeds", "0"]) == 2
+
+
+# -- blend ---------------------------------------------------------------------------------------------
+def test_a_blend_is_the_weighted_sum_of_its_parts_standardised_scores(tmp_path):
+    from r2rec.baselines import make_recommender
+    from r2rec.baselines.blend import standardise
+
+    prepared = make_run(tmp_path, n_users=12, seq_len=10, noise=0.2)
+    samples = prepared.samples("test", 0)
+    blend = make_recommender("blend", {"models": ["pop", "transition"], "weights": {"pop": 0.5, "transition": 1.0}})
+    got = blend.fit(prepared).score(samples)
+    parts = {m: make_recommender(m).fit(prepared).score(samples) for m in ("pop", "transition")}
+    np.testing.assert_allclose(got, 0.5 * standardise(parts["pop"]) + standardise(parts["transition"]))
+    z = standardise(parts["pop"])
+    np.testing.assert_allclose(z.mean(1), 0, atol=1e-12)  # per sample: mean 0, std 1 (or all 0 when constant)
+    assert set(np.round(z.std(1), 9)) <= {0.0, 1.0}
+    with pytest.raises(ValueError, match="not in blend.models"):
+        make_recommender("blend", {"models": ["pop"], "weights": {"transition": 1.0}})
+    with pytest.raises(ValueError, match="blend.models"):
+        make_recommender("blend", {"models": ["pop", "blend"]})
+
+
+def test_a_blend_chooses_its_weights_on_val_never_on_test(tmp_path):
+    """Greedy forward selection on val: the best single model first, each added model raises val HR@1 (the
+    recorded figure is the blend's own); rewriting every test target and candidate order changes no weight."""
+    from r2rec.baselines import make_recommender
+    from r2rec.baselines.base import val_hit_rate
+
+    prepared = make_run(tmp_path / "a", n_users=20, seq_len=12, noise=0.4)
+    values = {"models": ["pop", "transition", "cooc"], "grid": [0.1, 0.5, 1.0]}
+    blend = make_recommender("blend", values).fit(prepared)
+    steps = blend.fit_info["steps"]
+    singles = steps[0]["singles"]
+    assert steps[0]["model"] == max(singles, key=singles.get) and blend.weights[steps[0]["model"]] == 1.0
+    assert [s["val_hr1"] for s in steps] == sorted({s["val_hr1"] for s in steps})  # strictly rising
+    val = prepared.samples("val", 0)
+    assert val_hit_rate(blend.score(val), val)["hr1"] == pytest.approx(steps[-1]["val_hr1"], abs=1e-4)
+
+    shutil.copytree(tmp_path / "a" / "prepared", tmp_path / "b" / "prepared")
+    b = PreparedData(tmp_path / "b" / "prepared")
+    moved = []
+    for s in b.samples("test", 0):
+        other = next(c for c in s.candidates if c != s.target)
+        moved.append(Sample(s.user, s.history, other, s.candidates[::-1], "test", 0).to_json())
+    write_jsonl(b.root / "test.seed0.jsonl.gz", moved)
+    assert make_recommender("blend", values).fit(b).weights == blend.weights
+    with pytest.raises(ValueError, match="no val samples"):
+        make_recommender("blend", values).fit(TrainSequencesOnly(prepared, prepared.train_sequences()))
+
+
+def test_a_blend_prior_folds_reuse_its_weights_and_serving_scores_as_the_prior(tmp_path):
+    """``baselines.prior: {model: blend}``: weights chosen on val in the full fit, then fixed for the fold fits (a
+    fold has no val) with the neural part's best epoch; the parts' settings come from ``baselines.settings`` and
+    the saved GRU4Rec fit is reused; the prior's test row is the blend baseline's row; serving refits the same
+    prior from ``meta.json`` and scores the test samples as stored."""
+    from r2rec.baselines.blend import settings_for
+    from r2rec.baselines.stage import run_baseline
+    from r2rec.eval.results import load_result
+    from r2rec.serve import _prior_scorer
+
+    prepared = make_run(tmp_path, n_users=16, seq_len=12, noise=0.2)
+    settings = {"gru4rec": GRU, "blend": {"models": ["gru4rec", "transition"], "grid": [0.1, 1.0]}}
+    assert settings_for("blend", settings)["settings"] == {"gru4rec": GRU}
+    run_baseline(tmp_path, "gru4rec", values=GRU)
+    row = run_baseline(tmp_path, "blend", values=settings_for("blend", settings))
+    assert row["fit"]["parts"]["gru4rec"].get("loaded_from")  # the saved fit, not a second training
+    meta = run_prior(tmp_path, PriorConfig(model="blend", folds=2), settings)
+    assert meta["model"] == "blend" and meta["settings"]["weights"] == meta["fit"]["weights"]
+    assert load_result(tmp_path / "results" / "prior.json")["hr1"] == pytest.approx(row["hr1"])
+    fixed = {"gru4rec": GRU, "blend": {"models": ["gru4rec", "transition"], "weights": {"gru4rec": 1, "transition": 1}}}
+    meta = run_prior(tmp_path, PriorConfig(model="blend", folds=2), fixed)
+    assert meta["fit"]["parts"]["gru4rec"].get("loaded_from")
+    assert meta["fold_epochs"] == {"gru4rec": meta["fit"]["best_epochs"]["gru4rec"]} == {"gru4rec": 1}
+    assert all(f["weights"] == {"gru4rec": 1, "transition": 1} for f in meta["folds"])
+    samples = prepared.samples("test", 0)
+    np.testing.assert_allclose(_prior_scorer(tmp_path, prepared)(samples), PriorScores(tmp_path).scores(samples))

@@ -65,6 +65,7 @@ BASELINE_DEFAULTS = ["random", "pop", "transition", "sasrec", "gru4rec", "eviden
 
 def _baselines_configs(section: dict, cfg: dict, path: str | None):
     from .baselines.base import BASELINES
+    from .baselines.blend import settings_for
     from .baselines.trainer import reject_removed_keys
 
     _known_keys(section, ("methods", "settings", "prior"), "baselines", path)
@@ -80,7 +81,7 @@ def _baselines_configs(section: dict, cfg: dict, path: str | None):
             reject_removed_keys(settings.get(name))
         except ValueError as e:
             raise ConfigError(f"{where}: {e}", path=path) from None
-        out[name] = build(BASELINES[name].config_cls, settings.get(name), where=where, path=path)
+        out[name] = build(BASELINES[name].config_cls, settings_for(name, settings), where=where, path=path)
     _prior_configs(section, cfg, path)
     return out
 
@@ -218,11 +219,12 @@ def _prepare(run: RunDir, section: dict, cfg: dict, force: bool) -> None:
 
 
 def _baselines(run: RunDir, section: dict, cfg: dict, force: bool) -> None:
+    from .baselines.blend import settings_for
     from .baselines.stage import run_baseline
 
     methods = _baselines_configs(section, cfg, None)  # checked; the stage builds them from the section again
     for name in _names(section.get("methods", BASELINE_DEFAULTS), list(methods), "baselines.methods", None):
-        run_baseline(run.root, name, values=(section.get("settings") or {}).get(name), force=force)
+        run_baseline(run.root, name, values=settings_for(name, section.get("settings")), force=force)
     prior = _prior_configs(section, cfg, None)
     if prior is not None:
         from .baselines.prior import run_prior

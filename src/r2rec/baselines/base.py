@@ -55,6 +55,8 @@ _REGISTRY: dict[str, str] = {
     "gru4rec": "r2rec.baselines.gru4rec:GRU4RecRecommender",
     # The chain-evidence score of the LLM prompts (computed by r2rec.graph) as a ranker.
     "evidence": "r2rec.baselines.evidence:EvidenceRecommender",
+    # A weighted sum of the others' standardised scores, the weights chosen on val.
+    "blend": "r2rec.baselines.blend:BlendRecommender",
 }
 
 

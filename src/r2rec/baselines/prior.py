@@ -15,7 +15,8 @@ is scored:
   best epoch of the full fit, the one number the val split passes on), a count-based one has none.
 
 Which model: ``model`` names one, or ``auto`` fits each of ``choose_from`` on every train sequence and keeps the
-best mean val HR@1 over the prepared seeds (MRR breaks ties).
+best mean val HR@1 over the prepared seeds (MRR breaks ties). A ``blend`` (:mod:`r2rec.baselines.blend`) chooses
+its weights on val in the full fit; its fold fits reuse those weights and its neural parts' best epochs.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from r2rec.baselines.base import BASELINES, Recommender, make_recommender, val_hit_rate
+from r2rec.baselines.blend import NEURAL, BlendRecommender, settings_for
 from r2rec.baselines.trainer import NeuralConfig
 from r2rec.data.schema import PreparedData, Sample, UserSequence, samples_path, write_jsonl
 from r2rec.io import atomic_write_json, sha256_file
@@ -45,8 +47,9 @@ PRIOR_METHOD = "prior"  # the prior's row in the results table
 class PriorConfig:
     """How the prior is made (YAML ``baselines.prior``; the models' own settings are ``baselines.settings``).
 
-    model: a baseline name (``sasrec``, ``gru4rec``, ``transition``, ...) or ``auto``: the best of
-        ``choose_from`` by mean val HR@1.
+    model: a baseline name (``sasrec``, ``gru4rec``, ``transition``, ``blend``, ...) or ``auto``: the best of
+        ``choose_from`` by mean val HR@1 (a ``blend`` there wins whenever it holds the best single model: its
+        weights were chosen on the same val samples).
     choose_from: the candidates of ``auto``.
     folds: user folds of the cross-fit of the train scores (each fold's model is fitted on the other folds).
     fold_epochs: epochs of a neural fold model (0 = the full fit's best epoch). Count-based models ignore it.
@@ -210,7 +213,7 @@ def run_prior(
         run.prepared / "train_sequences.jsonl.gz",
         *(samples_path(run.prepared, split, k) for split in SPLITS for k in seeds[split]),
     ]
-    stage_config = {"prior": asdict(config), "settings": {m: settings.get(m) for m in config.models}}
+    stage_config = {"prior": asdict(config), "settings": {m: settings_for(m, settings) for m in config.models}}
     if not force and meta_path(run.root).exists() and run.manifest_matches("prior", inputs, stage_config, seed):
         log.info(f"[prior] up to date ({prior_dir(run.root)}), skipped")
         from r2rec.prompting.prior import read_meta
@@ -222,7 +225,7 @@ def run_prior(
     fits: dict[str, Recommender] = {}
     choice: dict[str, dict] = {}
     for name in config.models:
-        model = _full_fit(run, prepared, name, settings.get(name), seed)
+        model = _full_fit(run, prepared, name, settings_for(name, settings), seed)
         v_hr1, v_mrr = _mean_hr1(model, val)
         choice[name] = {"val_hr1": v_hr1, "val_mrr": v_mrr}
         log.info(f"[prior] {name}: val HR@1 {v_hr1:.4f} (MRR {v_mrr:.4f}, mean over val seeds {seeds['val']})")
@@ -231,6 +234,13 @@ def run_prior(
     full = fits[chosen]
     fits.clear()
     epochs = config.fold_epochs or int(full.fit_info.get("best_epoch", 0))
+    values = settings_for(chosen, settings)
+    fold_epochs = epochs if issubclass(BASELINES[chosen].config_cls, NeuralConfig) else None
+    if isinstance(full, BlendRecommender):  # the folds refit the chosen blend: its weights, its parts' epochs
+        values = full.fixed_values()
+        if config.fold_epochs:
+            values["epochs"] = {m: config.fold_epochs for m in values["models"] if m in NEURAL}
+        fold_epochs = values["epochs"]
 
     out_dir = prior_dir(run.root)
     files: dict[str, str] = {}
@@ -240,9 +250,7 @@ def run_prior(
     every = [s for v in train.values() for s in v]  # one cross-fit scores the train samples of every seed
     crossed, fold_facts = np.zeros((0, 0)), list[dict]()
     if every:
-        crossed, _, fold_facts = cross_fit_scores(
-            chosen, settings.get(chosen), prepared, every, config.folds, seed, epochs
-        )
+        crossed, _, fold_facts = cross_fit_scores(chosen, values, prepared, every, config.folds, seed, epochs)
     ends = np.cumsum([len(v) for v in train.values()]).tolist()
     start = {k: e - len(v) for (k, v), e in zip(train.items(), ends)}
     for split in SPLITS:
@@ -278,9 +286,9 @@ def run_prior(
         "chosen_by": "config" if config.model != "auto" else "val_hr1",
         "candidates": choice,
         "config": asdict(config),
-        "settings": settings.get(chosen),
+        "settings": values,
         "fit_seed": seed,
-        "fold_epochs": epochs if issubclass(BASELINES[chosen].config_cls, NeuralConfig) else None,
+        "fold_epochs": fold_epochs,
         "fit": {k: v for k, v in full.fit_info.items() if k != "curve"},
         "folds": fold_facts,
         "hr1": hr1,
