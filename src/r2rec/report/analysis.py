@@ -27,6 +27,7 @@ METHOD_ORDER = (
     "evidence",
     "sasrec",
     "gru4rec",
+    "blend",
     "prior",
     "base",
     "sft-direct",
