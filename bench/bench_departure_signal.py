@@ -43,19 +43,44 @@ from r2rec.runs import RunDir
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def features(prompts, n_shown: int) -> tuple[np.ndarray, np.ndarray]:
-    """``X [n, n_shown, d]`` and a mask of real candidates ``[n, n_shown]``."""
-    d = n_shown + 3
+def features(prompts, n_shown: int, histories=None, genres=None) -> tuple[np.ndarray, np.ndarray]:
+    """``X [n, n_shown, d]`` and a mask of real candidates ``[n, n_shown]``. With ``genres`` (item x genre 0/1)
+    and the shown ``histories``: two more features, the candidate's share of the history's genre mass and the
+    share of history items that share a genre with it."""
+    d = n_shown + 3 + (2 if genres is not None else 0)
     X, mask = np.zeros((len(prompts), n_shown, d)), np.zeros((len(prompts), n_shown), dtype=bool)
     for i, p in enumerate(prompts):
         chains = {int(c["i_b"]): c for c in p.chains}
+        if genres is not None:
+            h = genres[list(histories[i])]
+            mass = h.sum(0) / max(h.sum(), 1.0)
         for j, item in enumerate(p.candidates[:n_shown]):
             mask[i, j] = True
             X[i, j, j] = 1.0
             c = chains.get(int(item))
             if c is not None:
-                X[i, j, n_shown:] = [1.0, np.log1p(c["n_shared"]), c["recency"]]
+                X[i, j, n_shown : n_shown + 3] = [1.0, np.log1p(c["n_shared"]), c["recency"]]
+            if genres is not None:
+                g = genres[int(item)]
+                X[i, j, n_shown + 3 :] = [mass @ g / max(g.sum(), 1.0), float(((h @ g) > 0).mean())]
     return X, mask
+
+
+def recbole_genres(n_items: int) -> np.ndarray:
+    """Item x genre 0/1 from the ``class`` column of the ml-100k copy in the RecBole wheel (item = movie id - 1,
+    as ``r2rec.data.recbole_atomic`` numbers them)."""
+    from r2rec.data.recbole_atomic import locate
+
+    found = locate()
+    if found is None:
+        raise SystemExit("--genres needs the recbole wheel (its dataset_example/ml-100k)")
+    rows = [line.split("\t") for line in (found[1] / "ml-100k.item").read_text().splitlines()[1:]]
+    names = sorted({g for r in rows for g in r[3].split()})
+    out = np.zeros((n_items, len(names)))
+    for r in rows:
+        if int(r[0]) - 1 < n_items:
+            out[int(r[0]) - 1, [names.index(g) for g in r[3].split()]] = 1.0
+    return out
 
 
 def fit(X: np.ndarray, mask: np.ndarray, y: np.ndarray, l2: float = 1e-3) -> np.ndarray:
@@ -94,6 +119,11 @@ def main() -> None:
     p.add_argument("--context-chains", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--chain-selection", nargs="+", default=["ranked"], help="ranked and/or strongest (PromptConfig)")
     p.add_argument("--config", help="take the prompt settings from this YAML's `prompt` section (default: the run's)")
+    p.add_argument(
+        "--genres",
+        action="store_true",
+        help="ml-100k runs: add genre-match features (the prompt does not show genres: would showing them help?)",
+    )
     p.add_argument("--train-samples", type=int, default=4000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="JSON file (default bench/results/departure_signal_<run name>.json)")
@@ -102,6 +132,7 @@ def main() -> None:
     run = RunDir(args.run)
     base = (load_yaml(args.config).get("prompt") or {}) if args.config else {}
     prepared = PreparedData(run.prepared)
+    genres = recbole_genres(prepared.n_items) if args.genres else None
     train = prepared.samples("train", prepared.seeds[0])
     pick = np.random.default_rng(args.seed).permutation(len(train))[: args.train_samples]
     train = [train[i] for i in sorted(pick)]
@@ -115,8 +146,9 @@ def main() -> None:
         builder = PromptBuilder(run.root, cfg, prepared=prepared)
         tp, vp = builder.build(train), builder.build(val)
         n_shown = max(len(x.candidates) for x in tp + vp)
-        Xt, mt = features(tp, n_shown)
-        Xv, mv = features(vp, n_shown)
+        shown = [s.history[-cfg.max_history :] if cfg.max_history else s.history for s in train + val]
+        Xt, mt = features(tp, n_shown, shown[: len(tp)], genres)
+        Xv, mv = features(vp, n_shown, shown[len(tp) :], genres)
         yt, yv = targets(train, tp), targets(val, vp)
         w = fit(Xt, mt, yt)
         pick_v = np.argmax(np.where(mv, Xv @ w, -np.inf), axis=1)
@@ -138,7 +170,9 @@ def main() -> None:
             "val_target_shown": round(float(np.mean(yv >= 0)), 4),
             "weights": {
                 **{f"pos{j + 1}": round(float(w[j]), 3) for j in range(n_shown)},
-                **dict(zip(["chain", "log1p_shares", "recency"], np.round(w[n_shown:], 3).tolist())),
+                **dict(
+                    zip(["chain", "log1p_shares", "recency", "genre_mass", "genre_shared"], np.round(w[n_shown:], 3))
+                ),
             },
             "seconds": round(time.time() - t0, 1),
         }
@@ -151,12 +185,14 @@ def main() -> None:
         "cpu": cpu_model(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "prompt": base or "the run's",
+        "genres": bool(args.genres),
         "command": f"python bench/bench_departure_signal.py --run {args.run}"
         + (f" --config {args.config}" if args.config else "")
         + " --context-chains "
         + " ".join(map(str, args.context_chains))
         + " --chain-selection "
-        + " ".join(args.chain_selection),
+        + " ".join(args.chain_selection)
+        + (" --genres" if args.genres else ""),
     }
     path = Path(args.out or ROOT / "bench" / "results" / f"departure_signal_{run.root.name}.json")
     path.write_text(json.dumps(out, indent=2) + "\n")
