@@ -73,12 +73,14 @@ def _evals(run: Path) -> dict:
         gen = _json(path).get("generation")
         if isinstance(gen, dict) and "generation_seconds" in gen:
             res = _json(path)
+            samples = (res.get("n") or 0) * max(1, len(res.get("seeds") or [0]))  # n is per candidate seed
             out[path.stem] = {
                 "n": res.get("n"),
+                "seeds": res.get("seeds"),
                 "split": res.get("split"),
                 "wall_seconds": res.get("wall_seconds"),
                 "generation_seconds": gen.get("generation_seconds"),
-                "seconds_per_sample": round(gen["generation_seconds"] / max(1, res.get("n") or 1), 3),
+                "seconds_per_sample": round(gen["generation_seconds"] / max(1, samples), 3),
             }
     return out
 
