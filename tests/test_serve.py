@@ -309,7 +309,9 @@ def test_concurrent_requests_share_one_generation_call_and_get_the_sequential_an
             together = list(pool.map(lambda r: service.recommend(*r), requests))
     finally:
         del service._generate
-    assert calls == [len(requests)]  # one batched call (batch_size 8, a 50 ms window)
+    # Batched (batch_size 8, a 50 ms window): usually one call; on a loaded machine a thread may miss the window,
+    # so the check is that requests shared calls, not that all six met in one.
+    assert sum(calls) == len(requests) and len(calls) < len(requests) and max(calls) > 1, calls
     assert service.info()["generation_calls"] >= len(requests) + 1
     for a, b in zip(alone, together):
         assert (a["item"], a["raw"], a["stop"], a["generated_tokens"]) == (

@@ -22,11 +22,10 @@ from typing import Sequence
 import numpy as np
 
 from r2rec.baselines.base import Recommender, make_recommender, val_hit_rate
+from r2rec.baselines.retrieval import NEURAL, load_fitted
 from r2rec.data.schema import PreparedData, Sample, samples_path
 
 log = logging.getLogger(__name__)
-
-NEURAL = ("sasrec", "gru4rec")
 
 
 @dataclass
@@ -134,8 +133,6 @@ class BlendRecommender(Recommender):
         values = self.config.settings.get(name)
         # A saved fit is of the whole train set: only a full prepared dataset may load it (never a prior's fold).
         if name in NEURAL and type(prepared) is PreparedData and prepared.root.name == "prepared":
-            from r2rec.baselines.retrieval import load_fitted
-
             saved = load_fitted(prepared.root.parent, name, values=values, seed=seed)
             if saved is not None:
                 return saved

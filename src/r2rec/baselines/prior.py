@@ -12,7 +12,8 @@ is scored:
   prompt (which that user's own sequence contains) never reached the model that scores it. In-sample scores
   would put it first far more often than at test time (``meta.json`` records both HR@1s). A fold model sees
   no val or test sample at all: a neural one trains a fixed number of epochs (``fold_epochs``; by default the
-  best epoch of the full fit, the one number the val split passes on), a count-based one has none.
+  best epoch of the full fit, the one number the val split passes on; a blend's fold fits also take its weights,
+  chosen on val), a count-based one has none.
 
 Which model: ``model`` names one, or ``auto`` fits each of ``choose_from`` on every train sequence and keeps the
 best mean val HR@1 over the prepared seeds (MRR breaks ties). A ``blend`` (:mod:`r2rec.baselines.blend`) chooses
@@ -30,7 +31,8 @@ from typing import Sequence
 import numpy as np
 
 from r2rec.baselines.base import BASELINES, Recommender, make_recommender, val_hit_rate
-from r2rec.baselines.blend import NEURAL, BlendRecommender, settings_for
+from r2rec.baselines.blend import BlendRecommender, settings_for
+from r2rec.baselines.retrieval import NEURAL
 from r2rec.baselines.trainer import NeuralConfig
 from r2rec.data.schema import PreparedData, Sample, UserSequence, samples_path, write_jsonl
 from r2rec.io import atomic_write_json, sha256_file
