@@ -10,6 +10,7 @@ import pytest
 from r2rec.eval import EvalProtocol, Prediction, evaluate
 from r2rec.eval.results import (
     CONTRACT_KEYS,
+    ablation,
     format_cell,
     format_ratio,
     headline_ratios,
@@ -182,6 +183,24 @@ def test_headline_ratios_without_dumps_and_errors(results_dir):
         headline_ratios(results, "nope", ["gru4rec"], None)
     with pytest.raises(ValueError, match="two results"):
         headline_ratios(results + results[:1], "r2rec", ["gru4rec"], None)
+
+
+def test_ablation_steps_against_the_best_classical_row_and_the_base_llm(results_dir):
+    results = load_results(results_dir)
+    steps = [("base-llm", "untuned"), ("nope", "never run"), ("r2rec", "R2Rec")]
+    a = ablation(results, ["sasrec", "gru4rec", "popularity"], "base-llm", steps, results_dir=results_dir)
+    assert a["best_classical"] == {"method": "sasrec", "hr1": pytest.approx(0.25)}
+    assert [r["method"] for r in a["rows"]] == ["base-llm", "r2rec"] and a["missing"] == ["nope"]
+    base, r2rec = a["rows"]
+    assert base["vs_base_llm"] is None  # not against itself
+    assert base["vs_best_classical"]["relative"] == pytest.approx(0.10 / 0.25 - 1)
+    assert r2rec["vs_best_classical"]["relative"] == pytest.approx(0.30 / 0.25 - 1)
+    assert r2rec["vs_base_llm"]["relative"] == pytest.approx(2.0)
+    # r2rec hits wherever sasrec does, and more: its paired CI starts at 0; base hits a subset of sasrec's.
+    assert r2rec["vs_best_classical"]["ci95"][0] >= 0.0 < r2rec["vs_best_classical"]["ci95"][1]
+    assert base["vs_best_classical"]["ci95"][0] < 0.0 <= -base["vs_best_classical"]["ci95"][1]
+    assert r2rec["hr1_ci95"] == next(r for r in results if r["method"] == "r2rec")["hr1_ci95"]
+    assert ablation(results, [], "base-llm", steps)["best_classical"] is None
 
 
 def test_write_result_needs_every_seed(tmp_path):

@@ -122,7 +122,8 @@ def make_run(root: Path, methods=tuple(CORRECT), curves: bool = True, thoughts: 
     protocol = EvalProtocol(split="test", seeds=SEEDS, num_candidates=K, n_bootstrap=200)
     for m in methods:
         preds = {s: _predictions(m, s) for s in SEEDS}
-        res = evaluate(protocol, m, "synthetic", preds, config={"method": m}, wall_seconds=1.5)
+        config = {"baseline": m} if m in ("random", "pop", "transition") else {"method": m, "llm": "tiny"}
+        res = evaluate(protocol, m, "synthetic", preds, config=config, wall_seconds=1.5)
         write_result(root / "results", res, preds)
     if curves:
         sft = root / "checkpoints" / "sft"
@@ -209,6 +210,22 @@ def test_markdown_headline_ratios_are_computed_from_the_results(report):
     # A paired CI is given (same samples in both dumps), and it brackets the point estimate.
     lo, hi = (float(x) for x in re.search(r"\[([+-][\d.]+)%, ([+-][\d.]+)%\]", line_best).groups())
     assert lo <= vs_best * 100 <= hi
+
+
+def test_ablation_table_lists_the_stages_against_the_best_classical_row(report):
+    run, paths = report
+    md = paths["markdown"].read_text()
+    hr1 = {m: json.loads((run / "results" / f"{m}.json").read_text())["hr1"] for m in CORRECT}
+    part = md.split("### Ablation: the recipe step by step", 1)[1].split("\n### ", 1)[0]
+    assert "vs best classical (transition)" in part
+    rows = [line for line in part.splitlines() if line.startswith("| ") and "`" in line]
+    assert [r.split("`")[1] for r in rows] == ["base", "sft", "rl"]  # the stages present, in recipe order
+    for line in rows:
+        m = line.split("`")[1]
+        cells = [c.strip() for c in line.strip("|").split(" | ")]
+        assert f"{(hr1[m] / hr1['transition'] - 1) * 100:+.2f}%" in cells[3]
+        assert cells[4] == "—" if m == "base" else f"{(hr1[m] / hr1['base'] - 1) * 100:+.2f}%" in cells[4]
+    assert "Not evaluated: prior, sft-direct, rl+prior." in part
 
 
 def test_position_bias_and_validity(report):

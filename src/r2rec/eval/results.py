@@ -1,4 +1,4 @@
-"""Result files, the cross-method table and the headline ratios.
+"""Result files, the cross-method table, the headline ratios and the ablation of the recipe's stages.
 
 A method's evaluation leaves two files in ``runs/<name>/results/``:
 
@@ -174,7 +174,7 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 
-# -- headline ratios ---------------------------------------------------------------------------------------
+# -- headline ratios and ablation ------------------------------------------------------------------------------------
 
 
 def _by_method(results: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
@@ -210,6 +210,16 @@ def _paired_ci(results_dir: Path, a: Mapping[str, Any], b: Mapping[str, Any], n_
     return list(relative_improvement(A, B, n_boot=n_boot, ci=ci, seed=seed).ci95)
 
 
+def _versus(me: Mapping[str, Any], other: Mapping[str, Any], rdir: Path | None, n_boot: int, seed: int) -> dict:
+    """hr1(me)/hr1(other) - 1, with its paired CI when ``rdir`` holds both dumps on the same samples."""
+    o = other["hr1"]
+    rel = (me["hr1"] / o - 1.0) if o else None
+    out = {"method": other["method"], "hr1": o, "relative": rel, "ci95": None}
+    if rdir is not None:
+        out["ci95"] = _paired_ci(rdir, me, other, n_boot, seed)
+    return out
+
+
 def headline_ratios(
     results: Sequence[Mapping[str, Any]],
     method: str,
@@ -232,12 +242,7 @@ def headline_ratios(
     rdir = Path(results_dir) if results_dir is not None else None
 
     def versus(other: Mapping[str, Any]) -> dict:
-        o = other["hr1"]
-        rel = (me["hr1"] / o - 1.0) if o else None
-        out = {"method": other["method"], "hr1": o, "relative": rel, "ci95": None}
-        if rdir is not None:
-            out["ci95"] = _paired_ci(rdir, me, other, n_boot, seed)
-        return out
+        return _versus(me, other, rdir, n_boot, seed)
 
     present = [b for b in baselines if b in by]
     out: dict[str, Any] = {
@@ -251,6 +256,59 @@ def headline_ratios(
         out["missing"].append(base_llm)
     out["vs_base_llm"] = versus(by[base_llm]) if base_llm in by else None
     return out
+
+
+# The recipe's stages in order, each a method of the results: what each step adds is the row-to-row change.
+ABLATION_STEPS: tuple[tuple[str, str], ...] = (
+    ("prior", "prior alone (orders the prompt)"),
+    ("base", "untuned LLM"),
+    ("sft-direct", "SFT-direct (answer only, no reasoning)"),
+    ("sft", "SFT on thoughts (SFT-IoT)"),
+    ("rl", "R2Rec (SFT-IoT + GRPO)"),
+    ("rl+prior", "R2Rec + prior (fusion)"),
+)
+
+
+def ablation(
+    results: Sequence[Mapping[str, Any]],
+    classical: Sequence[str],
+    base_llm: str | None = "base",
+    steps: Sequence[tuple[str, str]] = ABLATION_STEPS,
+    results_dir: str | Path | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """The recipe's stages side by side: each step's hr1 with its CI and, paired over the same samples, its
+    relative hr1 against the best of the ``classical`` rows (the yardstick of the paper's +10.48%) and against
+    the untuned LLM (+131.81%). Steps without a result are listed under ``missing``.
+    """
+    by = _by_method(results)
+    rdir = Path(results_dir) if results_dir is not None else None
+    present = [c for c in classical if c in by]
+    best = max((by[c] for c in present), key=lambda r: r["hr1"]) if present else None
+    base = by.get(base_llm) if base_llm is not None else None
+    rows = []
+    for method, label in steps:
+        if method not in by:
+            continue
+        r = by[method]
+        rows.append(
+            {
+                "method": method,
+                "label": label,
+                "n": r.get("n"),
+                "seeds": list(r.get("seeds") or []),
+                **{k: r.get(k) for k in ("hr1", "hr1_std", "hr1_ci95", "hr1_valid", "valid_ratio")},
+                "vs_best_classical": _versus(r, best, rdir, n_boot, seed) if best is not None else None,
+                "vs_base_llm": _versus(r, base, rdir, n_boot, seed) if base is not None and base is not r else None,
+            }
+        )
+    return {
+        "best_classical": None if best is None else {"method": best["method"], "hr1": best["hr1"]},
+        "rows": rows,
+        "missing": [m for m, _ in steps if m not in by],
+        "paper": {"vs_best_baseline": PAPER_VS_BEST_BASELINE, "vs_base_llm": PAPER_VS_BASE_LLM},
+    }
 
 
 def format_ratio(rel: float | None) -> str:

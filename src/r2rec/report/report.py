@@ -5,7 +5,8 @@
 
 The report is assembled once as blocks (:mod:`r2rec.report.doc`) and rendered to both formats. Per dataset
 (and split) of each run: the methods x metrics table with CIs, an HR@1 plot with error bars and the chance
-line, the two headline ratios beside the paper's, valid answers and position bias, the faithfulness of
+line, the two headline ratios beside the paper's, the recipe's ablation (each stage paired against the best
+classical row and the untuned LLM), valid answers and position bias, the faithfulness of
 generated reasoning and a few traces with their cited interactions checked. Then the training curves and the
 teacher-trace statistics. A missing piece becomes a one-line note, never an error.
 """
@@ -21,7 +22,14 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ..eval.results import PAPER_VS_BASE_LLM, PAPER_VS_BEST_BASELINE, format_cell, format_ratio, headline_ratios
+from ..eval.results import (
+    PAPER_VS_BASE_LLM,
+    PAPER_VS_BEST_BASELINE,
+    ablation,
+    format_cell,
+    format_ratio,
+    headline_ratios,
+)
 from ..io import atomic_write_bytes, atomic_write_text
 from . import analysis, plots
 from .citations import mark_citations, sample_history
@@ -132,6 +140,7 @@ class _Builder:
                 "no HR@1 values",
             )
             self.headline(run, results, level + 1)
+            self.ablation(run, results, level + 1)
             self.position_bias(run, results, level + 1)
             self.faithfulness(run, results, dataset, split, key, level + 1)
             self.traces(run, results, split, level + 1)
@@ -260,6 +269,49 @@ class _Builder:
                 "methods (paired). Classical methods: the baselines and the prior (the model whose scores order "
                 "the prompt's candidates and enter the fusion rl+prior). The paper's figures are for its "
                 "models and datasets, not a target this setup is expected to match."
+            ),
+        )
+
+    def ablation(self, run: RunData, results: list[dict], level: int) -> None:
+        classical = [r["method"] for r in results if analysis.is_classical(r)]
+        a = ablation(
+            results, classical, BASE_LLM_METHOD, results_dir=run.results_dir, n_boot=self.n_boot, seed=self.seed
+        )
+        if len(a["rows"]) < 2 or a["best_classical"] is None:
+            return  # one stage or no yardstick: nothing to compare step by step
+        best = a["best_classical"]["method"]
+
+        def ratio(v: dict | None) -> str:
+            if v is None:
+                return "—"
+            ci = v.get("ci95")
+            return format_ratio(v["relative"]) + (f" [{format_ratio(ci[0])}, {format_ratio(ci[1])}]" if ci else "")
+
+        rows: list[list[Inline]] = [
+            [
+                row["label"],
+                Span(row["method"], "code"),
+                format_cell(row, "hr1"),
+                ratio(row["vs_best_classical"]),
+                ratio(row["vs_base_llm"]),
+            ]
+            for row in a["rows"]
+        ]
+        self.add(
+            Heading(level, "Ablation: the recipe step by step"),
+            Table(
+                ["step", "method", "hr1", f"vs best classical ({best}), paired 95% CI", "vs untuned LLM, paired"],
+                rows,
+            ),
+            Para(
+                [
+                    "Each stage of the recipe on the same samples; the best classical row is the yardstick of the "
+                    "paper's ",
+                    format_ratio(PAPER_VS_BEST_BASELINE),
+                    ", the untuned LLM that of its ",
+                    format_ratio(PAPER_VS_BASE_LLM),
+                    "." + (f" Not evaluated: {', '.join(a['missing'])}." if a["missing"] else ""),
+                ]
             ),
         )
 
