@@ -17,7 +17,9 @@ the prompt carries that signal at all, without an LLM:
   train prompts) picks one candidate per val prompt.
 
 Its val HR@1 against "always the first candidate" bounds what learning from these cues can add. It reports
-how often it departs from the first candidate and how often a departure is right. A target the prompt does not
+how often it departs from the first candidate and how often a departure is right. Two controls: its HR@1 on
+the train prompts it was fitted on, and the same logit fitted on val itself (two folds by user): when that
+beats the train-fitted one, val prompts carry cues that the train prompts show differently. A target the prompt does not
 show counts as a miss for both. Titles are left out: a 135M model knows little about them, and
 this asks what the structure of the prompt tells. Written to ``--out`` (default
 ``bench/results/departure_signal_<run name>.json``).
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -125,6 +128,13 @@ def main() -> None:
         help="ml-100k runs: add genre-match features (the prompt does not show genres: would showing them help?)",
     )
     p.add_argument("--train-samples", type=int, default=4000)
+    p.add_argument(
+        "--train-positions",
+        choices=["all", "last"],
+        default="all",
+        help="fit on train samples at every position of a train user's sequence, or only at its last one (the "
+        "position val/test samples hold on the LLaRA sets)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="JSON file (default bench/results/departure_signal_<run name>.json)")
     args = p.parse_args()
@@ -134,6 +144,8 @@ def main() -> None:
     prepared = PreparedData(run.prepared)
     genres = recbole_genres(prepared.n_items) if args.genres else None
     train = prepared.samples("train", prepared.seeds[0])
+    if args.train_positions == "last":  # samples are in sequence order per user: keep each user's last
+        train = list({s.user: s for s in train}.values())
     pick = np.random.default_rng(args.seed).permutation(len(train))[: args.train_samples]
     train = [train[i] for i in sorted(pick)]
     val = [
@@ -154,6 +166,14 @@ def main() -> None:
         pick_v = np.argmax(np.where(mv, Xv @ w, -np.inf), axis=1)
         first = float(np.mean(yv == 0))
         learned = float(np.mean(pick_v == yv))
+        # The same logit fitted on val itself (2 folds by user, so a user's seeds stay on one side): if it beats
+        # the train-fitted one, the cues exist on val but train prompts show them differently (a shift).
+        fold = np.array([zlib.crc32(str(s.user).encode()) % 2 for s in val])
+        pick_cv = np.empty_like(pick_v)
+        for f in (0, 1):
+            wf = fit(Xv[fold != f], mv[fold != f], yv[fold != f])
+            pick_cv[fold == f] = np.argmax(np.where(mv[fold == f], Xv[fold == f] @ wf, -np.inf), axis=1)
+        pick_t = np.argmax(np.where(mt, Xt @ w, -np.inf), axis=1)
         departs = pick_v != 0
         row = {
             "context_chains": cc,
@@ -168,6 +188,10 @@ def main() -> None:
             "val_departure_rate": round(float(departs.mean()), 4),
             "val_departures_right": round(float(np.mean(pick_v[departs] == yv[departs])), 4) if departs.any() else None,
             "val_target_shown": round(float(np.mean(yv >= 0)), 4),
+            "val_target_chain_shown": round(float(np.mean([chained(s, q) for s, q in zip(val, vp)])), 4),
+            "train_hr1_first": round(float(np.mean(yt == 0)), 4),
+            "train_hr1_learned_in_sample": round(float(np.mean(pick_t == yt)), 4),
+            "val_hr1_fitted_on_val_2fold": round(float(np.mean(pick_cv == yv)), 4),
             "weights": {
                 **{f"pos{j + 1}": round(float(w[j]), 3) for j in range(n_shown)},
                 **dict(
@@ -186,13 +210,15 @@ def main() -> None:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "prompt": base or "the run's",
         "genres": bool(args.genres),
+        "train_positions": args.train_positions,
         "command": f"python bench/bench_departure_signal.py --run {args.run}"
         + (f" --config {args.config}" if args.config else "")
         + " --context-chains "
         + " ".join(map(str, args.context_chains))
         + " --chain-selection "
         + " ".join(args.chain_selection)
-        + (" --genres" if args.genres else ""),
+        + (" --genres" if args.genres else "")
+        + (f" --train-positions {args.train_positions}" if args.train_positions != "all" else ""),
     }
     path = Path(args.out or ROOT / "bench" / "results" / f"departure_signal_{run.root.name}.json")
     path.write_text(json.dumps(out, indent=2) + "\n")

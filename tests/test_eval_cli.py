@@ -173,7 +173,11 @@ def test_cli_reads_a_pipeline_config_and_the_runs_prompt(synthetic_train_run, tm
     thoughts.write_text(json.dumps({"config": {"prompt": {"candidate_order": "transition", "context_chains": 2}}}))
     try:
         cfg_file = tmp_path / "p.yaml"
-        cfg_file.write_text("eval: {models: [base, sft], seeds: [0, 1], max_new_tokens: 32}\n")
+        # the pipeline's own keys (models, fusion, the ablation) are skipped, as in the shipped configs
+        cfg_file.write_text(
+            "eval: {models: [base, sft], seeds: [0, 1], max_new_tokens: 32, fusion: {val_max_samples: 9}, "
+            "no_context_ablation: false}\n"
+        )
         p = argparse.ArgumentParser()
         add_arguments(p)
         args = p.parse_args(

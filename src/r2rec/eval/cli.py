@@ -33,7 +33,7 @@ def add_arguments(p) -> None:
     p.add_argument("overrides", nargs="*", help="key=value overrides of EvalConfig (prompt.key=value: PromptConfig)")
 
 
-PIPELINE_KEYS = ("models", "no_context_ablation")
+PIPELINE_KEYS = ("models", "no_context_ablation", "fusion")  # the pipeline's, not EvalConfig fields
 
 
 def configs_from_args(args):
