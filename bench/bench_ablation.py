@@ -17,18 +17,11 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from r2rec.eval.results import ablation, format_cell, format_ratio, load_results
+from r2rec.eval.results import ablation, format_cell, format_versus, load_results
 from r2rec.report.analysis import is_classical, method_sort_key
 from r2rec.runs import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _ratio(v: dict | None) -> str:
-    if v is None:
-        return "—"
-    ci = v.get("ci95")
-    return format_ratio(v["relative"]) + (f" [{format_ratio(ci[0])}, {format_ratio(ci[1])}]" if ci else "")
 
 
 def main() -> None:
@@ -54,8 +47,8 @@ def main() -> None:
         print("| step | hr1 [95% CI] | vs best classical (paired) | vs untuned LLM (paired) |\n|---|---|---|---|")
         for row in a["rows"]:
             print(
-                f"| {row['label']} | {format_cell(row, 'hr1')} | {_ratio(row['vs_best_classical'])} "
-                f"| {_ratio(row['vs_base_llm'])} |"
+                f"| {row['label']} | {format_cell(row, 'hr1')} | {format_versus(row['vs_best_classical'])} "
+                f"| {format_versus(row['vs_base_llm'])} |"
             )
     dest = Path(args.out) if args.out else ROOT / "bench" / "results" / f"ablation_{run.root.name}.json"
     dest.write_text(json.dumps(out, indent=1) + "\n")

@@ -174,7 +174,7 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 
-# -- headline ratios and ablation ------------------------------------------------------------------------------------
+# -- headline ratios and ablation --------------------------------------------------------------------------
 
 
 def _by_method(results: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
@@ -314,3 +314,11 @@ def ablation(
 def format_ratio(rel: float | None) -> str:
     """``0.1048 -> '+10.48%'``; ``—`` when undefined."""
     return "—" if rel is None else f"{rel * 100:+.2f}%"
+
+
+def format_versus(v: Mapping[str, Any] | None) -> str:
+    """A comparison of :func:`ablation` as ``+1.00% [-2.00%, +4.00%]`` (the CI when there is one); ``—`` for none."""
+    if v is None:
+        return "—"
+    ci = v.get("ci95")
+    return format_ratio(v["relative"]) + (f" [{format_ratio(ci[0])}, {format_ratio(ci[1])}]" if ci else "")

@@ -28,6 +28,7 @@ from ..eval.results import (
     ablation,
     format_cell,
     format_ratio,
+    format_versus,
     headline_ratios,
 )
 from ..io import atomic_write_bytes, atomic_write_text
@@ -281,19 +282,13 @@ class _Builder:
             return  # one stage or no yardstick: nothing to compare step by step
         best = a["best_classical"]["method"]
 
-        def ratio(v: dict | None) -> str:
-            if v is None:
-                return "—"
-            ci = v.get("ci95")
-            return format_ratio(v["relative"]) + (f" [{format_ratio(ci[0])}, {format_ratio(ci[1])}]" if ci else "")
-
         rows: list[list[Inline]] = [
             [
                 row["label"],
                 Span(row["method"], "code"),
                 format_cell(row, "hr1"),
-                ratio(row["vs_best_classical"]),
-                ratio(row["vs_base_llm"]),
+                format_versus(row["vs_best_classical"]),
+                format_versus(row["vs_base_llm"]),
             ]
             for row in a["rows"]
         ]
