@@ -2,11 +2,11 @@
 
     .venv/bin/python bench/bench_ablation.py --run runs/ml-100k [--out bench/results/ablation_ml-100k.json]
 
-Reads the run's results of one split (``r2rec report`` shows the same table) and writes, per dataset and split, each stage
-of the recipe (prior alone, untuned LLM, SFT-direct, SFT on thoughts, R2Rec, R2Rec + prior) with its HR@1 and
-bootstrap CI, and its relative HR@1 against the best classical row and the untuned LLM, paired over the same
-samples (:func:`r2rec.eval.results.ablation`). Nothing is recomputed from a model: the numbers come from the
-result files and their prediction dumps.
+Reads the run's results of one split (``r2rec report`` shows the same table) and writes, per dataset, each
+stage of the recipe (prior alone, untuned LLM, SFT-direct, SFT on thoughts, R2Rec, R2Rec + prior) with its
+HR@1 and bootstrap CI, and its relative HR@1 against the best classical row and the untuned LLM, paired over
+the same samples (:func:`r2rec.eval.results.ablation`). Nothing is recomputed from a model: the numbers come
+from the result files and their prediction dumps.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ the prompt carries that signal at all, without an LLM:
 Its val HR@1 against "always the first candidate" bounds what learning from these cues can add. It reports
 how often it departs from the first candidate and how often a departure is right. Two controls: its HR@1 on
 the train prompts it was fitted on, and the same logit fitted on val itself (two folds by user): when that
-beats the train-fitted one, val prompts carry cues that the train prompts show differently. A target the prompt does not
-show counts as a miss for both. Titles are left out: a 135M model knows little about them, and
+beats the train-fitted one, val prompts carry cues that the train prompts show differently. A target the
+prompt does not show counts as a miss for both. Titles are left out: a 135M model knows little about them, and
 this asks what the structure of the prompt tells. Written to ``--out`` (default
 ``bench/results/departure_signal_<run name>.json``).
 """
