@@ -212,3 +212,17 @@ def test_answer_from_scores_is_the_top_ranked_candidate(synthetic_train_run, tin
         assert p.scores[p.candidates.index(p.answer)] == max(p.scores)
         assert p.extra["decoded_answer"] in p.candidates
     assert res["hr1"] == pytest.approx(sum(p.answer == p.target for p in preds) / len(preds))
+
+
+@pytest.mark.parametrize("name", ["demo", "llara-movielens", "llara-lastfm", "ml-100k"])
+def test_every_shipped_configs_eval_section_is_read_by_the_eval_command(name):
+    """``r2rec eval --config configs/<name>.yaml`` must accept the section the pipeline reads (it once failed on
+    ``fusion``): only the pipeline's own keys are skipped, everything else is an EvalConfig field."""
+    from pathlib import Path
+
+    from r2rec.config import build, load_yaml
+    from r2rec.eval.cli import PIPELINE_KEYS
+
+    section = load_yaml(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml").get("eval") or {}
+    cfg = build(EvalConfig, {k: v for k, v in section.items() if k not in PIPELINE_KEYS}, where="eval")
+    assert cfg.max_new_tokens == section.get("max_new_tokens", cfg.max_new_tokens)
