@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -214,15 +215,23 @@ def test_answer_from_scores_is_the_top_ranked_candidate(synthetic_train_run, tin
     assert res["hr1"] == pytest.approx(sum(p.answer == p.target for p in preds) / len(preds))
 
 
-@pytest.mark.parametrize("name", ["demo", "llara-movielens", "llara-lastfm", "ml-100k"])
-def test_every_shipped_configs_eval_section_is_read_by_the_eval_command(name):
-    """``r2rec eval --config configs/<name>.yaml`` must accept the section the pipeline reads (it once failed on
-    ``fusion``): only the pipeline's own keys are skipped, everything else is an EvalConfig field."""
-    from pathlib import Path
+SHIPPED_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
-    from r2rec.config import build, load_yaml
-    from r2rec.eval.cli import PIPELINE_KEYS
 
-    section = load_yaml(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml").get("eval") or {}
-    cfg = build(EvalConfig, {k: v for k, v in section.items() if k not in PIPELINE_KEYS}, where="eval")
-    assert cfg.max_new_tokens == section.get("max_new_tokens", cfg.max_new_tokens)
+@pytest.mark.parametrize("config", SHIPPED_CONFIGS, ids=lambda p: p.stem)
+def test_every_shipped_config_is_read_by_the_eval_command(config, tmp_path):
+    """``r2rec eval --config configs/<name>.yaml`` must accept the sections the pipeline reads (it once failed on
+    ``eval.fusion``): through the eval command's own argument path, on a run with no manifests."""
+    import argparse
+
+    from r2rec.config import load_yaml
+    from r2rec.eval.cli import add_arguments, configs_from_args
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    ecfg, prompt = configs_from_args(p.parse_args(["--run", str(tmp_path), "--model", "base", "--config", str(config)]))
+    data = load_yaml(config)
+    section = data.get("eval") or {}
+    assert ecfg.max_new_tokens == section.get("max_new_tokens", ecfg.max_new_tokens)
+    for key, value in (data.get("prompt") or {}).items():
+        assert getattr(prompt, key) == value
